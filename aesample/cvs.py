@@ -1,0 +1,288 @@
+"""Standard collective variables following the aesample CV TorchScript contract.
+
+Every CV here is a ``torch.nn.Module`` (script it with :func:`torch.jit.script`) with
+
+    forward(positions: Tensor, box: Tensor) -> Tensor
+
+``positions`` is ``(N, 3)`` or ``(B, N, 3)`` in nm, ``box`` is ``(3, 3)`` or ``(B, 3, 3)`` (rows a, b, c; all
+zero = not periodic). The result is ``(d,)`` or ``(B, d)``. Each module exposes ``cv_dim``, ``atom_indices``
+and ``periodic`` (one bool per component). The forward passes are a handful of vectorised torch ops (no
+Python loops at runtime), so they are cheap inside an OpenMM ``TorchForce``.
+
+Provided: :class:`Dihedral` (rad, periodic), :class:`Distance` (nm), :class:`PositionX` (x coordinate of one
+particle, for analytic tests), :class:`PositionXY`, and :class:`Stack` (concatenate up to 3 one-dimensional CVs
+into a single module). :func:`peptide_dihedral` resolves backbone dihedral names through mdtraj and
+:func:`parse_cv_spec` turns command-line specs such as ``"phi,psi"``, ``"dihedral:4,6,8,14"`` or
+``"distance:0,10"`` into a module.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "Dihedral",
+    "Distance",
+    "PositionX",
+    "PositionXY",
+    "Stack",
+    "minimum_image",
+    "peptide_dihedral",
+    "parse_cv_spec",
+    "script_cv",
+    "check_cv",
+]
+
+
+def minimum_image(vec: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """Minimum-image displacement vectors for a triclinic OpenMM box (reduced form).
+
+    ``vec`` is ``(..., k, 3)`` and ``box`` ``(..., 3, 3)``. When the box is all zero the vectors are returned
+    unchanged (the arithmetic is branch-free so it traces and scripts identically on every device).
+    """
+    periodic = (box.abs().sum() > 0).to(vec.dtype)
+    # Guard the divisions for the all-zero (non-periodic) box.
+    safe = box + (1.0 - periodic) * torch.eye(3, dtype=box.dtype, device=box.device)
+    # OpenMM reduced boxes: c may have x,y components, b may have x. Subtract c, then b, then a.
+    out = vec
+    for k in [2, 1, 0]:  # unrolled by TorchScript over a constant list; three vector ops
+        row = safe[..., k, :].unsqueeze(-2)
+        n = torch.round(out[..., k : k + 1] / row[..., k : k + 1])
+        out = out - periodic * n * row
+    return out
+
+
+class Dihedral(torch.nn.Module):
+    """Dihedral angle (rad, in [-pi, pi)) defined by four atom indices (OpenMM/IUPAC sign convention)."""
+
+    def __init__(self, atoms: Sequence[int]):
+        super().__init__()
+        atoms = [int(a) for a in atoms]
+        if len(atoms) != 4 or len(set(atoms)) != 4 or min(atoms) < 0:
+            raise ValueError(f"Dihedral needs 4 distinct non-negative atom indices, got atoms={atoms}")
+        self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
+        self.cv_dim: int = 1
+        self.periodic: List[bool] = [True]
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        p = positions.index_select(-2, self.atom_indices)  # (..., 4, 3)
+        b = p[..., 1:, :] - p[..., :-1, :]  # bond vectors b1, b2, b3
+        b = minimum_image(b, box.to(p.dtype))
+        b1 = b[..., 0, :]
+        b2 = b[..., 1, :]
+        b3 = b[..., 2, :]
+        n1 = torch.cross(b1, b2, dim=-1)
+        n2 = torch.cross(b2, b3, dim=-1)
+        m1 = torch.cross(n1, b2 / torch.linalg.vector_norm(b2, dim=-1, keepdim=True), dim=-1)
+        x = (n1 * n2).sum(-1)
+        y = (m1 * n2).sum(-1)
+        return torch.atan2(-y, x).unsqueeze(-1)
+
+
+class Distance(torch.nn.Module):
+    """Distance (nm) between two atoms, minimum image when the box is periodic."""
+
+    def __init__(self, atoms: Sequence[int]):
+        super().__init__()
+        atoms = [int(a) for a in atoms]
+        if len(atoms) != 2 or atoms[0] == atoms[1] or min(atoms) < 0:
+            raise ValueError(f"Distance needs 2 distinct non-negative atom indices, got atoms={atoms}")
+        self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
+        self.cv_dim: int = 1
+        self.periodic: List[bool] = [False]
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        p = positions.index_select(-2, self.atom_indices)
+        v = minimum_image(p[..., 1:2, :] - p[..., 0:1, :], box.to(p.dtype))
+        return torch.linalg.vector_norm(v[..., 0, :], dim=-1).unsqueeze(-1)
+
+
+class PositionX(torch.nn.Module):
+    """x coordinate (nm) of one particle. Meant for analytic test potentials (not periodic-aware)."""
+
+    def __init__(self, atom: int):
+        super().__init__()
+        if int(atom) < 0:
+            raise ValueError(f"PositionX needs a non-negative particle index, got atom={atom}")
+        self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
+        self.cv_dim: int = 1
+        self.periodic: List[bool] = [False]
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return positions.index_select(-2, self.atom_indices)[..., 0, 0:1]
+
+
+class PositionXY(torch.nn.Module):
+    """(x, y) coordinates (nm) of one particle: a 2D CV for analytic tests."""
+
+    def __init__(self, atom: int):
+        super().__init__()
+        if int(atom) < 0:
+            raise ValueError(f"PositionXY needs a non-negative particle index, got atom={atom}")
+        self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
+        self.cv_dim: int = 2
+        self.periodic: List[bool] = [False, False]
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return positions.index_select(-2, self.atom_indices)[..., 0, 0:2]
+
+
+class Stack(torch.nn.Module):
+    """Concatenate up to three CVs (each of dimension 1, or one CV of dimension <= 3) into one module.
+
+    The components are evaluated in order and concatenated along the last axis; ``periodic`` and
+    ``atom_indices`` are merged.
+    """
+
+    def __init__(self, cvs: Sequence[torch.nn.Module]):
+        super().__init__()
+        cvs = list(cvs)
+        if not cvs:
+            raise ValueError("Stack needs at least one CV, got an empty list")
+        dims = [int(getattr(c, "cv_dim", 1)) for c in cvs]
+        if sum(dims) > 3:
+            raise ValueError(f"Stack supports at most 3 dimensions in total, got component dims {dims}")
+        self.cvs = torch.nn.ModuleList(cvs)
+        self.cv_dim: int = int(sum(dims))
+        per: List[bool] = []
+        for c, dd in zip(cvs, dims):
+            p = list(getattr(c, "periodic", [False] * dd))
+            per.extend(bool(v) for v in p)
+        self.periodic: List[bool] = per
+        idx = torch.cat([c.atom_indices.reshape(-1) for c in cvs]) if all(
+            hasattr(c, "atom_indices") for c in cvs
+        ) else torch.zeros(0, dtype=torch.long)
+        self.register_buffer("atom_indices", torch.unique(idx))
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        outs: List[torch.Tensor] = []
+        for c in self.cvs:
+            outs.append(c(positions, box))
+        return torch.cat(outs, dim=-1)
+
+
+def script_cv(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    """Script a CV module (no-op if it is already a ScriptModule)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    return torch.jit.script(module)
+
+
+def check_cv(cv: torch.nn.Module, positions, box=None, name: str = "cv") -> torch.Tensor:
+    """Evaluate ``cv`` on one configuration and check the contract; returns xi as a float64 tensor (d,).
+
+    Raises ValueError naming ``name`` when the output is not a finite 1-D tensor of length 1..3 or does not
+    match the module's ``cv_dim``.
+    """
+    pos = torch.as_tensor(positions, dtype=torch.float64)
+    b = torch.zeros(3, 3, dtype=torch.float64) if box is None else torch.as_tensor(box, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            xi = cv(pos, b)
+    except Exception as exc:  # report the CV as the culprit, with the original message
+        raise ValueError(f"{name}: evaluating the CV on the system positions failed: {exc}") from exc
+    if not isinstance(xi, torch.Tensor) or xi.dim() != 1 or not (1 <= xi.shape[0] <= 3):
+        shape = tuple(xi.shape) if isinstance(xi, torch.Tensor) else type(xi).__name__
+        raise ValueError(
+            f"{name}: a CV must return shape (d,) with d in 1..3 for positions (N, 3); got shape {shape}"
+        )
+    dim = getattr(cv, "cv_dim", None)
+    if dim is not None and int(dim) != xi.shape[0]:
+        raise ValueError(f"{name}: cv_dim={dim} but the CV returned {xi.shape[0]} components")
+    if not torch.isfinite(xi).all():
+        raise ValueError(f"{name}: the CV returned non-finite values {xi.tolist()} on the system positions")
+    return xi.to(torch.float64)
+
+
+def peptide_dihedral(topology, name: str, residue: Optional[int] = None) -> Dihedral:
+    """Backbone dihedral ``name`` ("phi" or "psi") of a peptide as a :class:`Dihedral`.
+
+    Parameters
+    ----------
+    topology : mdtraj.Topology or openmm.app.Topology
+    name : {"phi", "psi"}
+    residue : int, optional
+        Index (0-based, in mdtraj's list of defined dihedrals of that kind) of the dihedral; required when the
+        peptide has more than one, defaults to the only one otherwise.
+    """
+    import mdtraj
+    import numpy as np
+
+    if not isinstance(topology, mdtraj.Topology):
+        topology = mdtraj.Topology.from_openmm(topology)
+    key = name.strip().lower()
+    if key not in ("phi", "psi"):
+        raise ValueError(f"peptide_dihedral: name must be 'phi' or 'psi', got {name!r}")
+    traj = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3), dtype=np.float32), topology)
+    fn = mdtraj.compute_phi if key == "phi" else mdtraj.compute_psi
+    idx, _ = fn(traj)
+    if len(idx) == 0:
+        raise ValueError(f"peptide_dihedral: the topology has no {key} dihedral")
+    if residue is None:
+        if len(idx) > 1:
+            raise ValueError(
+                f"peptide_dihedral: the topology has {len(idx)} {key} dihedrals; pass residue=0..{len(idx) - 1}"
+            )
+        residue = 0
+    if not 0 <= residue < len(idx):
+        raise ValueError(f"peptide_dihedral: residue={residue} out of range 0..{len(idx) - 1} for {key}")
+    return Dihedral([int(a) for a in idx[residue]])
+
+
+def parse_cv_spec(spec: str, topology=None) -> torch.nn.Module:
+    """Build a CV module from a command-line spec.
+
+    Components are separated by ``;`` or, for named dihedrals, by ``,``::
+
+        "phi"  "phi,psi"  "phi2" (second phi)  "dihedral:4,6,8,14"  "distance:0,10"  "x:0"
+        "dihedral:4,6,8,14;dihedral:6,8,14,16"  "phi;distance:0,10"
+
+    Returns a single 1-D module or a :class:`Stack` (unscripted; call :func:`script_cv`).
+    """
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("--cv: empty CV specification")
+    parts: List[str] = []
+    for chunk in spec.split(";"):
+        chunk = chunk.strip()
+        if ":" in chunk:
+            parts.append(chunk)
+        else:
+            parts.extend(p.strip() for p in chunk.split(",") if p.strip())
+    mods: List[torch.nn.Module] = []
+    for p in parts:
+        if ":" in p:
+            kind, args = p.split(":", 1)
+            kind = kind.strip().lower()
+            try:
+                ints = [int(a) for a in args.replace(" ", "").split(",") if a]
+            except ValueError:
+                raise ValueError(f"--cv: could not parse atom indices in {p!r}") from None
+            if kind in ("dihedral", "torsion"):
+                mods.append(Dihedral(ints))
+            elif kind in ("distance", "dist"):
+                mods.append(Distance(ints))
+            elif kind in ("x", "positionx"):
+                if len(ints) != 1:
+                    raise ValueError(f"--cv: {p!r} needs exactly one particle index")
+                mods.append(PositionX(ints[0]))
+            else:
+                raise ValueError(f"--cv: unknown CV kind {kind!r} in {p!r} (dihedral, distance, x)")
+        else:
+            low = p.lower()
+            base = low.rstrip("0123456789")
+            if base not in ("phi", "psi"):
+                raise ValueError(f"--cv: unknown CV name {p!r} (phi, psi, dihedral:i,j,k,l, distance:i,j)")
+            if topology is None:
+                raise ValueError(f"--cv: {p!r} needs a topology to resolve atom names")
+            res = None if base == low else int(low[len(base):]) - 1
+            mods.append(peptide_dihedral(topology, base, res))
+    if len(mods) > 3:
+        raise ValueError(f"--cv: at most 3 components are supported, got {len(mods)} in {spec!r}")
+    return mods[0] if len(mods) == 1 else Stack(mods)
+
+
+# Convenience constant for periodic dihedral grids.
+TWO_PI = 2.0 * math.pi
