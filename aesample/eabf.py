@@ -1,0 +1,730 @@
+"""Extended-system adaptive biasing force (eABF) inside OpenMM, with a TorchScript CV.
+
+:class:`ExtendedABF` takes an OpenMM ``System`` and a CV module (the aesample CV contract, see ``cvs.py``) and
+
+* appends ``d`` extended particles to the System. ``lambda_i`` is the x coordinate of particle ``N + i`` (in CV
+  units). Their y and z are held by a stiff-enough harmonic pin (spring constant ``kappa_i`` about y = z = 0,
+  same period as the lambda oscillator) so they stay put at negligible cost. They get zero-interaction entries
+  in every NonbondedForce, GBSAOBCForce, CustomNonbondedForce (plus exclusions) and CustomGBForce
+  (zero charge and descreening), so molecular energies are unchanged;
+* adds ONE openmm-torch ``TorchForce`` (its own force group) whose scripted module, per force evaluation,
+  evaluates the CV once for all ``d`` components, returns the coupling energy
+  ``sum_i kappa_i/2 (xi_i - lambda_i)^2`` (difference wrapped to [-pi, pi) for periodic components) and explicit
+  forces: on atoms ``-sum_i kappa_i (xi_i - lambda_i) dxi_i/dq`` from ONE vector-Jacobian product (no double
+  autograd), on ``lambda_i`` the coupling force ``kappa_i (xi_i - lambda_i)`` plus the ABF bias and the walls.
+
+ABF bias on lambda
+    Per lambda bin the module accumulates ``n`` and ``sum kappa (lambda - xi)``; ``<kappa (lambda - xi)>`` estimates
+    ``dA_kappa/dlambda``, and ``+ramp(n) * <kappa (lambda - xi)>`` is added to the force on lambda (it cancels the
+    mean force ``-dA_kappa/dlambda``). ``ramp(n) = clip((n - minSamples) / (fullSamples - minSamples), 0, 1)``: the
+    linear ramp of Colvars (``fullSamples``, ``minSamples`` defaults to ``fullSamples/2``) and PLUMED DRR.
+    Non-periodic components get harmonic walls ``wallKappa/2 (lambda - gridMax)^2`` above the grid and likewise
+    below it; periodic components (``gridMax - gridMin`` must be the period 2*pi) wrap.
+    CZAR accumulators: per xi bin ``n(z)`` and ``sum kappa (lambda - xi)``, the inputs of
+    ``dA/dz = -kT d ln n(z)/dz + <kappa (lambda - z)>_z`` (Lesage et al., J. Phys. Chem. B 2017).
+
+Device-resident accumulators
+    All accumulators are float64 module buffers updated in ``forward`` with masked ``index_add_`` (no Python
+    branch on device values, no host transfer). A Context global parameter ``<prefix>sample`` (default 1) gates
+    sampling (set it to 0 during minimisation/equilibration). A sample is skipped when ``(xi, lambda)`` equals the
+    last sampled pair, so the extra force evaluations of ``getState(getForces/getEnergy)`` or reporters at an
+    already-sampled configuration never add samples (they are taken once, whoever evaluates first; the same
+    sample set as without the extra evaluations).
+
+Read-out (device -> host)
+    Setting ``<prefix>readout`` = 1 switches the module into read-out mode: it adds no sample and returns zero
+    energy and forces that carry chunk ``<prefix>chunk`` of the flattened accumulator vector. Each float64 is
+    split by frexp into a 53-bit integer mantissa, sign and exponent, packed into three integers < 2^22, stored
+    as the x, y, z force of one particle (see :func:`decode_readout`). Integers below 2^24 survive float32 force buffers (CPU) and CUDA/OpenCL
+    64-bit fixed point exactly, so the host reassembles bit-exact float64 values. Virtual sites are skipped (their
+    forces are redistributed). Read with ``context.getState(getForces=True, groups={forceGroup})``; the force
+    group must hold no other force (checked). Read-out is done between steps only and restores the parameters.
+
+Restore
+    :meth:`ExtendedABF.getState` returns an :class:`EABFState` (numpy arrays + grid metadata, ``save``/``load`` as
+    an atomic ``.npz``). Passing it as ``initialState=`` bakes the buffers into the scripted module before the
+    Context exists; together with an OpenMM checkpoint of the same System this continues a run exactly.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import cvs as _cvs
+from .torchbinding import make_torch_force
+
+__all__ = ["ExtendedABF", "EABFState", "EABFError", "decode_readout", "encode_readout_numpy"]
+
+TWO_PI = 2.0 * math.pi
+_MASK21 = (1 << 21) - 1
+_MASK22 = (1 << 22) - 1
+_NO_SAMPLE = 1.0e300
+
+
+class EABFError(ValueError):
+    """Invalid eABF settings or state."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# units helpers
+# ----------------------------------------------------------------------------------------------------------
+def _strip(value, unit_name: str):
+    """Plain float(s) in OpenMM default units from a Quantity or plain number/sequence."""
+    from openmm import unit
+
+    if unit.is_quantity(value):
+        target = {
+            "ps": unit.picosecond,
+            "amu": unit.dalton,
+            "K": unit.kelvin,
+            "nm": unit.nanometer,
+        }.get(unit_name)
+        if target is not None and value.unit.is_compatible(target):
+            return value.value_in_unit(target)
+        if unit_name == "energy":
+            return value.value_in_unit_system(unit.md_unit_system)
+        return value.value_in_unit_system(unit.md_unit_system)
+    return value
+
+
+def _per_dim(value, d: int, name: str, cast=float) -> List:
+    value = _strip(value, "energy")
+    if isinstance(value, (list, tuple, np.ndarray)):
+        vals = [cast(_strip(v, "energy")) for v in value]
+        if len(vals) != d:
+            raise EABFError(f"{name} must have {d} entries (one per CV component), got {len(vals)}: {vals}")
+        return vals
+    return [cast(value)] * d
+
+
+# ----------------------------------------------------------------------------------------------------------
+# readout encoding
+# ----------------------------------------------------------------------------------------------------------
+def decode_readout(slots: np.ndarray) -> np.ndarray:
+    """Decode ``(k, 3)`` force rows produced in read-out mode into ``k`` float64 values (bit-exact).
+
+    Row layout: x = mantissa bits 0-21, y = bits 22-43, z = bits 44-52 + 512*sign + 1024*(exponent + 1100), with
+    ``value = (-1)^sign * mantissa * 2^(exponent - 53)`` (``numpy.frexp`` convention).
+    """
+    s = np.rint(np.asarray(slots, dtype=np.float64)).astype(np.int64)
+    top = s[:, 2] & 511
+    neg = (s[:, 2] >> 9) & 1
+    e = (s[:, 2] >> 10) - 1100
+    mant = (top << 44) | (s[:, 1] << 22) | s[:, 0]
+    v = np.ldexp(mant.astype(np.float64), (e - 53).astype(np.int32) if hasattr(e, "astype") else e - 53)
+    return np.where(neg == 1, -v, v)
+
+
+def encode_readout_numpy(values: np.ndarray) -> np.ndarray:
+    """Reference implementation of the device encoding (used in tests)."""
+    m, e = np.frexp(np.asarray(values, dtype=np.float64))
+    mant = (np.abs(m) * 2.0**53).astype(np.int64)
+    neg = (m < 0).astype(np.int64)
+    out = np.stack([mant & 4194303, (mant >> 22) & 4194303, (mant >> 44) + 512 * neg + 1024 * (e + 1100)], axis=1)
+    return out.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the TorchScript force module
+# ----------------------------------------------------------------------------------------------------------
+class _EABFCore(torch.nn.Module):
+    def __init__(
+        self,
+        cv: torch.nn.Module,
+        n_particles: int,
+        ext_index: List[int],
+        kappa: List[float],
+        pin_k: List[float],
+        pin_centres: List[List[float]],
+        grid_min: List[float],
+        grid_max: List[float],
+        bins: List[int],
+        periodic: List[bool],
+        full_samples: int,
+        min_samples: int,
+        wall_kappa: List[float],
+        slot_index: List[int],
+        state: Optional["EABFState"] = None,
+    ):
+        super().__init__()
+        d = len(ext_index)
+        f64 = torch.float64
+        self.cv = cv
+        self.d: int = d
+        self.n_particles: int = int(n_particles)
+        nb = int(np.prod(bins))
+        self.n_bins: int = nb
+        self.register_buffer("ext_index", torch.tensor(ext_index, dtype=torch.long))
+        self.register_buffer("kappa", torch.tensor(kappa, dtype=f64))
+        self.register_buffer("pin_k", torch.tensor(pin_k, dtype=f64))
+        self.register_buffer("pin_centres", torch.tensor(pin_centres, dtype=f64))
+        self.register_buffer("grid_min", torch.tensor(grid_min, dtype=f64))
+        self.register_buffer("grid_max", torch.tensor(grid_max, dtype=f64))
+        self.register_buffer("span", torch.tensor([b - a for a, b in zip(grid_min, grid_max)], dtype=f64))
+        self.register_buffer("bin_width", self.span / torch.tensor(bins, dtype=f64))
+        self.register_buffer("nbins", torch.tensor(bins, dtype=torch.long))
+        strides = [int(np.prod(bins[i + 1:])) for i in range(d)]
+        self.register_buffer("strides", torch.tensor(strides, dtype=torch.long))
+        self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
+        self.register_buffer("period", torch.tensor([TWO_PI] * d, dtype=f64))
+        self.register_buffer("wall_kappa", torch.tensor(wall_kappa, dtype=f64))
+        self.register_buffer("slot_index", torch.tensor(slot_index, dtype=torch.long))
+        self.full_samples: float = float(full_samples)
+        self.min_samples: float = float(min_samples)
+        # accumulators (float64 on the device, updated in forward)
+        self.register_buffer("count", torch.zeros(nb, dtype=f64))
+        self.register_buffer("grad_sum", torch.zeros(nb, d, dtype=f64))
+        self.register_buffer("zcount", torch.zeros(nb, dtype=f64))
+        self.register_buffer("czar_sum", torch.zeros(nb, d, dtype=f64))
+        self.register_buffer("last", torch.full((2 * d,), _NO_SAMPLE, dtype=f64))  # sentinel: never a real sample
+        self.register_buffer("n_samples", torch.zeros(1, dtype=f64))
+        # info: xi, lambda (unwrapped), applied bias force, of the last normal evaluation
+        self.register_buffer("info", torch.zeros(3 * d, dtype=f64))
+        if state is not None:
+            self.count.copy_(torch.as_tensor(state.count.reshape(nb), dtype=f64))
+            self.grad_sum.copy_(torch.as_tensor(state.grad.reshape(nb, d), dtype=f64))
+            self.zcount.copy_(torch.as_tensor(state.zcount.reshape(nb), dtype=f64))
+            self.czar_sum.copy_(torch.as_tensor(state.czar.reshape(nb, d), dtype=f64))
+            self.last.copy_(torch.as_tensor(state.last, dtype=f64))
+            self.n_samples.fill_(float(state.n_samples))
+
+    def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flat bin index (1,) and in-grid flag (0-d bool) of a (d,) float64 point."""
+        u = v - self.grid_min
+        u = torch.where(self.periodic_mask, u - self.span * torch.floor(u / self.span), u)
+        i = torch.floor(u / self.bin_width).to(torch.long)
+        inside = ((i >= 0) & (i < self.nbins)).all()
+        i = torch.minimum(torch.clamp(i, min=0), self.nbins - 1)
+        return (i * self.strides).sum().view(1), inside
+
+    def compute(
+        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
+        chunk: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if bool(readout > 0.5):
+            return self.read_chunk(positions, chunk)
+        dtype = positions.dtype
+        pos = positions.detach().requires_grad_(True)
+        xi = self.cv(pos, box)
+        ext = positions.detach().index_select(0, self.ext_index)  # (d, 3)
+        lam = ext[:, 0]
+        kappa = self.kappa.to(dtype)
+        diff = xi.detach() - lam
+        diff = torch.where(self.periodic_mask, diff - self.period.to(dtype) * torch.round(diff / self.period.to(dtype)), diff)
+        dE_dxi = kappa * diff
+        gout: List[Optional[torch.Tensor]] = [dE_dxi]
+        grads = torch.autograd.grad([xi], [pos], grad_outputs=gout, allow_unused=True)
+        g = grads[0]
+        if g is None:
+            forces = torch.zeros_like(positions)
+        else:
+            forces = -g.detach()
+        energy = 0.5 * (dE_dxi * diff).sum()
+
+        # ---- sampling (masked, no host synchronisation) ----
+        xi64 = xi.detach().to(torch.float64)
+        lam64 = lam.to(torch.float64)
+        f_lam = self.kappa * (-diff.to(torch.float64))  # kappa (lambda - xi), wrapped
+        new = torch.cat([xi64, lam64])
+        same = (new == self.last).all()
+        take = (sample > 0.5) & (~same)
+        lbin, lin = self._bin(lam64)
+        zbin, zin = self._bin(xi64)
+        wl = (take & lin).to(torch.float64).view(1)
+        wz = (take & zin).to(torch.float64).view(1)
+        self.count.index_add_(0, lbin, wl)
+        self.grad_sum.index_add_(0, lbin, (wl * f_lam).view(1, self.d))
+        self.zcount.index_add_(0, zbin, wz)
+        self.czar_sum.index_add_(0, zbin, (wz * f_lam).view(1, self.d))
+        self.last.copy_(torch.where(take, new, self.last))
+        self.n_samples.add_(take.to(torch.float64))
+
+        # ---- ABF bias on lambda (uses the estimate including this sample) ----
+        n = self.count.index_select(0, lbin)  # (1,)
+        mean = self.grad_sum.index_select(0, lbin).view(self.d) / torch.clamp(n, min=1.0)
+        if self.full_samples > self.min_samples:
+            ramp = torch.clamp((n - self.min_samples) / (self.full_samples - self.min_samples), 0.0, 1.0)
+        else:
+            ramp = (n >= self.full_samples).to(torch.float64)
+        fbias = torch.where(lin, ramp * mean, torch.zeros_like(mean))
+
+        # ---- walls (non-periodic components) ----
+        below = torch.clamp(self.grid_min - lam64, min=0.0)
+        above = torch.clamp(lam64 - self.grid_max, min=0.0)
+        wk = torch.where(self.periodic_mask, torch.zeros_like(self.wall_kappa), self.wall_kappa)
+        fwall = wk * (below - above)
+        energy = energy + (0.5 * wk * (below * below + above * above)).sum().to(dtype)
+
+        # ---- y, z pins of the extended particles ----
+        yz = ext[:, 1:] - self.pin_centres.to(dtype)
+        pin = self.pin_k.to(dtype).unsqueeze(1)
+        energy = energy + 0.5 * (pin * yz * yz).sum()
+        f_ext = torch.cat([(dE_dxi + (fbias + fwall).to(dtype)).unsqueeze(1), -pin * yz], dim=1)
+        forces = forces.index_add(0, self.ext_index, f_ext)
+        self.info.copy_(torch.cat([xi64, lam64, fbias]))
+        return energy, forces
+
+    def flat_state(self) -> torch.Tensor:
+        return torch.cat(
+            [self.info, self.count, self.grad_sum.reshape(-1), self.zcount, self.czar_sum.reshape(-1), self.last,
+             self.n_samples]
+        )
+
+    def read_chunk(self, positions: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        flat = self.flat_state()
+        nslot = self.slot_index.shape[0]
+        start = int(chunk.item()) * nslot
+        idx = torch.arange(nslot, device=flat.device) + start
+        valid = idx < flat.shape[0]
+        vals = torch.where(valid, flat.index_select(0, torch.clamp(idx, max=flat.shape[0] - 1)), torch.zeros_like(idx, dtype=torch.float64))
+        # float64 -> (mantissa, exponent) -> three integers < 2^22 (exact in float32 and fixed point)
+        m, e = torch.frexp(vals)
+        neg = (m < 0).to(torch.int64)
+        mant = (m.abs() * 9007199254740992.0).to(torch.int64)  # |m| * 2^53, an integer < 2^53
+        s0 = torch.bitwise_and(mant, 4194303)
+        s1 = torch.bitwise_and(torch.bitwise_right_shift(mant, 22), 4194303)
+        s2 = torch.bitwise_right_shift(mant, 44) + 512 * neg + 1024 * (e.to(torch.int64) + 1100)
+        rows = torch.stack([s0, s1, s2], dim=1).to(positions.dtype)
+        forces = torch.zeros_like(positions).index_copy(0, self.slot_index, rows)
+        return torch.zeros((), dtype=positions.dtype, device=positions.device), forces
+
+
+class _EABFForceNonPeriodic(torch.nn.Module):
+    def __init__(self, core: _EABFCore):
+        super().__init__()
+        self.core = core
+        self.register_buffer("zero_box", torch.zeros(3, 3, dtype=torch.float64))
+
+    def forward(self, positions: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor, chunk: torch.Tensor):
+        return self.core.compute(positions, self.zero_box.to(positions.dtype), sample, readout, chunk)
+
+
+class _EABFForcePeriodic(torch.nn.Module):
+    def __init__(self, core: _EABFCore):
+        super().__init__()
+        self.core = core
+
+    def forward(
+        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
+        chunk: torch.Tensor,
+    ):
+        return self.core.compute(positions, box, sample, readout, chunk)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# state container
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class EABFState:
+    """Host copy of the eABF accumulators plus the grid they live on.
+
+    Arrays have the grid shape ``bins`` (C order, first CV component slowest); ``grad`` and ``czar`` add a last
+    axis of length d. ``grad`` holds per-lambda-bin sums of ``kappa (lambda - xi)``, ``count`` the samples;
+    ``czar`` the per-xi-bin sums of ``kappa (lambda - xi)``, ``zcount`` the xi histogram. Units: kJ/mol/(CV unit).
+    """
+
+    grid_min: np.ndarray
+    grid_max: np.ndarray
+    bins: np.ndarray
+    periodic: np.ndarray
+    kappa: np.ndarray
+    count: np.ndarray
+    grad: np.ndarray
+    zcount: np.ndarray
+    czar: np.ndarray
+    last: np.ndarray
+    n_samples: int = 0
+    meta: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def d(self) -> int:
+        return int(len(self.bins))
+
+    @property
+    def bin_width(self) -> np.ndarray:
+        return (np.asarray(self.grid_max) - np.asarray(self.grid_min)) / np.asarray(self.bins)
+
+    def centers(self) -> List[np.ndarray]:
+        """Bin centres along each component."""
+        w = self.bin_width
+        return [self.grid_min[i] + w[i] * (np.arange(self.bins[i]) + 0.5) for i in range(self.d)]
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Atomic save as ``.npz``."""
+        from .io import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    grid_min=self.grid_min, grid_max=self.grid_max, bins=self.bins, periodic=self.periodic,
+                    kappa=self.kappa, count=self.count, grad=self.grad, zcount=self.zcount, czar=self.czar,
+                    last=self.last, n_samples=np.array(self.n_samples),
+                    meta_keys=np.array(list(self.meta.keys()), dtype=str),
+                    meta_values=np.array(list(self.meta.values()), dtype=str),
+                )
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "EABFState":
+        try:
+            z = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise EABFError(f"cannot read eABF state file {path}: {exc}") from exc
+        with z:
+            meta = dict(zip([str(k) for k in z["meta_keys"]], [str(v) for v in z["meta_values"]]))
+            return cls(
+                grid_min=z["grid_min"], grid_max=z["grid_max"], bins=z["bins"], periodic=z["periodic"],
+                kappa=z["kappa"], count=z["count"], grad=z["grad"], zcount=z["zcount"], czar=z["czar"],
+                last=z["last"], n_samples=int(z["n_samples"]), meta=meta,
+            )
+
+    def naive_gradient(self) -> np.ndarray:
+        """Naive eABF estimate of dF_kappa/dlambda per lambda bin (NaN where empty)."""
+        from .estimators import naive_gradient
+
+        return naive_gradient(self.grad, self.count)
+
+    def czar_gradient(self, temperature: float) -> np.ndarray:
+        """CZAR estimate of dA/dz per z bin (kJ/mol/CV unit, NaN where undefined)."""
+        from .estimators import czar_gradient
+
+        return czar_gradient(self.czar, self.zcount, self.bin_width, temperature, self.periodic)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the OpenMM-facing object
+# ----------------------------------------------------------------------------------------------------------
+def _zero_interaction_entries(system, n_old: int, d: int) -> None:
+    """Give the new particles n_old..n_old+d-1 non-interacting entries in every per-particle force."""
+    import openmm
+
+    for i in range(system.getNumForces()):
+        f = system.getForce(i)
+        name = type(f).__name__
+        if isinstance(f, openmm.NonbondedForce):
+            for _ in range(d):
+                f.addParticle(0.0, 0.1, 0.0)
+            for a in range(n_old, n_old + d):  # keep 0*inf out of the ext-ext pairs
+                for b in range(a + 1, n_old + d):
+                    f.addException(a, b, 0.0, 0.1, 0.0)
+        elif isinstance(f, openmm.GBSAOBCForce):
+            for _ in range(d):
+                f.addParticle(0.0, 0.15, 0.0)  # zero charge, zero scale factor: no descreening of others
+        elif isinstance(f, openmm.CustomNonbondedForce):
+            npar = f.getNumPerParticleParameters()
+            for k in range(d):
+                p = f.addParticle([0.0] * npar)
+                if f.getNumInteractionGroups() == 0:
+                    for j in range(p):  # exclusions make the extended particle invisible
+                        f.addExclusion(j, p)
+        elif isinstance(f, openmm.CustomGBForce):
+            names = [f.getPerParticleParameterName(k) for k in range(f.getNumPerParticleParameters())]
+            # charge 0; radii must stay positive for the Born-radius integrals; scaled radii 0 (no descreening)
+            vals = [0.1 if n.lower() in ("or", "radius", "r", "offset_radius", "rad") else 0.0 for n in names]
+            for _ in range(d):
+                p = f.addParticle(vals)
+                for j in range(p):
+                    f.addExclusion(j, p)
+        elif name.startswith(("Amoeba", "Hippo")) or name in ("DrudeForce",):
+            raise EABFError(f"ExtendedABF: {name} is not supported (cannot add non-interacting particles to it)")
+
+
+class ExtendedABF:
+    """Extended-system ABF on a TorchScript CV, as an OpenMM System modifier (like ``app.Metadynamics``).
+
+    Construct it on the System *before* creating the Context/Simulation, then give the Context positions for
+    ``N + d`` particles (:meth:`extendPositions`).
+
+    Parameters
+    ----------
+    system : openmm.System
+        Modified in place: ``d`` particles and one TorchForce are added.
+    cv : torch.nn.Module or ScriptModule
+        CV following the contract, returning ``(d,)``, d in 1..3.
+    gridMin, gridMax : float or sequence (CV units)
+        Grid bounds per component. Periodic components need ``gridMax - gridMin == 2*pi``.
+    bins : int or sequence of int
+        Bins per component (> 0).
+    kappa : float or sequence (kJ/mol/CV unit^2, Quantity accepted)
+        Coupling spring constants (> 0).
+    periodic : bool or sequence, optional
+        Periodicity per component; default: the CV's ``periodic`` attribute.
+    extendedMass : float or sequence (amu nm^2/CV unit^2), optional
+        Mass of the lambda particles; default from ``extendedPeriod``: ``kappa (period / 2 pi)^2``.
+    extendedPeriod : float or Quantity (ps)
+        Period of the lambda oscillator (default 0.15 ps) when ``extendedMass`` is not given.
+    fullSamples : int
+        Samples per bin at which the full bias applies (default 500).
+    minSamples : int, optional
+        Samples below which no bias applies (default ``fullSamples // 2``). Linear ramp in between.
+    wallKappa : float or sequence, optional
+        Spring constant of the walls keeping lambda on the grid (default ``10 * kappa``).
+    forceGroup : int
+        Force group of the eABF TorchForce (default 30); no other force may use it (read-out relies on it).
+    positions : array (N, 3) nm, optional
+        Configuration used to validate the CV output (default: a random compact configuration).
+    box : array (3, 3) nm, optional
+        Box for that validation.
+    initialState : EABFState or path, optional
+        Accumulators to start from (restart); grid must match.
+    parameterPrefix : str
+        Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
+    useCUDAGraphs : bool
+        Ask openmm-torch to capture the module in a CUDA graph (CUDA only).
+    """
+
+    def __init__(
+        self,
+        system,
+        cv,
+        gridMin,
+        gridMax,
+        bins,
+        kappa,
+        periodic=None,
+        extendedMass=None,
+        extendedPeriod=0.15,
+        fullSamples: int = 500,
+        minSamples: Optional[int] = None,
+        wallKappa=None,
+        forceGroup: int = 30,
+        positions=None,
+        box=None,
+        initialState: Optional[Union[EABFState, str, Path]] = None,
+        parameterPrefix: str = "aesample_",
+        useCUDAGraphs: bool = False,
+    ):
+        import openmm
+
+        if not isinstance(system, openmm.System):
+            raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
+        if not isinstance(cv, torch.nn.Module):
+            raise TypeError(f"cv must be a torch.nn.Module / ScriptModule, got {type(cv).__name__}")
+        cv = _cvs.script_cv(cv)
+        n_old = system.getNumParticles()
+        if positions is None:
+            rng = np.random.default_rng(12345)
+            positions = rng.normal(0.0, 0.3, size=(n_old, 3))
+        else:
+            positions = np.asarray(_strip(positions, "nm"), dtype=np.float64)
+            if positions.shape != (n_old, 3):
+                raise EABFError(f"positions must have shape ({n_old}, 3) for this System, got {positions.shape}")
+        xi0 = _cvs.check_cv(cv, positions, box, name="cv")
+        d = int(xi0.shape[0])
+        self.d = d
+
+        gmin = _per_dim(gridMin, d, "gridMin")
+        gmax = _per_dim(gridMax, d, "gridMax")
+        for i in range(d):
+            if not gmin[i] < gmax[i]:
+                raise EABFError(f"gridMin must be < gridMax for every component; component {i}: "
+                                f"gridMin={gmin[i]}, gridMax={gmax[i]}")
+        nbins = _per_dim(bins, d, "bins", cast=lambda v: v)
+        for i, b in enumerate(nbins):
+            if int(b) != b or int(b) <= 0:
+                raise EABFError(f"bins must be positive integers; component {i}: bins={b}")
+        nbins = [int(b) for b in nbins]
+        kap = _per_dim(kappa, d, "kappa")
+        for i, k in enumerate(kap):
+            if not (k > 0 and math.isfinite(k)):
+                raise EABFError(f"kappa must be > 0 (kJ/mol/CV unit^2); component {i}: kappa={k}")
+        if periodic is None:
+            periodic = list(getattr(cv, "periodic", [False] * d))
+        per = _per_dim(periodic, d, "periodic", cast=bool)
+        for i in range(d):
+            if per[i] and abs((gmax[i] - gmin[i]) - TWO_PI) > 1e-6:
+                raise EABFError(f"periodic component {i} needs gridMax - gridMin = 2*pi, got "
+                                f"gridMin={gmin[i]}, gridMax={gmax[i]}")
+        if extendedMass is None:
+            period = float(_strip(extendedPeriod, "ps"))
+            if not period > 0:
+                raise EABFError(f"extendedPeriod must be > 0 ps, got {period}")
+            mass = [k * (period / TWO_PI) ** 2 for k in kap]
+        else:
+            mass = _per_dim(_strip(extendedMass, "amu"), d, "extendedMass")
+        for i, m in enumerate(mass):
+            if not m > 0:
+                raise EABFError(f"extendedMass must be > 0; component {i}: {m}")
+        fullSamples = int(fullSamples)
+        if fullSamples < 0:
+            raise EABFError(f"fullSamples must be >= 0, got {fullSamples}")
+        minSamples = fullSamples // 2 if minSamples is None else int(minSamples)
+        if not 0 <= minSamples <= fullSamples:
+            raise EABFError(f"minSamples must be in 0..fullSamples={fullSamples}, got {minSamples}")
+        wk = [10.0 * k for k in kap] if wallKappa is None else _per_dim(wallKappa, d, "wallKappa")
+        forceGroup = int(forceGroup)
+        if not 0 <= forceGroup <= 31:
+            raise EABFError(f"forceGroup must be in 0..31, got {forceGroup}")
+        for i in range(system.getNumForces()):
+            if system.getForce(i).getForceGroup() == forceGroup:
+                raise EABFError(f"forceGroup={forceGroup} is already used by {type(system.getForce(i)).__name__} "
+                                f"(force {i}); the eABF force needs a group of its own")
+        state = None
+        if initialState is not None:
+            state = initialState if isinstance(initialState, EABFState) else EABFState.load(initialState)
+            ok = (
+                state.d == d and np.array_equal(np.asarray(state.bins), nbins)
+                and np.allclose(state.grid_min, gmin) and np.allclose(state.grid_max, gmax)
+            )
+            if not ok:
+                raise EABFError(
+                    f"initialState grid (min={list(state.grid_min)}, max={list(state.grid_max)}, bins="
+                    f"{list(state.bins)}) does not match gridMin={gmin}, gridMax={gmax}, bins={nbins}"
+                )
+
+        self.system = system
+        self.cv = cv
+        self.gridMin = np.array(gmin)
+        self.gridMax = np.array(gmax)
+        self.bins = np.array(nbins)
+        self.kappa = np.array(kap)
+        self.periodic = np.array(per, dtype=bool)
+        self.extendedMass = np.array(mass)
+        self.fullSamples = fullSamples
+        self.minSamples = minSamples
+        self.wallKappa = np.array(wk)
+        self.forceGroup = forceGroup
+        self.prefix = parameterPrefix
+        self.sampleParameter = parameterPrefix + "sample"
+        self.readoutParameter = parameterPrefix + "readout"
+        self.chunkParameter = parameterPrefix + "chunk"
+        self.n_molecule = n_old
+
+        # -- extended particles --
+        self.extendedIndices = [system.addParticle(m) for m in mass]
+        _zero_interaction_entries(system, n_old, d)
+        n_total = system.getNumParticles()
+        self.slotIndices = [i for i in range(n_total) if not system.isVirtualSite(i)]
+        # distinct pin centres (z = 0.5 nm * i) so extended particles never coincide
+        self._pin_centres = np.array([[0.0, 0.5 * i] for i in range(d)])
+        pin = list(kap)  # same period as the lambda oscillator (masses equal): stable with the same timestep
+        self._core = _EABFCore(
+            cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
+            self.slotIndices, state,
+        )
+        self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
+        wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)
+        self.module = torch.jit.script(wrapper)
+        self.force = make_torch_force(
+            self.module,
+            global_parameters=[(self.sampleParameter, 1.0), (self.readoutParameter, 0.0), (self.chunkParameter, 0.0)],
+            periodic=self.usesPeriodic,
+            force_group=forceGroup,
+            use_cuda_graphs=useCUDAGraphs,
+            name="aesample eABF",
+        )
+        self.forceIndex = system.addForce(self.force)
+        nb = int(np.prod(nbins))
+        self._layout = {
+            "info": (0, 3 * d), "count": (3 * d, nb), "grad": (3 * d + nb, nb * d),
+            "zcount": (3 * d + nb + nb * d, nb), "czar": (3 * d + 2 * nb + nb * d, nb * d),
+            "last": (3 * d + 2 * nb + 2 * nb * d, 2 * d), "n_samples": (3 * d + 2 * nb + 2 * nb * d + 2 * d, 1),
+        }
+        self._flat_len = 3 * d + 2 * nb + 2 * nb * d + 2 * d + 1
+
+    # ---------------------------------------------------------------- positions
+    def extendPositions(self, positions, box=None) -> np.ndarray:
+        """Molecule positions (N, 3) nm -> positions for the extended System (N + d, 3): lambda starts at xi."""
+        pos = np.asarray(_strip(positions, "nm"), dtype=np.float64)
+        if pos.shape == (self.n_molecule + self.d, 3):
+            pos = pos[: self.n_molecule]
+        if pos.shape != (self.n_molecule, 3):
+            raise EABFError(f"positions must have shape ({self.n_molecule}, 3), got {pos.shape}")
+        xi = self.evaluateCV(pos, box)
+        ext = np.zeros((self.d, 3))
+        ext[:, 0] = self.wrap(xi)
+        ext[:, 1:] = self._pin_centres
+        return np.concatenate([pos, ext], axis=0)
+
+    def evaluateCV(self, positions, box=None) -> np.ndarray:
+        """xi (d,) of molecule (or full-System) positions, evaluated on the host."""
+        pos = np.asarray(_strip(positions, "nm"), dtype=np.float64)
+        b = torch.zeros(3, 3, dtype=torch.float64) if box is None else torch.as_tensor(
+            np.asarray(_strip(box, "nm"), dtype=np.float64))
+        with torch.no_grad():
+            return self.cv(torch.as_tensor(pos), b).numpy().astype(np.float64)
+
+    def wrap(self, values) -> np.ndarray:
+        """Wrap periodic components into [gridMin, gridMax)."""
+        v = np.array(values, dtype=np.float64, copy=True)
+        span = self.gridMax - self.gridMin
+        wrapped = self.gridMin + np.mod(v - self.gridMin, span)
+        return np.where(self.periodic, wrapped, v)
+
+    def getLambda(self, context) -> np.ndarray:
+        """Current lambda (d,), periodic components wrapped."""
+        pos = context.getState(getPositions=True).getPositions(asNumpy=True)._value
+        return self.wrap(np.asarray(pos)[self.extendedIndices, 0])
+
+    def getCollectiveVariables(self, context) -> np.ndarray:
+        """Current xi (d,), computed on the host from the Context positions."""
+        st = context.getState(getPositions=True)
+        pos = np.asarray(st.getPositions(asNumpy=True)._value)
+        box = np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value) if self.usesPeriodic else None
+        return self.evaluateCV(pos, box)
+
+    def getInstantaneous(self, context) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(xi, lambda, applied ABF bias force on lambda) at the current positions, from the device.
+
+        Triggers one normal force evaluation of the eABF group (which samples the configuration if sampling is
+        on and it was not sampled yet, exactly as the next step would) and one read-out.
+        """
+        context.getState(getForces=True, groups={self.forceGroup})
+        info = self._read_range(context, 0, 3 * self.d)
+        d = self.d
+        return info[:d].copy(), self.wrap(info[d:2 * d]), info[2 * d:].copy()
+
+    # ---------------------------------------------------------------- read-out
+    def _read_range(self, context, start: int, length: int) -> np.ndarray:
+        nslot = len(self.slotIndices)
+        out = np.empty(length)
+        old_r = context.getParameter(self.readoutParameter)
+        old_c = context.getParameter(self.chunkParameter)
+        context.setParameter(self.readoutParameter, 1.0)
+        try:
+            c0, c1 = start // nslot, (start + length - 1) // nslot
+            buf = []
+            for c in range(c0, c1 + 1):
+                context.setParameter(self.chunkParameter, float(c))
+                f = context.getState(getForces=True, groups={self.forceGroup}).getForces(asNumpy=True)._value
+                buf.append(decode_readout(np.asarray(f)[self.slotIndices]))
+            flat = np.concatenate(buf)
+            off = start - c0 * nslot
+            out[:] = flat[off: off + length]
+        finally:
+            context.setParameter(self.readoutParameter, old_r)
+            context.setParameter(self.chunkParameter, old_c)
+        return out
+
+    def readFlat(self, context) -> np.ndarray:
+        """The whole flattened accumulator vector (bit-exact copy of the device buffers)."""
+        return self._read_range(context, 0, self._flat_len)
+
+    def getState(self, context) -> EABFState:
+        """Copy the device accumulators into an :class:`EABFState` (adds no samples)."""
+        flat = self.readFlat(context)
+        L = self._layout
+        shape = tuple(int(b) for b in self.bins)
+        d = self.d
+
+        def part(key):
+            a, n = L[key]
+            return flat[a: a + n]
+
+        return EABFState(
+            grid_min=self.gridMin.copy(), grid_max=self.gridMax.copy(), bins=self.bins.copy(),
+            periodic=self.periodic.copy(), kappa=self.kappa.copy(),
+            count=part("count").reshape(shape), grad=part("grad").reshape(shape + (d,)),
+            zcount=part("zcount").reshape(shape), czar=part("czar").reshape(shape + (d,)),
+            last=part("last").copy(), n_samples=int(round(part("n_samples")[0])),
+        )
+
+    def setSampling(self, context, on: bool) -> None:
+        """Switch sampling on/off (e.g. off for minimisation/equilibration)."""
+        context.setParameter(self.sampleParameter, 1.0 if on else 0.0)
