@@ -35,6 +35,7 @@ __all__ = [
     "apply_overrides",
     "dump_config",
     "save_config",
+    "effective_config",
 ]
 
 
@@ -377,10 +378,10 @@ def _with_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def apply_overrides(config: Config, overrides: list[str]) -> Config:
+def apply_overrides(config: Config, overrides: list[str], source: str = "command line") -> Config:
     """Return a new validated config with ``section.key=value`` overrides (values parsed as YAML)."""
     data = _with_overrides(config_to_dict(config), overrides)
-    return config_from_dict(data, source="--set")
+    return config_from_dict(data, source=source)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -407,3 +408,19 @@ def save_config(config: Config, path: str | Path) -> None:
     from .io import atomic_write_text
 
     atomic_write_text(path, dump_config(config))
+
+
+def effective_config(config: Config) -> Config:
+    """Fill the system-dependent defaults (temperature, CV selection) from the system's recipe.
+
+    The result is what a run actually uses; dumping and loading it gives the same config.
+    """
+    from .systems import SYSTEMS
+
+    spec = SYSTEMS.get(config.system.name)
+    temperature = config.system.temperature or (spec.temperature if spec else 300.0)
+    selection = config.cv.selection or (spec.selection if spec else "backbone")
+    data = config_to_dict(config)
+    data["system"]["temperature"] = temperature
+    data["cv"]["selection"] = selection
+    return config_from_dict(data)
