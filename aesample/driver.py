@@ -1,0 +1,233 @@
+"""The iterative loop: MD -> reweighted autoencoder training -> new CV -> eABF along it -> ...
+
+Method of Belkacemi, Gkeka, Lelievre & Stoltz, JCTC 18 (2022):
+
+* iteration 0: unbiased MD from one or several structures, then train the first autoencoder;
+* iteration k >= 1: eABF along xi_{k-1}; frames reweighted to the Boltzmann measure with
+  w ∝ exp(beta F_kappa(lambda)); retrain (warm start) -> xi_k;
+* convergence: R^2 of the linear regression of xi_k on xi_{k-1} over iteration k's frames.
+
+Run directory (one concept per file, all written atomically)::
+
+    RUN/run.yaml            effective configuration
+    RUN/state.json          progress: iteration, stage (md | train | analyse), history
+    RUN/aesample.log        log
+    RUN/iter_NNN/md*/       MD segments, checkpoints, COLVAR, eABF grids (aesample.md)
+    RUN/iter_NNN/cv.pt      TorchScript CV (+ cv.json), model.pt, weights.npy, loss.*, metrics.json, *.png
+    RUN/summary.json, RUN/report.md, RUN/report.html
+
+Every stage is idempotent given its inputs (fixed seeds), and ``state.json`` only moves
+forward after a stage's outputs are on disk, so ``aesample resume RUN`` continues after a
+kill at any moment; inside MD stages at most one segment is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import Config, ConfigError, load_config, save_config
+from .io import atomic_path, atomic_write_json
+
+__all__ = ["LoopDriver", "LoopState", "RunDirectoryError"]
+
+log = logging.getLogger("aesample")
+
+STAGES = ("md", "train", "analyse")
+
+
+class RunDirectoryError(ValueError):
+    """The run directory is missing, not a run, or would be overwritten."""
+
+
+@dataclass
+class LoopState:
+    """Progress of a run, persisted as ``state.json``."""
+
+    iteration: int = 0
+    stage: str = "md"
+    finished: bool = False
+    converged: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 1
+
+    @classmethod
+    def load(cls, path: Path) -> "LoopState":
+        try:
+            data = json.loads(Path(path).read_text())
+            state = cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise RunDirectoryError(f"{path}: unreadable run state: {exc}") from None
+        if state.stage not in STAGES:
+            raise RunDirectoryError(f"{path}: unknown stage {state.stage!r}")
+        return state
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+
+def _iter_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / f"iter_{iteration:03d}"
+
+
+class LoopDriver:
+    """Runs (or resumes) the eABF <-> retraining loop in a run directory.
+
+    Use :meth:`create` for a new run and :meth:`open` to resume one; then :meth:`run`.
+    """
+
+    def __init__(self, run_dir: Path, config: Config, state: LoopState):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.state = state
+        self._system = None
+        self._setup_logging()
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, config: Config, run_dir: Optional[Path] = None) -> "LoopDriver":
+        """Start a new run in ``run_dir`` (default ``config.output.directory``).
+
+        Raises
+        ------
+        RunDirectoryError
+            If the directory exists and is not empty (runs are never overwritten silently).
+        """
+        run_dir = Path(run_dir or config.output.directory)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise RunDirectoryError(
+                f"run directory {run_dir} already exists and is not empty: "
+                f"continue it with `aesample resume {run_dir}` or choose another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = config.model_dump(mode="json")
+        data["output"]["directory"] = str(run_dir)
+        from .config import config_from_dict
+
+        config = config_from_dict(data)
+        save_config(config, run_dir / "run.yaml")
+        state = LoopState()
+        state.save(run_dir / "state.json")
+        return cls(run_dir, config, state)
+
+    @classmethod
+    def open(cls, run_dir: Path) -> "LoopDriver":
+        """Re-open an existing run directory (for resume, status, report)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "run.yaml").is_file() or not (run_dir / "state.json").is_file():
+            raise RunDirectoryError(f"{run_dir} is not an aesample run directory (no run.yaml/state.json)")
+        try:
+            config = load_config(run_dir / "run.yaml")
+        except ConfigError as exc:
+            raise RunDirectoryError(str(exc)) from None
+        return cls(run_dir, config, LoopState.load(run_dir / "state.json"))
+
+    def _setup_logging(self) -> None:
+        if any(getattr(h, "_aesample_run", None) == str(self.run_dir) for h in log.handlers):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.run_dir / "aesample.log")
+        handler._aesample_run = str(self.run_dir)  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def system(self):
+        """The parametrised :class:`~aesample.systems.MolecularSystem` (built lazily, once)."""
+        if self._system is None:
+            from .systems import system_from_config
+
+            self._system = system_from_config(self.config.system)
+        return self._system
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return _iter_dir(self.run_dir, iteration)
+
+    def _save_state(self) -> None:
+        self.state.save(self.run_dir / "state.json")
+
+    # ------------------------------------------------------------------ loop
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        """Run stages until convergence or ``loop.max_iterations``; returns the summary."""
+        from . import loopstages
+
+        cfg = self.config
+        log.info("run %s: iteration %d, stage %s", self.run_dir, self.state.iteration, self.state.stage)
+        while not self.state.finished:
+            k = self.state.iteration
+            out = self.iteration_dir(k)
+            out.mkdir(parents=True, exist_ok=True)
+            if self.state.stage == "md":
+                t0 = time.perf_counter()
+                loopstages.run_md_stage(self, k, progress=progress)
+                log.info("iteration %d: MD done in %.1f s", k, time.perf_counter() - t0)
+                self.state.stage = "train"
+                self._save_state()
+            if self.state.stage == "train":
+                t0 = time.perf_counter()
+                loopstages.run_train_stage(self, k)
+                log.info("iteration %d: training done in %.1f s", k, time.perf_counter() - t0)
+                self.state.stage = "analyse"
+                self._save_state()
+            if self.state.stage == "analyse":
+                metrics = loopstages.run_analyse_stage(self, k)
+                self.state.history = [h for h in self.state.history if h["iteration"] != k] + [metrics]
+                score = metrics.get("regression_score")
+                converged = score is not None and score >= cfg.loop.convergence_threshold
+                if progress:
+                    print(loopstages.format_metrics(metrics), flush=True)
+                if converged or k >= cfg.loop.max_iterations:
+                    self.state.finished = True
+                    self.state.converged = bool(converged)
+                else:
+                    self.state.iteration = k + 1
+                    self.state.stage = "md"
+                self._save_state()
+        summary = self.write_summary()
+        if cfg.output.plots:
+            from .report import write_report
+
+            write_report(self)
+        return summary
+
+    # ------------------------------------------------------------------ outputs
+    def write_summary(self) -> dict[str, Any]:
+        """``summary.json``: configuration digest, per-iteration metrics, convergence."""
+        summary = {
+            "run_directory": str(self.run_dir),
+            "system": self.config.system.name,
+            "iterations_done": len(self.state.history),
+            "finished": self.state.finished,
+            "converged": self.state.converged,
+            "convergence_threshold": self.config.loop.convergence_threshold,
+            "history": self.state.history,
+        }
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def status_text(self) -> str:
+        """Human-readable progress of the run."""
+        st = self.state
+        lines = [
+            f"run {self.run_dir} ({self.config.system.name})",
+            f"  state: {'finished' if st.finished else 'in progress'}"
+            + (f", converged" if st.converged else "")
+            + (f"; next: iteration {st.iteration}, stage {st.stage}" if not st.finished else ""),
+        ]
+        from .loopstages import format_metrics, md_progress
+
+        if not st.finished and st.stage == "md":
+            done, total = md_progress(self, st.iteration)
+            if total:
+                lines.append(f"  MD of iteration {st.iteration}: {done / 1000:.3f} / {total / 1000:.3f} ns")
+        for metrics in st.history:
+            lines.append("  " + format_metrics(metrics))
+        return "\n".join(lines)

@@ -1,0 +1,369 @@
+"""The three stages of one loop iteration (MD, training, analysis), as used by :mod:`aesample.driver`.
+
+Each stage reads what earlier stages wrote in the run directory and writes its own
+outputs atomically, so re-running a stage after a crash gives the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import mdtraj
+import numpy as np
+import torch
+from openmm import unit
+
+from .io import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .driver import LoopDriver
+
+__all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress"]
+
+_KB = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+
+
+def _kT(driver: "LoopDriver") -> float:
+    return _KB * driver.config.system.temperature
+
+
+def _steps(ns: float, timestep_fs: float, multiple: int) -> int:
+    """Number of MD steps for ``ns``, rounded up to a whole number of report intervals."""
+    steps = int(round(ns * 1e6 / timestep_fs))
+    return max(multiple, int(math.ceil(steps / multiple)) * multiple)
+
+
+# ---------------------------------------------------------------------------------- MD
+def _starting_structures(driver: "LoopDriver") -> list[np.ndarray]:
+    """Positions (nm) of every starting structure of iteration 0, checked against the system."""
+    ms = driver.system
+    starts = [ms.positions]
+    for path in driver.config.loop.initial_structures:
+        from openmm.app import PDBFile
+
+        try:
+            pdb = PDBFile(str(path))
+        except Exception as exc:
+            raise ValueError(f"loop.initial_structures: cannot read {path}: {exc}") from None
+        pos = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+        n_solute = len(ms.solute_indices())
+        if pos.shape[0] == ms.n_atoms:
+            starts.append(pos)
+        elif pos.shape[0] == n_solute and ms.periodic:
+            # A solute-only structure for a solvated system: keep the solvent of the built system.
+            full = ms.positions.copy()
+            shift = pos.mean(axis=0) - full[ms.solute_indices()].mean(axis=0)
+            full[ms.solute_indices()] = pos - shift
+            starts.append(full)
+        else:
+            raise ValueError(
+                f"loop.initial_structures: {path} has {pos.shape[0]} atoms but the system has {ms.n_atoms}"
+                + (f" ({n_solute} solute atoms)" if ms.periodic else "")
+            )
+    return starts
+
+
+def _md_dirs(driver: "LoopDriver", k: int) -> list[Path]:
+    out = driver.iteration_dir(k)
+    n = len(driver.config.loop.initial_structures) + 1 if k == 0 else 1
+    return [out / f"md_{j}" for j in range(n)]
+
+
+def _md_settings(driver: "LoopDriver", seed_offset: int):
+    from .md import MDSettings
+
+    cfg = driver.config
+    return MDSettings(
+        timestep=cfg.md.timestep * 1e-3,
+        friction=cfg.md.friction,
+        temperature=cfg.system.temperature,
+        report_interval=cfg.md.report_interval,
+        segment_steps=cfg.md.segment_steps,
+        seed=cfg.md.seed + seed_offset,
+        minimize=cfg.md.minimize,
+        equilibration_steps=int(round(cfg.md.equilibration / (cfg.md.timestep * 1e-3))),
+        platform=cfg.system.platform,
+        precision=cfg.system.precision,
+        trajectory_format=cfg.output.trajectory_format,
+    )
+
+
+def _eabf_settings(driver: "LoopDriver", d: int):
+    from .md import EABFSettings
+
+    e = driver.config.eabf
+    return EABFSettings(
+        grid_min=[e.grid_min] * d,
+        grid_max=[e.grid_max] * d,
+        bins=[e.bins] * d,
+        kappa=[e.kappa] * d,
+        extended_period=e.extended_period,
+        extended_temperature=e.extended_temperature,
+        full_samples=e.full_samples,
+        min_samples=e.min_samples,
+        wall_kappa=[e.wall_kappa] * d,
+    )
+
+
+def run_md_stage(driver: "LoopDriver", k: int, progress: bool = True) -> None:
+    """Iteration 0: unbiased MD from each starting structure; k >= 1: eABF along xi_{k-1}."""
+    from . import md
+    from .export import load_cv
+
+    cfg = driver.config
+    dirs = _md_dirs(driver, k)
+    if k == 0:
+        steps = _steps(cfg.loop.initial_md, cfg.md.timestep, cfg.md.report_interval)
+        for j, (start, out) in enumerate(zip(_starting_structures(driver), dirs)):
+            md.run_md(
+                driver.system, out, steps, _md_settings(driver, 1000 * j), positions=start,
+                progress=progress, description=f"iter 0 MD {j}",
+            )
+        return
+    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
+    cv, meta = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
+    start = md.final_positions(_md_dirs(driver, k - 1)[0])
+    md.run_eabf(
+        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension))), dirs[0], steps,
+        _md_settings(driver, 1000 * k), positions=start, progress=progress, description=f"iter {k} eABF",
+    )
+
+
+def md_progress(driver: "LoopDriver", k: int) -> tuple[int, int]:
+    """(steps done, steps planned) of iteration ``k``'s MD, from its checkpoints, in ps."""
+    from . import md
+
+    cfg = driver.config
+    ns = cfg.loop.initial_md if k == 0 else cfg.loop.eabf_per_iteration
+    dirs = _md_dirs(driver, k)
+    total = _steps(ns, cfg.md.timestep, cfg.md.report_interval) * len(dirs)
+    done = sum(md.steps_done(d) for d in dirs)
+    ps = cfg.md.timestep * 1e-3
+    return int(done * ps), int(total * ps)
+
+
+# ---------------------------------------------------------------------------------- data
+def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Optional[np.ndarray]]:
+    """Trajectory frames of iteration ``k`` (molecule only), their weights and lambdas.
+
+    Weights: uniform at iteration 0; w ∝ exp(beta F_kappa(lambda)) for eABF iterations.
+    """
+    from . import md
+
+    trajs, lambdas = [], []
+    for out in _md_dirs(driver, k):
+        result = md.load_result(out)
+        trajs.append(result.load_trajectory(driver.system.mdtraj_topology))
+        if k > 0:
+            lambdas.append(result.colvar_lambda())
+    traj = mdtraj.join(trajs) if len(trajs) > 1 else trajs[0]
+    if k == 0:
+        return traj, np.full(traj.n_frames, 1.0 / traj.n_frames), None
+    lam = np.concatenate(lambdas)
+    if len(lam) != traj.n_frames:
+        raise RuntimeError(f"iteration {k}: {traj.n_frames} frames but {len(lam)} COLVAR rows")
+    weights = md.load_result(_md_dirs(driver, k)[0]).reweighting_weights(lam)
+    return traj, weights, lam
+
+
+def _training_set(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray]:
+    traj, weights, _ = _frames(driver, k)
+    if not driver.config.loop.pool_iterations or k == 0:
+        return traj, weights
+    trajs, ws = [traj], [weights]
+    for j in range(k):
+        t, w, _ = _frames(driver, j)
+        trajs.append(t)
+        ws.append(w)
+    # Each iteration's weights are normalised on its own; pooling gives iterations equal mass.
+    return mdtraj.join(trajs), np.concatenate(ws) / len(ws)
+
+
+def _box(traj: mdtraj.Trajectory) -> Optional[np.ndarray]:
+    return None if traj.unitcell_vectors is None else np.asarray(traj.unitcell_vectors, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------- training
+def _featurizer(driver: "LoopDriver"):
+    from .features import AlignedPositions, spanning_tree_parents
+    from .selection import select_atoms
+
+    ms = driver.system
+    indices = select_atoms(ms.mdtraj_topology, driver.config.cv.selection, what="cv.selection")
+    parents = spanning_tree_parents(ms.mdtraj_topology, indices) if ms.periodic else None
+    # Reference: the built structure's selected atoms (the same for every iteration).
+    return AlignedPositions(indices, ms.positions[indices], parents=parents), indices
+
+
+def run_train_stage(driver: "LoopDriver", k: int) -> None:
+    """Train the autoencoder on iteration ``k``'s reweighted frames and export xi_k."""
+    from .export import compute_cv, export_cv
+    from .models import ModelSpec
+    from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
+
+    cfg = driver.config
+    out = driver.iteration_dir(k)
+    traj, weights = _training_set(driver, k)
+    featurizer, indices = _featurizer(driver)
+    xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
+    box = _box(traj)
+    with torch.no_grad():
+        boxes = torch.zeros(xyz.shape[0], 3, 3, dtype=torch.float64) if box is None else torch.as_tensor(box)
+        features = featurizer(xyz, boxes)
+    if cfg.cv.standardize:
+        featurizer.fit_standardization(features, torch.as_tensor(weights))
+        with torch.no_grad():
+            features = featurizer(xyz, boxes)
+    spec = ModelSpec(
+        n_features=int(features.shape[1]), hidden=tuple(cfg.cv.hidden_layers), n_cv=cfg.cv.dimension,
+        activation=cfg.cv.activation, variational=cfg.cv.model == "vae", beta=cfg.cv.vae_beta,
+        noise_std=cfg.cv.denoising_sigma, l1_code=cfg.cv.sparse_l1,
+    )
+    device = cfg.training.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = TrainingOptions(
+        learning_rate=cfg.training.learning_rate, batch_size=cfg.training.batch_size,
+        max_epochs=cfg.training.max_epochs, patience=cfg.training.patience,
+        val_fraction=cfg.training.validation_fraction, weight_decay=cfg.training.weight_decay,
+        seed=cfg.training.seed + k, device=device,
+    )
+    warm = None
+    if cfg.training.warm_start and k > 0:
+        warm = torch.load(driver.iteration_dir(k - 1) / "model.pt", weights_only=True)["state_dict"]
+    result = fit_autoencoder(features, weights, spec, options, warm_start=warm)
+    model = result.model.cpu().double().eval()
+    with torch.no_grad():
+        code = model.encode(features)
+    scaling = fit_cv_scaling(code, weights, target_range=cfg.cv.scale_range)
+    meta = {
+        "selection": cfg.cv.selection,
+        "system": cfg.system.name,
+        "iteration": k,
+        "training": result.summary(),
+    }
+    export_cv(featurizer, model, scaling, out / "cv.pt", metadata=meta)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, tmp)
+    with atomic_path(out / "weights.npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, weights)
+    save_history(result.history, out / "loss", plot=cfg.output.plots)
+    # Sanity: the exported CV reproduces the scaled code on the training frames.
+    from .export import load_cv
+
+    cv, _ = load_cv(out / "cv.pt")
+    xi = compute_cv(cv, traj.xyz.astype(np.float64), box=box)
+    expected = scaling.apply(code.numpy())
+    if not np.allclose(xi, expected, atol=1e-6):
+        raise RuntimeError(f"iteration {k}: exported CV disagrees with the trained model (max diff "
+                           f"{np.abs(xi - expected).max():.2e})")
+
+
+# ---------------------------------------------------------------------------------- analysis
+def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
+    """Scores, diagnostics and plots of iteration ``k``; writes ``metrics.json``."""
+    from . import analysis, md, plots
+    from .export import compute_cv, load_cv
+
+    cfg = driver.config
+    out = driver.iteration_dir(k)
+    traj, weights, _ = _frames(driver, k)
+    box = _box(traj)
+    cv_k, _ = load_cv(out / "cv.pt")
+    xi_k = compute_cv(cv_k, traj.xyz.astype(np.float64), box=box)
+    train_meta = json.loads((out / "cv.json").read_text()).get("training", {})
+    metrics: dict[str, Any] = {
+        "iteration": k,
+        "frames": int(traj.n_frames),
+        "training_seconds": train_meta.get("seconds"),
+        "training_epochs": train_meta.get("epochs"),
+        "best_val_loss": train_meta.get("best_val_loss"),
+        "regression_score": None,
+    }
+    results = [md.load_result(d) for d in _md_dirs(driver, k)]
+    metrics["ns"] = float(sum(r.ns for r in results))
+    metrics["ns_per_day"] = float(np.mean([r.ns_per_day for r in results if r.ns_per_day])) if results else None
+    if k > 0:
+        prev, _ = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
+        xi_prev = compute_cv(prev, traj.xyz.astype(np.float64), box=box)
+        metrics["regression_score"] = analysis.regression_score(xi_k, xi_prev)
+    kT = _kT(driver)
+    plotting = cfg.output.plots
+    if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
+        angles = analysis.phi_psi(traj)
+        metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
+        try:
+            metrics["delta_f_phi"] = analysis.basin_free_energy_difference(angles[:, 0], weights, kT)
+        except ValueError:
+            metrics["delta_f_phi"] = None
+        if plotting:
+            from .estimators import reweighted_free_energy
+
+            plots.plot_dihedral_scatter(angles, xi_k, out / "phi_psi_cv.png", f"iteration {k}: (phi, psi) by CV")
+            fes, edges = reweighted_free_energy(angles, weights, 36, cfg.system.temperature,
+                                                range_=[(-np.pi, np.pi), (-np.pi, np.pi)])
+            plots.plot_dihedral_free_energy(fes, edges, out / "phi_psi_fes.png", f"iteration {k}: reweighted F(phi, psi)")
+    if cfg.system.name.startswith("chignolin"):
+        from .systems import systems_dir
+
+        folded = mdtraj.load(str(systems_dir() / "chignolin_cln025_5awl.pdb"))
+        obs = analysis.chignolin_observables(traj, folded)
+        metrics["rmsd_ca_mean"] = float(np.average(obs["rmsd_ca"], weights=weights))
+        metrics["folded_fraction"] = float(weights[obs["rmsd_ca"] < 0.2].sum() / weights.sum())
+        metrics["rg_mean"] = float(np.average(obs["rg"], weights=weights))
+        metrics["cv_rmsd_score"] = analysis.regression_score(obs["rmsd_ca"], xi_k, weights)
+    if plotting:
+        lo, hi = cfg.eabf.grid_min, cfg.eabf.grid_max
+        plots.plot_cv_histogram(xi_k, out / "cv_histogram.png", f"iteration {k}: sampled CV",
+                                ranges=[(lo, hi)] * xi_k.shape[1])
+        if k > 0:
+            centers, pmf = results[0].czar_pmf()
+            plots.plot_free_energy(centers, pmf, out / "free_energy.png",
+                                   f"iteration {k}: CZAR free energy along xi_{k - 1}", cv_label=f"xi_{k - 1}")
+        else:
+            from .estimators import reweighted_free_energy
+
+            fes, edges = reweighted_free_energy(xi_k, weights, 40, cfg.system.temperature)
+            centers = [0.5 * (e[1:] + e[:-1]) for e in edges]
+            plots.plot_free_energy(centers, fes, out / "free_energy.png",
+                                   "iteration 0: free energy along xi_0 (unbiased MD)", cv_label="xi_0")
+        history = [h for h in driver.state.history if h["iteration"] != k] + [metrics]
+        its = [h["iteration"] for h in history if h.get("regression_score") is not None]
+        if its:
+            scores = [h["regression_score"] for h in history if h.get("regression_score") is not None]
+            extra = None
+            if "dihedral_score" in metrics:
+                extra = {"score vs (phi, psi)": [h.get("dihedral_score") for h in history
+                                                  if h.get("regression_score") is not None]}
+            plots.plot_scores(its, scores, cfg.loop.convergence_threshold, out / "scores.png", extra)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _is_dipeptide(driver: "LoopDriver") -> bool:
+    names = [r.name for r in driver.system.mdtraj_topology.residues if r.is_protein]
+    return names == ["ACE", "ALA", "NME"]
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """One line per iteration for the terminal and `aesample status`."""
+    parts = [f"iteration {m['iteration']}:"]
+    if m.get("regression_score") is not None:
+        parts.append(f"R2(xi_k~xi_k-1)={m['regression_score']:.4f}")
+    if m.get("dihedral_score") is not None:
+        parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
+    if m.get("delta_f_phi") is not None:
+        parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol")
+    if m.get("rmsd_ca_mean") is not None:
+        parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
+    parts.append(f"{m.get('ns', 0):.3f} ns")
+    if m.get("ns_per_day"):
+        parts.append(f"{m['ns_per_day']:.1f} ns/day")
+    if m.get("training_seconds") is not None:
+        parts.append(f"train {m['training_seconds']:.1f} s")
+    return " ".join(parts)

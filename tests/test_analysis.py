@@ -1,0 +1,57 @@
+"""Diagnostics: regression score, dihedral features, basin free energies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from aesample.analysis import basin_free_energy_difference, dihedral_score, periodic_features, regression_score
+
+
+def test_regression_score_linear_and_noise():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 2))
+    y = x @ np.array([[2.0, -1.0], [0.5, 3.0]]) + 4.0  # any affine map of the previous CV scores 1
+    assert regression_score(y, x) == pytest.approx(1.0, abs=1e-12)
+    noise = rng.normal(size=(500, 2))
+    assert regression_score(noise, x) < 0.05
+    # Known value: y = x + e with var(x) = var(e) = 1 gives R^2 = 1/2.
+    x1 = rng.normal(size=20000)
+    y1 = x1 + rng.normal(size=20000)
+    assert regression_score(y1, x1) == pytest.approx(0.5, abs=0.02)
+
+
+def test_regression_score_weights_match_duplication():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 1))
+    y = np.sin(x[:, 0]) + 0.1 * rng.normal(size=50)
+    counts = rng.integers(1, 4, size=50)
+    dup = regression_score(np.repeat(y, counts), np.repeat(x, counts, axis=0))
+    assert regression_score(y, x, weights=counts.astype(float)) == pytest.approx(dup, rel=1e-10)
+
+
+def test_regression_score_rejects_mismatch():
+    with pytest.raises(ValueError, match="target has 10 frames but predictors have 9"):
+        regression_score(np.zeros(10), np.zeros(9))
+
+
+def test_dihedral_score_periodic():
+    rng = np.random.default_rng(2)
+    angles = rng.uniform(-math.pi, math.pi, size=(1000, 2))
+    # A CV that is a smooth periodic function of phi: linear in cos/sin, so it scores 1,
+    # while the raw angle (discontinuous at +-pi) would not.
+    cv = np.stack([np.cos(angles[:, 0]) + 0.3 * np.sin(angles[:, 1]), np.sin(angles[:, 0])], axis=1)
+    assert dihedral_score(cv, angles) == pytest.approx(1.0, abs=1e-10)
+    assert periodic_features(angles).shape == (1000, 4)
+    assert dihedral_score(rng.normal(size=(1000, 2)), angles) < 0.05
+
+
+def test_basin_free_energy_difference():
+    kT = 2.494
+    phi = np.array([-1.0] * 3 + [1.0] * 1)
+    w = np.ones(4)
+    assert basin_free_energy_difference(phi, w, kT) == pytest.approx(kT * math.log(3))
+    with pytest.raises(ValueError, match="never visited"):
+        basin_free_energy_difference(np.array([-1.0, -2.0]), np.ones(2), kT)
