@@ -1,0 +1,321 @@
+"""Free-energy estimators for eABF accumulators (numpy/scipy only).
+
+Conventions: grids are regular, bin centres ``gmin + (i + 1/2) * width``; arrays have the grid shape (C order,
+first component slowest); gradient arrays add a last axis of length d. Energies in kJ/mol, CV in its own units.
+
+* :func:`naive_gradient`: ``dF_kappa/dlambda = <kappa (lambda - xi)>_lambda`` per lambda bin (the ABF estimate).
+* :func:`czar_gradient`: ``dA/dz = -kT d ln rho~(z)/dz + <kappa (lambda - z)>~_z`` (CZAR, Lesage et al. JPCB 2017).
+* :func:`integrate_1d` (cumulative trapezoid) and :func:`integrate_2d` (least-squares / Poisson solve of
+  ``grad A = g`` on the grid, periodic or not, with scipy.sparse).
+* :func:`reweighting_weights`: per-frame ``w ∝ exp(beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022), and
+  :func:`reweighted_free_energy` (weighted histogram -> free energy).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "kT",
+    "naive_gradient",
+    "czar_gradient",
+    "integrate_1d",
+    "integrate_2d",
+    "integrate_gradient",
+    "reweighting_weights",
+    "reweighted_free_energy",
+    "interpolate_on_grid",
+]
+
+
+def kT(temperature: float) -> float:
+    """Thermal energy in kJ/mol at ``temperature`` K (or a Quantity)."""
+    from openmm import unit
+
+    if unit.is_quantity(temperature):
+        temperature = temperature.value_in_unit(unit.kelvin)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 K, got {temperature}")
+    return float(unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)) * float(temperature)
+
+
+def naive_gradient(grad_sum: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mean of ``kappa (lambda - xi)`` per lambda bin = ``dF_kappa/dlambda``; NaN in empty bins.
+
+    ``grad_sum`` has the grid shape plus a last axis d, ``count`` the grid shape.
+    """
+    g = np.asarray(grad_sum, dtype=np.float64)
+    n = np.asarray(count, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = g / n[..., None]
+    out[n == 0] = np.nan
+    return out
+
+
+def _log_density_gradient(zcount: np.ndarray, width: Sequence[float], periodic: Sequence[bool]) -> np.ndarray:
+    """d ln n / dz_k per bin by central differences (one-sided at open edges); NaN where undefined."""
+    n = np.asarray(zcount, dtype=np.float64)
+    d = n.ndim
+    with np.errstate(divide="ignore"):
+        ln = np.where(n > 0, np.log(np.where(n > 0, n, 1.0)), np.nan)
+    out = np.full(n.shape + (d,), np.nan)
+    for k in range(d):
+        h = float(width[k])
+        if periodic[k]:
+            out[..., k] = (np.roll(ln, -1, axis=k) - np.roll(ln, 1, axis=k)) / (2 * h)
+        else:
+            g = np.full(n.shape, np.nan)
+            sl = [slice(None)] * d
+            m = n.shape[k]
+            if m >= 3:
+                def take(a, b):
+                    s = list(sl)
+                    s[k] = slice(a, b)
+                    return ln[tuple(s)]
+                inner = (take(2, m) - take(0, m - 2)) / (2 * h)
+                s = list(sl); s[k] = slice(1, m - 1); g[tuple(s)] = inner
+            if m >= 2:
+                s0 = list(sl); s0[k] = 0
+                s1 = list(sl); s1[k] = 1
+                g[tuple(s0)] = (ln[tuple(s1)] - ln[tuple(s0)]) / h
+                sa = list(sl); sa[k] = m - 1
+                sb = list(sl); sb[k] = m - 2
+                g[tuple(sa)] = (ln[tuple(sa)] - ln[tuple(sb)]) / h
+            out[..., k] = g
+    return out
+
+
+def czar_gradient(
+    czar_sum: np.ndarray,
+    zcount: np.ndarray,
+    width: Sequence[float],
+    temperature: float,
+    periodic: Optional[Sequence[bool]] = None,
+    min_count: int = 1,
+) -> np.ndarray:
+    """CZAR estimate of ``dA/dz`` (kJ/mol per CV unit) on the z = xi grid.
+
+    ``dA/dz = -kT d ln n(z)/dz + <kappa (lambda - z)>_z`` where ``n`` is the biased histogram of xi and the average
+    runs over the biased eABF samples in the z bin. Bins with fewer than ``min_count`` samples, or with an empty
+    neighbour needed by the finite difference, are NaN.
+    """
+    n = np.asarray(zcount, dtype=np.float64)
+    d = n.ndim
+    width = np.broadcast_to(np.asarray(width, dtype=np.float64), (d,))
+    periodic = [False] * d if periodic is None else [bool(p) for p in np.broadcast_to(periodic, (d,))]
+    n_ok = np.where(n >= min_count, n, 0.0)
+    mean = naive_gradient(czar_sum, n_ok)
+    dln = _log_density_gradient(n_ok, width, periodic)
+    return -kT(temperature) * dln + mean
+
+
+def integrate_1d(gradient: np.ndarray, width: float, periodic: bool = False) -> np.ndarray:
+    """Cumulative trapezoid integral of a 1D gradient on bin centres, minimum shifted to 0.
+
+    Only the longest run of consecutive finite gradient values is integrated (unsampled edges and gaps make the
+    rest NaN). For periodic grids the run may wrap; the integral is returned as is (no drift correction).
+    """
+    g = np.asarray(gradient, dtype=np.float64).reshape(-1)
+    n = len(g)
+    ok = np.isfinite(g)
+    a = np.full(n, np.nan)
+    if not ok.any():
+        return a
+    if periodic and ok.all():
+        start, length = 0, n
+    else:
+        # longest run of finite values (wrapping when periodic)
+        best_s, best_l, cur_s, cur_l = 0, 0, 0, 0
+        seq = np.concatenate([ok, ok]) if periodic else ok
+        for i, v in enumerate(seq):
+            if v:
+                if cur_l == 0:
+                    cur_s = i
+                cur_l += 1
+                if cur_l > best_l:
+                    best_s, best_l = cur_s, cur_l
+            else:
+                cur_l = 0
+        start, length = best_s % n, min(best_l, n)
+    idx = (start + np.arange(length)) % n
+    gg = g[idx]
+    vals = np.concatenate([[0.0], np.cumsum(0.5 * (gg[1:] + gg[:-1]) * float(width))])
+    a[idx] = vals
+    a -= np.nanmin(a)
+    return a
+
+
+def integrate_2d(
+    gradient: np.ndarray,
+    width: Sequence[float],
+    periodic: Sequence[bool] = (False, False),
+    mask: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Least-squares potential A on a 2D grid with ``grad A ≈ gradient`` (shape (n0, n1, 2)).
+
+    Each pair of neighbouring bins (along axis 0 or 1, wrapping on periodic axes) where both gradients are
+    finite (and ``mask`` is True) gives one equation ``(A_j - A_i)/h = (g_i + g_j)/2``; the sparse normal
+    equations (a discrete Poisson problem) are solved with one bin pinned. Bins not connected to the largest
+    connected component are NaN. Result shifted to min 0.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.csgraph as csg
+    import scipy.sparse.linalg as spla
+
+    g = np.asarray(gradient, dtype=np.float64)
+    if g.ndim != 3 or g.shape[2] != 2:
+        raise ValueError(f"integrate_2d: gradient must have shape (n0, n1, 2), got {g.shape}")
+    n0, n1 = g.shape[:2]
+    ok = np.isfinite(g).all(axis=2)
+    if mask is not None:
+        ok &= np.asarray(mask, dtype=bool)
+    idx = np.arange(n0 * n1).reshape(n0, n1)
+    rows_i, rows_j, rhs = [], [], []
+    for k, n in ((0, n0), (1, n1)):
+        h = float(width[k])
+        if periodic[k]:
+            j = np.roll(idx, -1, axis=k)
+            gi, gj = g[..., k], np.roll(g[..., k], -1, axis=k)
+            oki, okj = ok, np.roll(ok, -1, axis=k)
+            ii = idx
+        else:
+            sl_a = [slice(None), slice(None)]
+            sl_b = [slice(None), slice(None)]
+            sl_a[k] = slice(0, n - 1)
+            sl_b[k] = slice(1, n)
+            ii, j = idx[tuple(sl_a)], idx[tuple(sl_b)]
+            gi, gj = g[tuple(sl_a)][..., k], g[tuple(sl_b)][..., k]
+            oki, okj = ok[tuple(sl_a)], ok[tuple(sl_b)]
+        use = oki & okj
+        if n < 2:
+            continue
+        rows_i.append(ii[use])
+        rows_j.append(j[use])
+        rhs.append(0.5 * (gi[use] + gj[use]) * h)
+    if not rows_i or sum(len(r) for r in rows_i) == 0:
+        return np.full((n0, n1), np.nan)
+    ri = np.concatenate(rows_i)
+    rj = np.concatenate(rows_j)
+    b = np.concatenate(rhs)
+    m = len(b)
+    D = sp.csr_matrix(
+        (np.concatenate([-np.ones(m), np.ones(m)]), (np.concatenate([np.arange(m)] * 2), np.concatenate([ri, rj]))),
+        shape=(m, n0 * n1),
+    )
+    # largest connected component of bins linked by equations
+    adj = sp.csr_matrix((np.ones(m), (ri, rj)), shape=(n0 * n1, n0 * n1))
+    ncomp, labels = csg.connected_components(adj, directed=False)
+    sizes = np.bincount(labels[ok.reshape(-1)], minlength=ncomp) if ok.any() else np.zeros(ncomp)
+    main = int(np.argmax(sizes))
+    keep = np.flatnonzero((labels == main) & ok.reshape(-1))
+    Dk = D[:, keep]
+    rows_keep = np.asarray(np.abs(Dk).sum(axis=1)).ravel() == 2
+    Dk = Dk[rows_keep]
+    bk = b[rows_keep]
+    L = (Dk.T @ Dk).tocsr()
+    r = Dk.T @ bk
+    # pin the first kept bin (gauge)
+    L = L.tolil()
+    L[0, :] = 0
+    L[0, 0] = 1.0
+    r[0] = 0.0
+    sol = spla.spsolve(L.tocsr(), r)
+    out = np.full(n0 * n1, np.nan)
+    out[keep] = sol
+    out = out.reshape(n0, n1)
+    out -= np.nanmin(out)
+    return out
+
+
+def integrate_gradient(gradient: np.ndarray, width: Sequence[float], periodic: Sequence[bool]) -> np.ndarray:
+    """Dispatch to :func:`integrate_1d` (gradient shape (n, 1) or (n,)) or :func:`integrate_2d`."""
+    g = np.asarray(gradient, dtype=np.float64)
+    width = np.atleast_1d(np.asarray(width, dtype=np.float64))
+    periodic = np.atleast_1d(np.asarray(periodic, dtype=bool))
+    if g.ndim == 1 or (g.ndim == 2 and g.shape[1] == 1 and len(width) == 1):
+        return integrate_1d(g.reshape(-1), float(width[0]), bool(periodic[0]))
+    if g.ndim == 3 and g.shape[2] == 2:
+        return integrate_2d(g, width, periodic)
+    raise ValueError(f"integrate_gradient: unsupported gradient shape {g.shape} (1D or 2D grids only)")
+
+
+def interpolate_on_grid(
+    values: np.ndarray, grid_min: Sequence[float], width: Sequence[float], points: np.ndarray,
+    periodic: Sequence[bool],
+) -> np.ndarray:
+    """Linear interpolation of a grid function (bin centres) at points (M, d); clamps at open edges.
+
+    NaN grid values are replaced by the maximum finite value before interpolating (unsampled = high energy).
+    """
+    from scipy.interpolate import RegularGridInterpolator
+
+    v = np.asarray(values, dtype=np.float64)
+    d = v.ndim
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, d)
+    grid_min = np.asarray(grid_min, dtype=np.float64).reshape(d)
+    width = np.asarray(width, dtype=np.float64).reshape(d)
+    fill = np.nanmax(v) if np.isfinite(v).any() else 0.0
+    v = np.where(np.isfinite(v), v, fill)
+    axes = []
+    pts = pts.copy()
+    for k in range(d):
+        n = v.shape[k]
+        c = grid_min[k] + width[k] * (np.arange(n) + 0.5)
+        if periodic[k]:
+            span = width[k] * n
+            pts[:, k] = grid_min[k] + np.mod(pts[:, k] - grid_min[k], span)
+            # pad one bin each side so every point in [min, max) is inside the interpolation range
+            c = np.concatenate([[c[0] - width[k]], c, [c[-1] + width[k]]])
+            v = np.concatenate([np.take(v, [n - 1], axis=k), v, np.take(v, [0], axis=k)], axis=k)
+        else:
+            pts[:, k] = np.clip(pts[:, k], c[0], c[-1])
+        axes.append(c)
+    return RegularGridInterpolator(axes, v)(pts)
+
+
+def reweighting_weights(
+    lambdas: np.ndarray,
+    f_kappa: np.ndarray,
+    grid_min: Sequence[float],
+    width: Sequence[float],
+    temperature: float,
+    periodic: Sequence[bool],
+) -> np.ndarray:
+    """Per-frame weights ``w_t ∝ exp(beta F_kappa(lambda_t))``, normalised to sum 1.
+
+    ``f_kappa`` is the integrated naive estimator on the lambda grid (kJ/mol); it is interpolated linearly at each
+    frame's lambda (``lambdas`` shape (T, d) or (T,)).
+    """
+    lam = np.asarray(lambdas, dtype=np.float64)
+    f = np.asarray(f_kappa, dtype=np.float64)
+    if lam.ndim == 1:
+        lam = lam[:, None]
+    fk = interpolate_on_grid(f, grid_min, width, lam, periodic)
+    x = fk / kT(temperature)
+    x -= x.max()
+    w = np.exp(x)
+    return w / w.sum()
+
+
+def reweighted_free_energy(
+    values: np.ndarray,
+    weights: Optional[np.ndarray],
+    bins,
+    temperature: float,
+    range_=None,
+) -> Tuple[np.ndarray, list]:
+    """Free energy ``-kT ln p`` (min 0, NaN for empty bins) from a weighted histogram of ``values`` (T, d).
+
+    Returns ``(F, edges)`` as :func:`numpy.histogramdd` gives them.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    h, edges = np.histogramdd(v, bins=bins, range=range_, weights=weights)
+    with np.errstate(divide="ignore"):
+        F = -kT(temperature) * np.log(h)
+    F[~np.isfinite(F)] = np.nan
+    if np.isfinite(F).any():
+        F -= np.nanmin(F)
+    return F, edges

@@ -1,0 +1,289 @@
+"""Tests of aesample.eabf: forces, sampling gate, read-out, restore, input validation, analytic free energies."""
+import math
+
+import numpy as np
+import openmm
+import pytest
+import torch
+from openmm import app, unit
+
+from aesample import cvs
+from aesample import estimators as est
+from aesample.eabf import EABFError, EABFState, ExtendedABF, decode_readout, encode_readout_numpy
+
+PDB = "systems/alanine_dipeptide_vacuum.pdb"
+REF = openmm.Platform.getPlatformByName("Reference")
+
+
+def _alanine():
+    pdb = app.PDBFile(PDB)
+    ff = app.ForceField("amber14-all.xml")
+    system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    return system, pdb.topology, pos
+
+
+def _group_energy_forces(ctx, group):
+    st = ctx.getState(getEnergy=True, getForces=True, groups={group})
+    return st.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole), np.asarray(
+        st.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    )
+
+
+def _fd_check(system, eabf, positions, rng, n_checks=12, h=1e-5):
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), REF)
+    eabf.setSampling(ctx, False)  # no samples -> no (non-conservative) ABF bias: forces are -grad E
+    ctx.setPositions(positions)
+    _, forces = _group_energy_forces(ctx, eabf.forceGroup)
+    atoms = list(eabf.cv.atom_indices.tolist()) + list(eabf.extendedIndices)
+    checked = 0
+    for a in rng.permutation(atoms)[:n_checks]:
+        for k in range(3):
+            p = positions.copy()
+            p[a, k] += h
+            ctx.setPositions(p)
+            ep, _ = _group_energy_forces(ctx, eabf.forceGroup)
+            p[a, k] -= 2 * h
+            ctx.setPositions(p)
+            em, _ = _group_energy_forces(ctx, eabf.forceGroup)
+            fd = -(ep - em) / (2 * h)
+            assert forces[a, k] == pytest.approx(fd, rel=1e-5, abs=1e-4), (a, k, forces[a, k], fd)
+            checked += 1
+    assert checked > 0
+    # atoms that the CV does not read feel nothing
+    others = np.setdiff1d(np.arange(eabf.n_molecule), eabf.cv.atom_indices.numpy())
+    assert np.all(forces[others] == 0.0)
+    return forces
+
+
+@pytest.mark.parametrize("spec", ["phi", "phi,psi", "phi;distance:0,10"])
+def test_coupling_forces_match_finite_differences(spec):
+    system, top, pos = _alanine()
+    rng = np.random.default_rng(1)
+    pos = pos + rng.normal(0, 0.01, pos.shape)
+    cv = cvs.parse_cv_spec(spec, top)
+    d = cv.cv_dim
+    gmin = [-math.pi] * d
+    gmax = [math.pi] * d
+    if "distance" in spec:
+        gmin[1], gmax[1] = 0.2, 0.4  # put lambda outside the grid below: walls are tested too
+    e = ExtendedABF(system, cv, gmin, gmax, [24] * d, [300.0] * d, positions=pos)
+    full = e.extendPositions(pos)
+    full[e.extendedIndices, 0] += rng.normal(0, 0.3, d)  # lambda away from xi
+    if "distance" in spec:
+        full[e.extendedIndices[1], 0] = 0.6  # above gridMax: wall active
+    full[e.extendedIndices, 1] += 0.05  # pins active
+    forces = _fd_check(system, e, full, rng)
+    # the force on lambda is the coupling kappa (xi - lambda) (+ wall), check its sign directly for the first CV
+    xi = e.evaluateCV(pos)
+    lam = full[e.extendedIndices[0], 0]
+    diff = (xi[0] - lam + math.pi) % (2 * math.pi) - math.pi
+    assert forces[e.extendedIndices[0], 0] == pytest.approx(300.0 * diff, rel=1e-9)
+
+
+def test_molecular_energy_unchanged_by_extended_particles():
+    system, top, pos = _alanine()
+    ref_ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), REF)
+    ref_ctx.setPositions(pos)
+    e_ref, f_ref = _group_energy_forces(ref_ctx, 0)
+    e = ExtendedABF(system, cvs.parse_cv_spec("phi,psi", top), [-math.pi] * 2, [math.pi] * 2, 10, 100.0,
+                    positions=pos)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), REF)
+    full = e.extendPositions(pos)
+    full[e.extendedIndices, 0] = [0.3, 0.2]  # near molecule atoms: must still not interact
+    ctx.setPositions(full)
+    e_new, f_new = _group_energy_forces(ctx, 0)
+    assert e_new == pytest.approx(e_ref, abs=1e-8)
+    np.testing.assert_allclose(f_new[: len(pos)], f_ref, atol=1e-8)
+    np.testing.assert_array_equal(f_new[len(pos):], 0.0)
+
+
+def _run_alanine(nsteps, probe_between_steps, seed=5):
+    system, top, pos = _alanine()
+    e = ExtendedABF(system, cvs.parse_cv_spec("phi,psi", top), [-math.pi] * 2, [math.pi] * 2, 12, 200.0,
+                    positions=pos, fullSamples=20)
+    integ = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002)
+    integ.setRandomNumberSeed(seed)
+    ctx = openmm.Context(system, integ, REF)
+    ctx.setPositions(e.extendPositions(pos))
+    ctx.setVelocitiesToTemperature(300.0, seed)
+    if probe_between_steps:
+        for i in range(nsteps):
+            integ.step(1)
+            ctx.getState(getForces=True, getEnergy=True)
+            ctx.getState(getForces=True, groups={e.forceGroup})
+            if i % 7 == 0:
+                e.getInstantaneous(ctx)
+                e.getState(ctx)
+    else:
+        integ.step(nsteps)
+    ctx.getState(getForces=True)  # both runs: sample the final configuration once
+    return e, ctx
+
+
+def test_extra_evaluations_do_not_add_samples():
+    n = 150
+    e1, c1 = _run_alanine(n, probe_between_steps=False)
+    e2, c2 = _run_alanine(n, probe_between_steps=True)
+    s1, s2 = e1.getState(c1), e2.getState(c2)
+    assert s1.n_samples == n + 1 and s2.n_samples == n + 1
+    assert s1.count.sum() == n + 1
+    for name in ("count", "grad", "zcount", "czar", "last"):
+        np.testing.assert_array_equal(getattr(s1, name), getattr(s2, name), err_msg=name)
+    # read-out itself never samples
+    s3 = e1.getState(c1)
+    assert s3.n_samples == s1.n_samples
+    p1 = c1.getState(getPositions=True).getPositions(asNumpy=True)._value
+    p2 = c2.getState(getPositions=True).getPositions(asNumpy=True)._value
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_sampling_switch_off():
+    system, top, pos = _alanine()
+    e = ExtendedABF(system, cvs.parse_cv_spec("phi", top), -math.pi, math.pi, 12, 200.0, positions=pos)
+    integ = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002)
+    ctx = openmm.Context(system, integ, REF)
+    ctx.setPositions(e.extendPositions(pos))
+    e.setSampling(ctx, False)
+    openmm.LocalEnergyMinimizer.minimize(ctx, 1.0, 50)
+    integ.step(20)
+    assert e.getState(ctx).n_samples == 0
+    e.setSampling(ctx, True)
+    integ.step(20)
+    assert e.getState(ctx).n_samples == 20
+
+
+def test_readout_encoding_is_bit_exact():
+    vals = np.array([0.0, -0.0, 1.0, -1.5, 1e-300, -3.3e-310, 1.7976931348623157e308, 123456789.123456789,
+                     -2.0 ** -1074, math.pi, 1e300])
+    np.testing.assert_array_equal(decode_readout(encode_readout_numpy(vals)), vals)
+    enc = encode_readout_numpy(vals)
+    assert np.all(enc >= 0) and np.all(enc < 2 ** 22)  # exact in float32 and CUDA fixed point
+
+
+@pytest.mark.parametrize("platform", ["Reference", "CPU"])
+def test_initial_state_round_trips_through_the_device(platform):
+    system, top, pos = _alanine()
+    rng = np.random.default_rng(3)
+    shape = (7, 5)
+    st = EABFState(
+        grid_min=np.array([-math.pi, -math.pi]), grid_max=np.array([math.pi, math.pi]), bins=np.array(shape),
+        periodic=np.array([True, True]), kappa=np.array([100.0, 100.0]),
+        count=rng.integers(0, 10 ** 6, shape).astype(float), grad=rng.normal(0, 1e4, shape + (2,)),
+        zcount=rng.integers(0, 10 ** 6, shape).astype(float), czar=rng.normal(0, 1e-3, shape + (2,)),
+        last=rng.normal(size=4), n_samples=123456789,
+    )
+    e = ExtendedABF(system, cvs.parse_cv_spec("phi,psi", top), st.grid_min, st.grid_max, shape, 100.0,
+                    positions=pos, initialState=st)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(e.extendPositions(pos))
+    back = e.getState(ctx)
+    for name in ("count", "grad", "zcount", "czar", "last"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(st, name), err_msg=name)
+    assert back.n_samples == st.n_samples
+
+
+def test_state_save_load(tmp_path):
+    st = EABFState(np.array([0.0]), np.array([1.0]), np.array([4]), np.array([False]), np.array([10.0]),
+                   np.arange(4.0), np.ones((4, 1)), np.arange(4.0), np.zeros((4, 1)), np.zeros(2), 6,
+                   meta={"cv": "x"})
+    st.save(tmp_path / "s.npz")
+    back = EABFState.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.count, st.count)
+    assert back.meta == {"cv": "x"} and back.n_samples == 6
+
+
+class _BadShape(torch.nn.Module):
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return positions[:2, :2]
+
+
+def test_bad_inputs_raise_clear_errors():
+    system, top, pos = _alanine()
+    phi = cvs.parse_cv_spec("phi", top)
+    with pytest.raises(ValueError, match=r"shape \(d,\).*got shape \(2, 2\)"):
+        ExtendedABF(system, _BadShape(), -1, 1, 10, 100.0, positions=pos)
+    with pytest.raises(EABFError, match=r"gridMin must be < gridMax.*gridMin=1.0, gridMax=1.0"):
+        ExtendedABF(system, phi, 1.0, 1.0, 10, 100.0, positions=pos, periodic=False)
+    with pytest.raises(EABFError, match=r"bins must be positive integers.*bins=0"):
+        ExtendedABF(system, phi, -math.pi, math.pi, 0, 100.0, positions=pos)
+    with pytest.raises(EABFError, match=r"kappa must be > 0.*kappa=0.0"):
+        ExtendedABF(system, phi, -math.pi, math.pi, 10, 0.0, positions=pos)
+    with pytest.raises(EABFError, match=r"kappa must be > 0.*kappa=-5.0"):
+        ExtendedABF(system, phi, -math.pi, math.pi, 10, -5.0, positions=pos)
+    with pytest.raises(EABFError, match=r"periodic component 0 needs gridMax - gridMin = 2\*pi"):
+        ExtendedABF(system, phi, -1.0, 1.0, 10, 100.0, positions=pos)
+    with pytest.raises(EABFError, match=r"forceGroup=0 is already used"):
+        ExtendedABF(system, phi, -math.pi, math.pi, 10, 100.0, positions=pos, forceGroup=0)
+    assert system.getNumParticles() == 22  # failed constructions leave the System untouched
+
+
+# --------------------------------------------------------------------------------------------------------------
+# analytic free energies (one light particle, CV = its coordinates)
+# --------------------------------------------------------------------------------------------------------------
+T = 300.0
+KT = est.kT(T)
+
+
+def _particle_system(expr, params):
+    system = openmm.System()
+    system.addParticle(1.0)
+    f = openmm.CustomExternalForce(expr)
+    for name, value in params.items():
+        f.addGlobalParameter(name, value)
+    f.addParticle(0, [])
+    system.addForce(f)
+    return system
+
+
+def _run_particle(system, cv, start, gmin, gmax, bins, kappa, nsteps, seed):
+    e = ExtendedABF(system, cv, gmin, gmax, bins, kappa, extendedPeriod=0.2, fullSamples=200,
+                    positions=np.zeros((1, 3)))
+    integ = openmm.LangevinMiddleIntegrator(T, 10.0, 0.005)
+    integ.setRandomNumberSeed(seed)
+    ctx = openmm.Context(system, integ, REF)
+    ctx.setPositions(e.extendPositions(np.array([start])))
+    ctx.setVelocitiesToTemperature(T, seed)
+    integ.step(nsteps)
+    return e.getState(ctx)
+
+
+@pytest.mark.slow
+def test_1d_double_well_czar_matches_exact():
+    h, x0 = 5 * KT, 0.5
+    system = _particle_system("h*((x/x0)^2-1)^2 + 0.5*kc*(y^2+z^2)", {"h": h, "x0": x0, "kc": 1000.0})
+    s = _run_particle(system, cvs.PositionX(0), [-0.5, 0, 0], -0.9, 0.9, 36, 1000.0, 60000, seed=7)
+    c = s.centers()[0]
+    A = est.integrate_1d(est.czar_gradient(s.czar, s.zcount, s.bin_width, T, s.periodic)[:, 0], s.bin_width[0])
+    exact = h * ((c / x0) ** 2 - 1) ** 2  # y, z integrals are constants
+    sampled = np.isfinite(A) & (s.zcount >= 0.005 * s.zcount.sum())
+    assert sampled.sum() >= 26  # the eABF run crossed the barrier and covered most of the grid
+    dev = A[sampled] - exact[sampled]
+    dev -= dev.mean()
+    assert np.abs(dev).max() < 0.5 * KT, np.round(dev / KT, 2)
+    # the naive estimator is the kappa-smoothed one: it also sees the barrier, with the right sign
+    fk = est.integrate_1d(s.naive_gradient()[:, 0], s.bin_width[0])
+    mid = np.argmin(np.abs(c))
+    assert fk[mid] - np.nanmin(fk) > 2.5 * KT
+
+
+@pytest.mark.slow
+def test_2d_czar_matches_exact():
+    params = {"a": 3 * KT, "b": 2 * KT, "c": 1.5 * KT, "x0": 0.4, "kc": 1000.0}
+    expr = "a*((x/x0)^2-1)^2 + b*((y/x0)^2-1)^2 + c*x*y/x0^2 + 0.5*kc*z^2"
+    system = _particle_system(expr, params)
+    s = _run_particle(system, cvs.PositionXY(0), [-0.4, -0.4, 0], [-0.8, -0.8], [0.8, 0.8], [16, 16], 600.0,
+                      150000, seed=11)
+    cx, cy = s.centers()
+    X, Y = np.meshgrid(cx, cy, indexing="ij")
+    exact = (params["a"] * ((X / 0.4) ** 2 - 1) ** 2 + params["b"] * ((Y / 0.4) ** 2 - 1) ** 2
+             + params["c"] * X * Y / 0.16)
+    exact -= exact.min()
+    g = est.czar_gradient(s.czar, s.zcount, s.bin_width, T, s.periodic, min_count=20)
+    A = est.integrate_2d(g, s.bin_width, s.periodic)
+    region = np.isfinite(A) & (exact < 8 * KT)
+    assert region.sum() > 0.6 * (exact < 8 * KT).sum()
+    dev = A[region] - exact[region]
+    dev -= dev.mean()
+    rms = np.sqrt(np.mean(dev ** 2))
+    assert rms < 0.5 * KT, rms / KT
