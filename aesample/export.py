@@ -1,0 +1,263 @@
+"""Export of a trained encoder as a TorchScript collective variable.
+
+The exported module follows the project's CV TorchScript contract::
+
+    forward(positions: Tensor (N, 3) | (B, N, 3) nm, box: Tensor (3, 3) | (B, 3, 3) nm) -> xi (d,) | (B, d)
+
+with attributes ``cv_dim`` (int), ``atom_indices`` (long tensor) and ``periodic``
+(``[False] * d``).  Atom selection, unwrapping, alignment onto the reference, feature
+standardisation, the encoder and the CV scaling are all baked in.  To keep the MD hot
+path short, the standardisation is folded into the first linear layer and the scaling
+into the last one (an exact algebraic rewrite).  Output dtype = input dtype; the
+computation itself runs in the module's dtype (float64 by default).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .features import AlignedPositions
+from .models import AutoEncoder
+from .training import CVScaling
+
+__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv", "atomic_write_bytes"]
+
+
+class CVPipeline(nn.Module):
+    """Un-folded reference pipeline (Python): scaling(encode(featurizer(positions, box))).
+
+    Used to check the exported module; featurizer standardisation is applied as stored.
+    """
+
+    def __init__(self, featurizer: AlignedPositions, model: AutoEncoder, scaling: Optional[CVScaling] = None):
+        super().__init__()
+        self.featurizer = featurizer
+        self.model = model
+        self.scaling = scaling
+
+    def forward(self, positions: Tensor, box: Tensor) -> Tensor:
+        f = self.featurizer(positions, box)
+        p = next(self.model.parameters())
+        z = self.model.encode(f.to(p.dtype))
+        if self.scaling is not None:
+            z = z * self.scaling.factor_tensor(z) + self.scaling.shift_tensor(z)
+        return z.to(positions.dtype)
+
+
+class ExportedCV(nn.Module):
+    """TorchScript-able CV: featurizer (standardisation folded away) + folded encoder."""
+
+    __constants__ = ["cv_dim"]
+
+    def __init__(self, featurizer: AlignedPositions, encoder: nn.Sequential, cv_dim: int):
+        super().__init__()
+        self.features = featurizer
+        self.encoder = encoder
+        self.cv_dim = int(cv_dim)
+        self.periodic = [False] * int(cv_dim)
+        self.register_buffer("atom_indices", featurizer.atom_indices.clone())
+
+    def forward(self, positions: Tensor, box: Tensor) -> Tensor:
+        x = positions.to(self.features.reference.dtype)
+        xi = self.encoder(self.features(x, box))
+        return xi.to(positions.dtype)
+
+
+def _linear_layers(seq: nn.Sequential) -> List[nn.Linear]:
+    return [m for m in seq if isinstance(m, nn.Linear)]
+
+
+def build_cv_module(
+    featurizer: AlignedPositions,
+    model: AutoEncoder,
+    scaling: Optional[CVScaling] = None,
+    dtype: torch.dtype = torch.float64,
+) -> ExportedCV:
+    """Assemble the (not yet scripted) CV module with standardisation and scaling folded in.
+
+    Parameters
+    ----------
+    featurizer : AlignedPositions
+        The featurizer used in training (its standardisation, if any, is folded).
+    model : AutoEncoder
+        Trained model; its :meth:`~AutoEncoder.cv_encoder` is used.
+    scaling : CVScaling, optional
+        Affine map of each CV component (e.g. to [-1, 1]); identity when None.
+    dtype : torch.dtype
+        Compute dtype of the exported module (float64 default; float32 possible).
+    """
+    feat = copy.deepcopy(featurizer).to(dtype)
+    enc = copy.deepcopy(model.cv_encoder()).to(dtype)
+    lins = _linear_layers(enc)
+    if not lins or not isinstance(enc[0], nn.Linear) or not isinstance(enc[-1], nn.Linear):
+        raise TypeError("the CV encoder must start and end with nn.Linear layers to fold standardisation and scaling")
+    with torch.no_grad():
+        if feat.standardize:
+            # W ((f - m) / s) + b = (W / s) f + (b - (W / s) m)
+            first = enc[0]
+            w = first.weight / feat.std.to(dtype)
+            first.bias.copy_(first.bias - w @ feat.mean.to(dtype))
+            first.weight.copy_(w)
+            feat.set_standardization(None, None)
+        if scaling is not None:
+            last = enc[-1]
+            fac = torch.as_tensor(scaling.factor, dtype=dtype)
+            sh = torch.as_tensor(scaling.shift, dtype=dtype)
+            if fac.numel() != last.out_features:
+                raise ValueError(f"scaling has {fac.numel()} components but the encoder outputs {last.out_features}")
+            last.weight.copy_(last.weight * fac[:, None])
+            last.bias.copy_(last.bias * fac + sh)
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return ExportedCV(feat, enc, lins[-1].out_features).eval()
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.ndarray, Tensor)):
+        return np.asarray(o).tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def export_cv(
+    featurizer: AlignedPositions,
+    model: AutoEncoder,
+    scaling: Optional[CVScaling],
+    path: Union[str, Path],
+    metadata: Optional[Dict[str, Any]] = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.jit.ScriptModule:
+    """Script, save (``path``, e.g. ``encoder.pt``) and describe (``path`` with ``.json``) the CV.
+
+    Parameters
+    ----------
+    featurizer, model, scaling, dtype
+        See :func:`build_cv_module`.
+    path : str or Path
+        Output file of ``torch.jit.save``; the metadata go to the same name with suffix ``.json``.
+    metadata : dict, optional
+        Extra JSON-serialisable entries (e.g. ``selection`` string, ``training`` summary);
+        atom indices, architecture, alignment method and scaling are always recorded.
+
+    Returns
+    -------
+    torch.jit.ScriptModule
+        The scripted CV (also written to ``path``). Files are written atomically.
+    """
+    path = Path(path)
+    module = torch.jit.script(build_cv_module(featurizer, model, scaling, dtype=dtype))
+    import io
+
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    meta: Dict[str, Any] = {
+        "format": "aesample-cv/1",
+        "cv_dim": int(module.cv_dim),
+        "periodic": [False] * int(module.cv_dim),
+        "atom_indices": featurizer.atom_indices.tolist(),
+        "unwrap_parents": featurizer.parents.tolist(),
+        "alignment": featurizer.method,
+        "reference_nm": featurizer.reference.tolist(),
+        "architecture": model.spec.to_dict(),
+        "scaling": None if scaling is None else scaling.to_dict(),
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    if metadata:
+        meta.update(metadata)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, default=_json_default).encode())
+    return module
+
+
+def load_cv(path: Union[str, Path], map_location: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """Load an exported CV and its metadata (empty dict when the ``.json`` file is absent)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"CV module file not found: {path}")
+    module = torch.jit.load(str(path), map_location=map_location)
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return module, meta
+
+
+def compute_cv(
+    cv: nn.Module,
+    frames: Union[np.ndarray, Tensor, Iterable],
+    box: Optional[Union[np.ndarray, Tensor]] = None,
+    chunk_size: int = 4096,
+    dtype: torch.dtype = torch.float64,
+) -> np.ndarray:
+    """CV values on many frames, evaluated in chunks without gradients.
+
+    Parameters
+    ----------
+    cv : module following the CV contract (exported or :class:`CVPipeline`)
+    frames : array (T, N, 3) nm, or an iterable of chunks, each an array (t, N, 3) or a
+        tuple ``(xyz, box_or_None)`` / an object with ``xyz`` and ``box`` attributes
+        (as yielded by :func:`aesample.data.iter_trajectory`).
+    box : array (3, 3) or (T, 3, 3) nm, optional (array input only); None = non-periodic.
+    chunk_size : frames per evaluation for array input.
+
+    Returns
+    -------
+    numpy array (T, d)
+    """
+
+    def chunks():
+        if isinstance(frames, (np.ndarray, Tensor)):
+            arr = frames
+            T = arr.shape[0]
+            for s in range(0, T, chunk_size):
+                b = None
+                if box is not None:
+                    bb = box if isinstance(box, Tensor) else np.asarray(box)
+                    b = bb if bb.ndim == 2 else bb[s : s + chunk_size]
+                yield arr[s : s + chunk_size], b
+        else:
+            for item in frames:
+                if hasattr(item, "xyz"):
+                    yield item.xyz, getattr(item, "box", None)
+                elif isinstance(item, tuple):
+                    yield item[0], item[1]
+                else:
+                    yield item, None
+
+    out = []
+    with torch.no_grad():
+        for xyz, b in chunks():
+            x = torch.as_tensor(np.asarray(xyz) if not isinstance(xyz, Tensor) else xyz).to(dtype)
+            if x.dim() == 2:
+                x = x.unsqueeze(0)
+            bt = torch.zeros(3, 3, dtype=dtype) if b is None else torch.as_tensor(np.asarray(b) if not isinstance(b, Tensor) else b).to(dtype)
+            out.append(cv(x, bt).detach().cpu().numpy())
+    if not out:
+        return np.zeros((0, int(getattr(cv, "cv_dim", 0))))
+    return np.concatenate(out, axis=0)

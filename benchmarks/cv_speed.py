@@ -1,0 +1,129 @@
+"""Cost of one evaluation of the alanine dipeptide autoencoder CV (forward + backward).
+
+The CV is the MD hot path: openmm-torch evaluates it every step, unbatched, on the CPU
+here, and eABF needs d(xi)/d(positions).  This benchmark times the exported TorchScript
+CV (selection of the 8 heavy backbone atoms, alignment, 24-40-2 tanh encoder, scaling)
+for each alignment method, in float64 and float32, directly in torch
+(``xi = cv(pos, box); grad(E = xi.sum(), pos)``) and, for the default method, inside an
+OpenMM TorchForce on the Reference platform.  One run, printed as microseconds per
+evaluation and ratios to the SVD method.
+
+    python benchmarks/cv_speed.py [--repeats N]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aesample.export import build_cv_module
+from aesample.features import ALIGNMENT_METHODS, AlignedPositions, default_selection, select_atoms, spanning_tree_parents
+from aesample.models import ModelSpec, AutoEncoder
+from aesample.training import CVScaling
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timeit(fn, repeats: int) -> float:
+    for _ in range(max(20, repeats // 20)):
+        fn()
+    best = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best.append((time.perf_counter() - t0) / repeats)
+    return min(best) * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import mdtraj as md
+
+    traj = md.load(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
+    top = traj.topology
+    idx = select_atoms(top, default_selection(top))
+    parents = spanning_tree_parents(top, idx)
+    ref = traj.xyz[0, idx].astype(np.float64)
+    torch.manual_seed(0)
+    model = AutoEncoder(ModelSpec(n_features=3 * len(idx), hidden=(40,), n_cv=2))
+    scaling = CVScaling(factor=[0.7, 1.3], shift=[0.1, -0.2])
+    rng = np.random.default_rng(0)
+    pos0 = traj.xyz[0].astype(np.float64) + rng.normal(scale=0.01, size=traj.xyz[0].shape)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(idx)} atoms -> {3 * len(idx)} features, encoder 24-40-2 tanh")
+    print(f"{'method':8s} {'dtype':8s} {'fwd us':>9s} {'fwd+bwd us':>11s} {'fwd+bwd / svd':>14s} {'graph nodes':>12s}")
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        for method in ("svd", "eigh", "power", "implicit"):
+            feat = AlignedPositions(idx, ref, parents, method=method, dtype=torch.float64)
+            feat.set_standardization(np.zeros(3 * len(idx)), np.full(3 * len(idx), 0.05))
+            cv = torch.jit.script(build_cv_module(feat, model, scaling, dtype=dtype))
+            cv = torch.jit.freeze(cv.eval(), preserved_attrs=["cv_dim", "periodic", "atom_indices"]) if False else cv
+            pos = torch.tensor(pos0, dtype=dtype)
+            box = torch.zeros(3, 3, dtype=dtype)
+
+            def fwd():
+                with torch.no_grad():
+                    cv(pos, box)
+
+            def fwdbwd():
+                p = pos.clone().requires_grad_(True)
+                xi = cv(p, box)
+                (g,) = torch.autograd.grad(xi.sum(), p)
+                return g
+
+            t_f = timeit(fwd, args.repeats)
+            t_fb = timeit(fwdbwd, args.repeats)
+            nodes = len(list(cv.graph.nodes())) + sum(len(list(m.graph.nodes())) for m in [cv.features, cv.encoder])
+            results[(method, dtype)] = t_fb
+            ratio = t_fb / results[("svd", dtype)]
+            print(f"{method:8s} {str(dtype).replace('torch.', ''):8s} {t_f:9.1f} {t_fb:11.1f} {ratio:14.2f} {nodes:12d}")
+    # inside OpenMM (Reference platform): energy E = sum_k xi_k through TorchForce
+    try:
+        import openmm as mm
+        import openmm.app as app
+        import openmm.unit as u
+        from openmmtorch import TorchForce
+
+        class Energy(torch.nn.Module):
+            def __init__(self, cv):
+                super().__init__()
+                self.cv = cv
+
+            def forward(self, positions):
+                return self.cv(positions, torch.zeros(3, 3, dtype=positions.dtype)).sum()
+
+        pdb = app.PDBFile(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
+        ff = app.ForceField("amber14-all.xml")
+        for method in ("svd", "implicit"):
+            for with_cv in (False, True):
+                system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+                if with_cv:
+                    feat = AlignedPositions(idx, ref, parents, method=method)
+                    energy = torch.jit.script(Energy(torch.jit.script(build_cv_module(feat, model, scaling))))
+                    system.addForce(TorchForce(energy))
+                integ = mm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+                ctx = mm.Context(system, integ, mm.Platform.getPlatformByName("Reference"))
+                ctx.setPositions(pdb.positions)
+                integ.step(50)
+                n = 1000
+                t0 = time.perf_counter()
+                integ.step(n)
+                dt = (time.perf_counter() - t0) / n * 1e6
+                if not with_cv:
+                    base = dt
+                else:
+                    print(f"OpenMM Reference MD step: plain {base:.1f} us, with CV ({method}) {dt:.1f} us -> CV adds {dt - base:.1f} us/step (ratio {base / dt:.2f})")
+    except Exception as exc:  # pragma: no cover - benchmark only
+        print(f"OpenMM TorchForce timing skipped: {exc}")
+
+
+if __name__ == "__main__":
+    main()
