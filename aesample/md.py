@@ -1,0 +1,358 @@
+"""Biased eABF molecular dynamics in restartable segments.
+
+:func:`run_eabf` is the entry point the driver calls once per iteration::
+
+    result = run_eabf(molecular_system, cv_module, EABFSettings(...), MDSettings(...), out_dir, n_steps)
+
+What it does: copy the System, add :class:`~aesample.eabf.ExtendedABF`, build a Context
+(LangevinMiddleIntegrator), minimise and optionally equilibrate with sampling OFF, then run production in
+segments of ``MDSettings.segment_steps``. After every segment it writes, each file atomically:
+
+* ``traj/seg_00000.dcd`` ...: frames of the molecule (solute) atoms every ``report_interval`` steps, one file
+  per segment (resume never truncates a trajectory);
+* ``COLVAR``: rows ``time xi lambda fbias`` at the same steps as the frames (PLUMED ``#! FIELDS`` header);
+* ``eabf.grad .count .pmf .czar.grad .czar.pmf .zcount``: Colvars-style grids;
+* a consistent checkpoint: ``checkpoint/seg_N.chk`` (OpenMM binary checkpoint, carries the RNG state, so a
+  resume on the same platform is bit-reproducible on Reference), ``checkpoint/seg_N.xml`` (portable XML State),
+  ``checkpoint/seg_N.eabf.npz`` (:class:`~aesample.eabf.EABFState`), and last ``checkpoint.json`` (segment index,
+  step, time, file names). ``checkpoint.json`` is the commit point; files of older segments are removed after it.
+
+``run_eabf(..., resume=True)`` rebuilds the System with the saved accumulators baked in, loads the checkpoint
+(falls back to the XML State on a different platform), drops COLVAR rows past the checkpoint and continues until
+``n_steps`` production steps are done.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .eabf import EABFState, ExtendedABF
+from .io import atomic_path, atomic_write_json, atomic_write_text
+from .outputs import ColvarWriter, read_colvar, write_eabf_grids
+
+__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "run_eabf", "copy_system"]
+
+
+@dataclass
+class EABFSettings:
+    """eABF parameters (plain floats in CV units / kJ/mol / ps; see :class:`~aesample.eabf.ExtendedABF`).
+
+    grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
+    periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
+    full_samples, min_samples : linear ramp; wall_kappa : walls (default 10 kappa); force_group : 0..31;
+    use_cuda_graphs : CUDA only.
+    """
+
+    grid_min: Union[float, Sequence[float]]
+    grid_max: Union[float, Sequence[float]]
+    bins: Union[int, Sequence[int]] = 50
+    kappa: Union[float, Sequence[float]] = 500.0
+    periodic: Optional[Sequence[bool]] = None
+    extended_period: float = 0.15
+    extended_mass: Optional[Union[float, Sequence[float]]] = None
+    full_samples: int = 500
+    min_samples: Optional[int] = None
+    wall_kappa: Optional[Union[float, Sequence[float]]] = None
+    force_group: int = 30
+    use_cuda_graphs: bool = False
+
+
+@dataclass
+class MDSettings:
+    """MD parameters.
+
+    temperature : K (None: the molecular system's); timestep : ps; friction : 1/ps;
+    platform : name ("auto", "Reference", "CPU", "CUDA", "OpenCL") or an ``openmm.Platform``;
+    platform_properties : dict; report_interval : steps between frames/COLVAR rows; segment_steps : steps per
+    checkpointed segment; minimize : minimise first (sampling off); equilibration_steps : unbiased-sampling-off
+    steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar.
+    """
+
+    temperature: Optional[float] = None
+    timestep: float = 0.002
+    friction: float = 1.0
+    platform: Any = "auto"
+    platform_properties: Optional[Dict[str, str]] = None
+    report_interval: int = 500
+    segment_steps: int = 50000
+    minimize: bool = True
+    minimize_max_iterations: int = 1000
+    equilibration_steps: int = 0
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class EABFRunResult:
+    """What :func:`run_eabf` produced."""
+
+    out_dir: Path
+    n_steps: int
+    state: EABFState
+    colvar: Path
+    trajectories: List[Path]
+    grids: Dict[str, np.ndarray]
+    grid_prefix: Path
+    temperature: float
+    ns_per_day: float
+    positions: np.ndarray  # final positions of the whole extended System (nm)
+    platform: str = ""
+
+
+def copy_system(system):
+    """Deep copy of an openmm.System (XML round trip)."""
+    import openmm
+
+    return openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+
+
+def _platform(md: MDSettings, n_atoms: int):
+    import openmm
+
+    if isinstance(md.platform, openmm.Platform):
+        return md.platform, dict(md.platform_properties or {})
+    try:
+        from .platforms import select_platform
+    except ImportError:  # pragma: no cover - the lead's module exists in the package
+        return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
+    platform, props = select_platform(md.platform, n_atoms)
+    props.update(md.platform_properties or {})
+    return platform, props
+
+
+def _solute_indices(ms) -> np.ndarray:
+    if hasattr(ms, "solute_indices"):
+        return np.asarray(ms.solute_indices(), dtype=int)
+    return np.arange(ms.system.getNumParticles())
+
+
+def _mdtraj_topology(ms):
+    import mdtraj
+
+    top = getattr(ms, "mdtraj_topology", None)
+    return top if top is not None else mdtraj.Topology.from_openmm(ms.topology)
+
+
+def _write_dcd(path: Path, xyz: np.ndarray, topology, times: np.ndarray, boxes: Optional[np.ndarray]) -> None:
+    import mdtraj
+
+    traj = mdtraj.Trajectory(xyz.astype(np.float32), topology, time=times)
+    if boxes is not None:
+        traj.unitcell_vectors = boxes.astype(np.float32)
+    with atomic_path(path) as tmp:
+        traj.save_dcd(str(tmp), force_overwrite=True)
+
+
+def _truncate_colvar(path: Path, t_max: float) -> None:
+    """Drop COLVAR rows after the checkpoint time (written before a crash that preceded the checkpoint)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if ln.startswith("#") or not ln.strip() or float(ln.split()[0]) <= t_max + 1e-9]
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(keep))
+
+
+def run_eabf(
+    molecular_system,
+    cv_module,
+    eabf_settings: EABFSettings,
+    md_settings: MDSettings,
+    out_dir: Union[str, Path],
+    n_steps: int,
+    resume: bool = False,
+    initial_state: Optional[EABFState] = None,
+    initial_positions: Optional[np.ndarray] = None,
+    cv_units: str = "CV units",
+    log=print,
+) -> EABFRunResult:
+    """Run (or resume) eABF production of ``n_steps`` steps in checkpointed segments.
+
+    Parameters
+    ----------
+    molecular_system
+        Object with ``system`` (openmm.System, not modified: it is copied), ``topology``, ``positions`` (N, 3) nm,
+        optional ``temperature`` (K), ``box`` ((3, 3) nm or None), ``mdtraj_topology``, ``solute_indices()``
+        (as :class:`aesample.systems.MolecularSystem`).
+    cv_module
+        CV module (TorchScript contract) of dimension d.
+    eabf_settings, md_settings
+        :class:`EABFSettings`, :class:`MDSettings`.
+    out_dir
+        Output directory (created).
+    n_steps
+        Total production steps (a resume continues up to this number).
+    resume
+        Continue from ``out_dir/checkpoint.json`` (fresh start when no checkpoint exists).
+    initial_state
+        Accumulators to start from (fresh runs only).
+    initial_positions
+        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions``.
+    cv_units
+        Text for the grid headers.
+    log
+        Callable for one-line messages (None to silence).
+
+    Returns
+    -------
+    EABFRunResult
+    """
+    import openmm
+
+    log = log or (lambda *a, **k: None)
+    out = Path(out_dir)
+    (out / "traj").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+    es, md = eabf_settings, md_settings
+    if int(n_steps) < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    if md.report_interval <= 0 or md.segment_steps <= 0:
+        raise ValueError(f"report_interval and segment_steps must be > 0, got {md.report_interval}, {md.segment_steps}")
+    if md.segment_steps % md.report_interval:
+        raise ValueError(f"segment_steps={md.segment_steps} must be a multiple of report_interval={md.report_interval}")
+    temperature = float(md.temperature if md.temperature is not None else getattr(molecular_system, "temperature", 300.0))
+    ckpt_json = out / "checkpoint.json"
+    ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
+    if ck is not None:
+        initial_state = EABFState.load(out / "checkpoint" / ck["eabf"])
+
+    system = copy_system(molecular_system.system)
+    pos0 = np.asarray(initial_positions if initial_positions is not None else molecular_system.positions, dtype=float)
+    box = getattr(molecular_system, "box", None)
+    eabf = ExtendedABF(
+        system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
+        extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
+        minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
+        initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs,
+    )
+    integrator = openmm.LangevinMiddleIntegrator(temperature, md.friction, md.timestep)
+    integrator.setRandomNumberSeed(int(md.seed))
+    platform, props = _platform(md, system.getNumParticles())
+    context = openmm.Context(system, integrator, platform, props)
+    topo = _mdtraj_topology(molecular_system)
+    solute = _solute_indices(molecular_system)
+    sub_top = topo.subset(solute)
+    colvar_path = out / "COLVAR"
+
+    if ck is None:
+        if box is not None:
+            context.setPeriodicBoxVectors(*np.asarray(box))
+        context.setPositions(eabf.extendPositions(pos0, box))
+        eabf.setSampling(context, False)
+        if md.minimize:
+            openmm.LocalEnergyMinimizer.minimize(context, 10.0, int(md.minimize_max_iterations))
+            # lambda follows xi after minimisation (it is coupled), start it exactly at xi
+            st = context.getState(getPositions=True)
+            p = np.asarray(st.getPositions(asNumpy=True)._value)
+            context.setPositions(eabf.extendPositions(p[: eabf.n_molecule], box))
+        context.setVelocitiesToTemperature(temperature, int(md.seed))
+        if md.equilibration_steps > 0:
+            integrator.step(int(md.equilibration_steps))
+        context.setTime(0.0)
+        context.setStepCount(0)
+        eabf.setSampling(context, True)
+        seg = 0
+        done = 0
+        writer = ColvarWriter(colvar_path, eabf.d, append=False)
+    else:
+        try:
+            context.loadCheckpoint((out / "checkpoint" / ck["chk"]).read_bytes())
+        except Exception as exc:  # different platform/build: fall back to the portable State
+            log(f"checkpoint {ck['chk']} not loadable here ({exc}); using the XML State (not bit-reproducible)")
+            state = openmm.XmlSerializer.deserialize((out / "checkpoint" / ck["xml"]).read_text())
+            context.setState(state)
+        eabf.setSampling(context, True)
+        seg = int(ck["segment"]) + 1
+        done = int(ck["step"])
+        _truncate_colvar(colvar_path, float(ck["time"]))
+        writer = ColvarWriter(colvar_path, eabf.d, append=True)
+        log(f"resuming {out} at step {done} (segment {seg})")
+
+    trajectories = sorted((out / "traj").glob("seg_*.dcd"))
+    bar = None
+    if md.progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=int(n_steps), initial=min(done, int(n_steps)), unit="step", desc="eABF", leave=False)
+        except ImportError:  # pragma: no cover
+            bar = None
+    t_wall = time.perf_counter()
+    steps_timed = 0
+    ns_day = float("nan")
+    try:
+        while done < int(n_steps):
+            nseg = min(md.segment_steps, int(n_steps) - done)
+            frames, times, boxes = [], [], []
+            left = nseg
+            while left > 0:
+                k = min(md.report_interval, left)
+                t0 = time.perf_counter()
+                integrator.step(k)
+                left -= k
+                done += k
+                steps_timed += k
+                if context.getStepCount() % md.report_interval == 0:
+                    st = context.getState(getPositions=True)
+                    pos = np.asarray(st.getPositions(asNumpy=True)._value)
+                    frames.append(pos[solute])
+                    times.append(st.getTime()._value)
+                    if system.usesPeriodicBoundaryConditions():
+                        boxes.append(np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value))
+                    xi, lam, fb = eabf.getInstantaneous(context)
+                    writer.write(times[-1], xi, lam, fb)
+                elapsed = time.perf_counter() - t_wall
+                ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
+                if bar is not None:
+                    bar.update(k)
+                    bar.set_postfix_str(f"{ns_day:.1f} ns/day")
+            # ---- end of segment: outputs then checkpoint (checkpoint.json last = commit point) ----
+            if frames:
+                path = out / "traj" / f"seg_{seg:05d}.dcd"
+                _write_dcd(path, np.array(frames), sub_top, np.array(times), np.array(boxes) if boxes else None)
+                if path not in trajectories:
+                    trajectories.append(path)
+            writer.flush()
+            state = eabf.getState(context)
+            state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+            write_eabf_grids(out / "eabf", state, temperature, cv_units)
+            names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml", "eabf": f"seg_{seg:05d}.eabf.npz"}
+            with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
+                tmp.write_bytes(context.createCheckpoint())
+            xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
+                                         getIntegratorParameters=True)
+            atomic_write_text(out / "checkpoint" / names["xml"], openmm.XmlSerializer.serialize(xml_state))
+            state.save(out / "checkpoint" / names["eabf"])
+            old = json.loads(ckpt_json.read_text()) if ckpt_json.exists() else None
+            atomic_write_json(ckpt_json, {
+                "segment": seg, "step": done, "time": float(context.getTime()._value), "n_samples": state.n_samples,
+                "temperature": temperature, "platform": platform.getName(), **names,
+            })
+            if old is not None and old.get("segment") != seg:
+                for key in ("chk", "xml", "eabf"):
+                    p = out / "checkpoint" / old.get(key, "")
+                    if p.is_file():
+                        p.unlink()
+            seg += 1
+    finally:
+        writer.close()
+        if bar is not None:
+            bar.close()
+
+    state = eabf.getState(context)
+    state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+    grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
+    final = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+    result = EABFRunResult(
+        out_dir=out, n_steps=done, state=state, colvar=colvar_path, trajectories=sorted(trajectories),
+        grids=grids, grid_prefix=out / "eabf", temperature=temperature, ns_per_day=ns_day, positions=final,
+        platform=platform.getName(),
+    )
+    del context, integrator
+    return result

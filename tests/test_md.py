@@ -1,0 +1,95 @@
+"""Tests of aesample.md: segmented eABF runs, outputs and bit-reproducible resume."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import openmm
+import pytest
+from openmm import app, unit
+
+from aesample import cvs
+from aesample.eabf import EABFState
+from aesample.md import EABFSettings, MDSettings, run_eabf
+from aesample.outputs import read_colvar, read_grid
+
+
+def _alanine():
+    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    ff = app.ForceField("amber14-all.xml")
+    system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    return SimpleNamespace(system=system, topology=pdb.topology, positions=pos, temperature=300.0, box=None)
+
+
+def _settings(seed=3):
+    es = EABFSettings(grid_min=[-math.pi] * 2, grid_max=[math.pi] * 2, bins=[12, 12], kappa=200.0, full_samples=20)
+    md = MDSettings(timestep=0.002, friction=5.0, platform="Reference", report_interval=25, segment_steps=100,
+                    minimize=True, minimize_max_iterations=50, equilibration_steps=20, seed=seed, progress=False)
+    return es, md
+
+
+def test_resume_reproduces_continuous_run(tmp_path):
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi,psi", ms.topology)
+    es, md = _settings()
+    cont = run_eabf(ms, cv, es, md, tmp_path / "cont", 300, log=None)
+    # same run, interrupted after the first segment and resumed twice
+    part = run_eabf(ms, cv, es, md, tmp_path / "split", 100, log=None)
+    assert part.n_steps == 100 and part.state.n_samples > 0
+    mid = run_eabf(ms, cv, es, md, tmp_path / "split", 200, resume=True, log=None)
+    assert mid.n_steps == 200
+    res = run_eabf(ms, cv, es, md, tmp_path / "split", 300, resume=True, log=None)
+    assert res.n_steps == 300
+    for name in ("count", "grad", "zcount", "czar", "last"):
+        np.testing.assert_array_equal(getattr(res.state, name), getattr(cont.state, name), err_msg=name)
+    assert res.state.n_samples == cont.state.n_samples
+    np.testing.assert_array_equal(res.positions, cont.positions)
+    f1, c1 = read_colvar(cont.colvar)
+    f2, c2 = read_colvar(res.colvar)
+    assert f1 == f2 == ["time", "xi_1", "xi_2", "lambda_1", "lambda_2", "fbias_1", "fbias_2"]
+    np.testing.assert_array_equal(c1, c2)
+    assert c1.shape[0] == 300 // 25
+    np.testing.assert_allclose(c1[:, 0], 0.05 * np.arange(1, 13))
+    # one trajectory per segment, frames aligned with COLVAR rows
+    assert [p.name for p in res.trajectories] == ["seg_00000.dcd", "seg_00001.dcd", "seg_00002.dcd"]
+    import mdtraj
+
+    t = mdtraj.load([str(p) for p in res.trajectories], top=mdtraj.Topology.from_openmm(ms.topology))
+    assert t.n_frames == 12
+    phi = mdtraj.compute_phi(t)[1][:, 0]
+    np.testing.assert_allclose(phi, c2[:, 1], atol=2e-3)  # DCD stores float32 Angstrom
+    ck = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
+    assert ck["segment"] == 2 and ck["step"] == 300
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoint").iterdir()) == [
+        "seg_00002.chk", "seg_00002.eabf.npz", "seg_00002.xml"]
+    st = EABFState.load(tmp_path / "split" / "checkpoint" / ck["eabf"])
+    np.testing.assert_array_equal(st.count, res.state.count)
+    # grids on disk match the state
+    cnt, gmin, width, per = read_grid(tmp_path / "split" / "eabf.count")
+    np.testing.assert_array_equal(cnt, res.state.count)
+    assert per.tolist() == [True, True]
+    for suffix in (".grad", ".pmf", ".czar.grad", ".czar.pmf", ".zcount"):
+        assert (tmp_path / "split" / ("eabf" + suffix)).is_file()
+
+
+def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi", ms.topology)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
+    _, md = _settings()
+    run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    with open(tmp_path / "COLVAR", "a") as fh:  # rows of a segment that crashed before its checkpoint
+        fh.write("0.25 1 1 0\n0.3 1 1 0\n")
+    res = run_eabf(ms, cv, es, md, tmp_path, 200, resume=True, log=None)
+    _, c = read_colvar(res.colvar)
+    np.testing.assert_allclose(c[:, 0], 0.05 * np.arange(1, 9))
+
+
+def test_bad_md_settings(tmp_path):
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi", ms.topology)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi)
+    md = MDSettings(platform="Reference", report_interval=30, segment_steps=100, progress=False)
+    with pytest.raises(ValueError, match="segment_steps=100 must be a multiple of report_interval=30"):
+        run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
