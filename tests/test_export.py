@@ -1,0 +1,143 @@
+"""Export round trip: Python pipeline vs TorchScript file vs OpenMM TorchForce (Reference)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aesample.export import CVPipeline, compute_cv, export_cv, load_cv
+from aesample.features import AlignedPositions, default_selection, select_atoms, spanning_tree_parents
+from aesample.models import ModelSpec, AutoEncoder
+from aesample.training import fit_cv_scaling
+
+PDB = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide_vacuum.pdb"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small float32 model on noisy alanine dipeptide frames (weights need not be converged)."""
+    import mdtraj as md
+
+    t = md.load(str(PDB))
+    top = t.topology
+    sel = default_selection(top)
+    idx = select_atoms(top, sel)
+    feat = AlignedPositions(idx, t.xyz[0, idx], spanning_tree_parents(top, idx))
+    rng = np.random.default_rng(0)
+    x0 = t.xyz[0].astype(np.float64)
+    frames = x0[None] + rng.normal(scale=0.03, size=(300,) + x0.shape)
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    raw = feat(torch.tensor(frames), zero)
+    feat.fit_standardization(raw)
+    torch.manual_seed(0)
+    model = AutoEncoder(ModelSpec(n_features=24, hidden=(40,), n_cv=2))
+    with torch.no_grad():
+        z = model.encode(feat(torch.tensor(frames), zero).float())
+    scaling = fit_cv_scaling(z)
+    path = tmp_path_factory.mktemp("cv") / "encoder.pt"
+    module = export_cv(feat, model, scaling, path, metadata={"selection": sel, "training": {"epochs": 0}})
+    return dict(feat=feat, model=model, scaling=scaling, path=path, module=module, frames=frames, x0=x0, sel=sel, idx=idx)
+
+
+def test_contract_attributes_and_metadata(trained):
+    cv, meta = load_cv(trained["path"])
+    assert cv.cv_dim == 2 and list(cv.periodic) == [False, False]
+    assert cv.atom_indices.dtype == torch.long and cv.atom_indices.tolist() == trained["idx"].tolist()
+    assert meta["selection"] == trained["sel"] and meta["atom_indices"] == trained["idx"].tolist()
+    assert meta["architecture"]["hidden"] == [40] and meta["training"] == {"epochs": 0}
+    assert json.loads(trained["path"].with_suffix(".json").read_text())["cv_dim"] == 2
+
+
+def test_exported_equals_python_model(trained):
+    cv, _ = load_cv(trained["path"])
+    ref = CVPipeline(trained["feat"], trained["model"], trained["scaling"])
+    frames = torch.tensor(trained["frames"][:50])
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        a = ref(frames, zero)
+        b = cv(frames, torch.zeros(50, 3, 3, dtype=torch.float64))
+        c = torch.stack([cv(f, zero) for f in frames])
+        d = cv(frames.float(), zero.float())
+    assert b.shape == (50, 2) and c.shape == (50, 2) and d.dtype == torch.float32
+    assert (a - b).abs().max().item() < 1e-5
+    assert (b - c).abs().max().item() < 1e-12
+    assert (d.double() - b).abs().max().item() < 1e-5
+    # scaling baked in: training frames span [-1, 1]
+    assert np.allclose(b.numpy().min(0), -1, atol=0.5) and np.abs(ref(torch.tensor(trained["frames"]), zero).detach().numpy()).max() <= 1 + 1e-5
+    # gradients equal too
+    p1 = frames[0].clone().requires_grad_(True)
+    p2 = frames[0].clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(ref(p1, zero)[0], p1)
+    (g2,) = torch.autograd.grad(cv(p2, zero)[0], p2)
+    assert (g1 - g2).abs().max().item() < 1e-4 * max(1.0, g1.abs().max().item())
+    # chunked evaluation
+    vals = compute_cv(cv, trained["frames"], chunk_size=64)
+    assert vals.shape == (300, 2) and np.abs(vals[:50] - b.numpy()).max() < 1e-12
+
+
+def test_invariance_and_zero_net_force_torque(trained):
+    cv, _ = load_cv(trained["path"])
+    rng = np.random.default_rng(4)
+    x = trained["frames"][7]
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    from scipy.spatial.transform import Rotation
+
+    R = Rotation.from_quat(q).as_matrix()
+    moved = x @ R.T + rng.uniform(-3, 3, size=3)
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    assert (cv(torch.tensor(x), zero) - cv(torch.tensor(moved), zero)).abs().max().item() < 1e-5
+    for k in range(2):
+        p = torch.tensor(moved, requires_grad=True)
+        (g,) = torch.autograd.grad(cv(p, zero)[k], p)
+        F = -g.numpy()
+        assert np.abs(F.sum(0)).max() < 1e-8
+        assert np.abs(np.cross(moved, F).sum(0)).max() < 1e-7
+
+
+class _Energy(torch.nn.Module):
+    def __init__(self, cv, coef):
+        super().__init__()
+        self.cv = cv
+        self.register_buffer("coef", torch.tensor(coef, dtype=torch.float64))
+
+    def forward(self, positions):
+        xi = self.cv(positions, torch.zeros(3, 3, dtype=positions.dtype))
+        return (xi.to(torch.float64) * self.coef).sum()
+
+
+def test_openmm_torchforce_matches(trained, tmp_path):
+    import openmm as mm
+    from openmmtorch import TorchForce
+
+    cv, _ = load_cv(trained["path"])
+    coef = [3.0, -2.0]  # kJ/mol per CV unit
+    energy = torch.jit.script(_Energy(cv, coef))
+    path = tmp_path / "energy.pt"
+    energy.save(str(path))
+    n = 22
+    system = mm.System()
+    for _ in range(n):
+        system.addParticle(12.0)
+    system.addParticle(1.0)  # an extra particle (as eABF adds): must be ignored by the CV
+    system.addForce(TorchForce(str(path)))
+    ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    x = np.vstack([trained["frames"][11], [[5.0, 5.0, 5.0]]])
+    ctx.setPositions(x)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    e_omm = st.getPotentialEnergy().value_in_unit(mm.unit.kilojoule_per_mole)
+    f_omm = np.asarray(st.getForces(asNumpy=True).value_in_unit(mm.unit.kilojoule_per_mole / mm.unit.nanometer))
+    ref = CVPipeline(trained["feat"], trained["model"], trained["scaling"])
+    p = torch.tensor(x, requires_grad=True)
+    xi = ref(p, torch.zeros(3, 3, dtype=torch.float64))
+    e_py = (xi * torch.tensor(coef, dtype=torch.float64)).sum()
+    (g,) = torch.autograd.grad(e_py, p)
+    assert e_omm == pytest.approx(e_py.item(), abs=1e-4)
+    assert np.abs(f_omm - (-g.numpy())).max() < 1e-3
+    assert np.all(f_omm[n] == 0)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_cv(tmp_path / "nothere.pt")
