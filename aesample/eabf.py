@@ -227,34 +227,41 @@ class _EABFCore(torch.nn.Module):
             forces = -g.detach()
         energy = 0.5 * (dE_dxi * diff).sum()
 
-        # ---- sampling (masked, no host synchronisation) ----
-        xi64 = xi.detach().to(torch.float64)
-        lam64 = lam.to(torch.float64)
-        f_lam = self.kappa * (-diff.to(torch.float64))  # kappa (lambda - xi), wrapped
-        new = torch.cat([xi64, lam64])
-        same = (new == self.last).all()
-        take = (sample > 0.5) & (~same)
-        lbin, lin = self._bin(lam64)
-        zbin, zin = self._bin(xi64)
-        wl = (take & lin).to(torch.float64).view(1)
-        wz = (take & zin).to(torch.float64).view(1)
-        self.count.index_add_(0, lbin, wl)
-        self.grad_sum.index_add_(0, lbin, (wl * f_lam).view(1, self.d))
-        self.zcount.index_add_(0, zbin, wz)
-        self.czar_sum.index_add_(0, zbin, (wz * f_lam).view(1, self.d))
-        self.last.copy_(torch.where(take, new, self.last))
-        self.n_samples.add_(take.to(torch.float64))
+        # Everything below is plain arithmetic on detached values. It must run under no_grad: buffer writes with
+        # grad mode on leak memory every call inside an OpenMM Context (measured with openmm-torch 1.10).
+        # (TorchScript cannot export values out of a with-block: results travel through self.info.)
+        with torch.no_grad():
+            # ---- sampling (masked, no host synchronisation) ----
+            xi64 = xi.detach().to(torch.float64)
+            lam64 = lam.to(torch.float64)
+            f_lam = self.kappa * (-diff.to(torch.float64))  # kappa (lambda - xi), wrapped
+            new = torch.cat([xi64, lam64])
+            same = (new == self.last).all()
+            take = (sample > 0.5) & (~same)
+            lbin, lin = self._bin(lam64)
+            zbin, zin = self._bin(xi64)
+            wl = (take & lin).to(torch.float64).view(1)
+            wz = (take & zin).to(torch.float64).view(1)
+            self.count.index_add_(0, lbin, wl)
+            self.grad_sum.index_add_(0, lbin, (wl * f_lam).view(1, self.d))
+            self.zcount.index_add_(0, zbin, wz)
+            self.czar_sum.index_add_(0, zbin, (wz * f_lam).view(1, self.d))
+            self.last.copy_(torch.where(take, new, self.last))
+            self.n_samples.add_(take.to(torch.float64))
 
-        # ---- ABF bias on lambda (uses the estimate including this sample) ----
-        n = self.count.index_select(0, lbin)  # (1,)
-        mean = self.grad_sum.index_select(0, lbin).view(self.d) / torch.clamp(n, min=1.0)
-        if self.full_samples > self.min_samples:
-            ramp = torch.clamp((n - self.min_samples) / (self.full_samples - self.min_samples), 0.0, 1.0)
-        else:
-            ramp = (n >= self.full_samples).to(torch.float64)
-        fbias = torch.where(lin, ramp * mean, torch.zeros_like(mean))
+            # ---- ABF bias on lambda (uses the estimate including this sample) ----
+            n = self.count.index_select(0, lbin)  # (1,)
+            mean = self.grad_sum.index_select(0, lbin).view(self.d) / torch.clamp(n, min=1.0)
+            if self.full_samples > self.min_samples:
+                ramp = torch.clamp((n - self.min_samples) / (self.full_samples - self.min_samples), 0.0, 1.0)
+            else:
+                ramp = (n >= self.full_samples).to(torch.float64)
+            fbias = torch.where(lin, ramp * mean, torch.zeros_like(mean))
+            self.info.copy_(torch.cat([xi64, lam64, fbias]))
 
         # ---- walls (non-periodic components) ----
+        lam64 = lam.to(torch.float64)
+        fbias = self.info[2 * self.d:].clone()
         below = torch.clamp(self.grid_min - lam64, min=0.0)
         above = torch.clamp(lam64 - self.grid_max, min=0.0)
         wk = torch.where(self.periodic_mask, torch.zeros_like(self.wall_kappa), self.wall_kappa)
@@ -267,7 +274,6 @@ class _EABFCore(torch.nn.Module):
         energy = energy + 0.5 * (pin * yz * yz).sum()
         f_ext = torch.cat([(dE_dxi + (fbias + fwall).to(dtype)).unsqueeze(1), -pin * yz], dim=1)
         forces = forces.index_add(0, self.ext_index, f_ext)
-        self.info.copy_(torch.cat([xi64, lam64, fbias]))
         return energy, forces
 
     def flat_state(self) -> torch.Tensor:

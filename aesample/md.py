@@ -36,7 +36,8 @@ from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
-__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "run_eabf", "copy_system"]
+__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "RunOutputs", "run_eabf", "run_md", "load_result",
+           "steps_done", "final_positions", "copy_system"]
 
 
 @dataclass
@@ -61,6 +62,7 @@ class EABFSettings:
     wall_kappa: Optional[Union[float, Sequence[float]]] = None
     force_group: int = 30
     use_cuda_graphs: bool = False
+    extended_temperature: Optional[float] = None  # None: the MD temperature (only supported value for now)
 
 
 @dataclass
@@ -71,7 +73,8 @@ class MDSettings:
     platform : name ("auto", "Reference", "CPU", "CUDA", "OpenCL") or an ``openmm.Platform``;
     platform_properties : dict; report_interval : steps between frames/COLVAR rows; segment_steps : steps per
     checkpointed segment; minimize : minimise first (sampling off); equilibration_steps : unbiased-sampling-off
-    steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar.
+    steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
+    precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc".
     """
 
     temperature: Optional[float] = None
@@ -86,6 +89,8 @@ class MDSettings:
     equilibration_steps: int = 0
     seed: int = 0
     progress: bool = True
+    precision: str = "auto"
+    trajectory_format: str = "dcd"
 
 
 @dataclass
@@ -121,7 +126,7 @@ def _platform(md: MDSettings, n_atoms: int):
         from .platforms import select_platform
     except ImportError:  # pragma: no cover - the lead's module exists in the package
         return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
-    platform, props = select_platform(md.platform, n_atoms)
+    platform, props = select_platform(md.platform, n_atoms, getattr(md, "precision", "auto"))
     props.update(md.platform_properties or {})
     return platform, props
 
@@ -139,14 +144,17 @@ def _mdtraj_topology(ms):
     return top if top is not None else mdtraj.Topology.from_openmm(ms.topology)
 
 
-def _write_dcd(path: Path, xyz: np.ndarray, topology, times: np.ndarray, boxes: Optional[np.ndarray]) -> None:
+def _write_traj(path: Path, xyz: np.ndarray, topology, times: np.ndarray, boxes: Optional[np.ndarray]) -> None:
     import mdtraj
 
     traj = mdtraj.Trajectory(xyz.astype(np.float32), topology, time=times)
     if boxes is not None:
         traj.unitcell_vectors = boxes.astype(np.float32)
     with atomic_path(path) as tmp:
-        traj.save_dcd(str(tmp), force_overwrite=True)
+        if path.suffix == ".xtc":
+            traj.save_xtc(str(tmp), force_overwrite=True)
+        else:
+            traj.save_dcd(str(tmp), force_overwrite=True)
 
 
 def _truncate_colvar(path: Path, t_max: float) -> None:
@@ -165,14 +173,20 @@ def run_eabf(
     eabf_settings: EABFSettings,
     md_settings: MDSettings,
     out_dir: Union[str, Path],
-    n_steps: int,
+    n_steps: Any = None,
     resume: bool = False,
     initial_state: Optional[EABFState] = None,
     initial_positions: Optional[np.ndarray] = None,
     cv_units: str = "CV units",
     log=print,
+    positions: Optional[np.ndarray] = None,
+    progress: Optional[bool] = None,
+    description: str = "eABF",
 ) -> EABFRunResult:
     """Run (or resume) eABF production of ``n_steps`` steps in checkpointed segments.
+
+    Canonical call: ``run_eabf(ms, cv, eabf_settings, md_settings, out_dir, n_steps)``. The order
+    ``run_eabf(ms, cv, eabf_settings, out_dir, n_steps, md_settings)`` is also accepted (detected by type).
 
     Parameters
     ----------
@@ -189,48 +203,89 @@ def run_eabf(
     n_steps
         Total production steps (a resume continues up to this number).
     resume
-        Continue from ``out_dir/checkpoint.json`` (fresh start when no checkpoint exists).
+        Continue from ``out_dir/checkpoint.json`` when it exists (fresh start otherwise).
     initial_state
         Accumulators to start from (fresh runs only).
-    initial_positions
-        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions``.
+    initial_positions, positions
+        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions`` (aliases).
     cv_units
         Text for the grid headers.
     log
         Callable for one-line messages (None to silence).
+    progress, description
+        Override ``md_settings.progress``; label of the progress bar.
 
     Returns
     -------
     EABFRunResult
     """
+    if isinstance(md_settings, (str, Path)) and isinstance(n_steps, MDSettings):
+        md_settings, out_dir, n_steps = n_steps, md_settings, out_dir
+    if n_steps is None:
+        raise TypeError("run_eabf: n_steps is required")
+    if positions is not None:
+        initial_positions = positions
+    return _run(molecular_system, cv_module, eabf_settings, md_settings, out_dir, int(n_steps), resume,
+                initial_state, initial_positions, cv_units, log, progress, description)
+
+
+def run_md(
+    molecular_system,
+    out_dir: Union[str, Path],
+    n_steps: int,
+    md_settings: MDSettings,
+    positions: Optional[np.ndarray] = None,
+    resume: bool = False,
+    progress: Optional[bool] = None,
+    description: str = "MD",
+    log=print,
+) -> EABFRunResult:
+    """Unbiased MD with the same segment/checkpoint/trajectory machinery as :func:`run_eabf` (no COLVAR, no grids).
+
+    Returns an :class:`EABFRunResult` whose ``state`` is None.
+    """
+    return _run(molecular_system, None, None, md_settings, out_dir, int(n_steps), resume, None, positions,
+                "", log, progress, description)
+
+
+def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_state, initial_positions, cv_units,
+         log, progress, description):
     import openmm
 
     log = log or (lambda *a, **k: None)
     out = Path(out_dir)
     (out / "traj").mkdir(parents=True, exist_ok=True)
     (out / "checkpoint").mkdir(parents=True, exist_ok=True)
-    es, md = eabf_settings, md_settings
-    if int(n_steps) < 0:
+    biased = cv_module is not None
+    if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     if md.report_interval <= 0 or md.segment_steps <= 0:
         raise ValueError(f"report_interval and segment_steps must be > 0, got {md.report_interval}, {md.segment_steps}")
     if md.segment_steps % md.report_interval:
         raise ValueError(f"segment_steps={md.segment_steps} must be a multiple of report_interval={md.report_interval}")
+    fmt = getattr(md, "trajectory_format", "dcd")
+    if fmt not in ("dcd", "xtc"):
+        raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {fmt!r}")
     temperature = float(md.temperature if md.temperature is not None else getattr(molecular_system, "temperature", 300.0))
+    if biased and es.extended_temperature is not None and abs(es.extended_temperature - temperature) > 1e-9:
+        raise ValueError(f"extended_temperature={es.extended_temperature} K differs from the MD temperature "
+                         f"{temperature} K: a separate lambda thermostat is not implemented yet")
     ckpt_json = out / "checkpoint.json"
     ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
-    if ck is not None:
+    if ck is not None and biased:
         initial_state = EABFState.load(out / "checkpoint" / ck["eabf"])
 
     system = copy_system(molecular_system.system)
     pos0 = np.asarray(initial_positions if initial_positions is not None else molecular_system.positions, dtype=float)
     box = getattr(molecular_system, "box", None)
-    eabf = ExtendedABF(
-        system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
-        extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
-        minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
-        initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs,
-    )
+    eabf = None
+    if biased:
+        eabf = ExtendedABF(
+            system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
+            extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
+            minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
+            initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs,
+        )
     integrator = openmm.LangevinMiddleIntegrator(temperature, md.friction, md.timestep)
     integrator.setRandomNumberSeed(int(md.seed))
     platform, props = _platform(md, system.getNumParticles())
@@ -239,27 +294,39 @@ def run_eabf(
     solute = _solute_indices(molecular_system)
     sub_top = topo.subset(solute)
     colvar_path = out / "COLVAR"
+    n_mol = molecular_system.system.getNumParticles()
+
+    def extend(p):
+        return eabf.extendPositions(p, box) if biased else p
 
     if ck is None:
         if box is not None:
             context.setPeriodicBoxVectors(*np.asarray(box))
-        context.setPositions(eabf.extendPositions(pos0, box))
-        eabf.setSampling(context, False)
+        context.setPositions(extend(pos0))
+        if biased:
+            eabf.setSampling(context, False)
         if md.minimize:
             openmm.LocalEnergyMinimizer.minimize(context, 10.0, int(md.minimize_max_iterations))
-            # lambda follows xi after minimisation (it is coupled), start it exactly at xi
-            st = context.getState(getPositions=True)
-            p = np.asarray(st.getPositions(asNumpy=True)._value)
-            context.setPositions(eabf.extendPositions(p[: eabf.n_molecule], box))
+            # lambda follows xi during minimisation (it is coupled); restart it exactly at xi
+            p = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+            context.setPositions(extend(p[:n_mol]))
         context.setVelocitiesToTemperature(temperature, int(md.seed))
         if md.equilibration_steps > 0:
             integrator.step(int(md.equilibration_steps))
         context.setTime(0.0)
         context.setStepCount(0)
-        eabf.setSampling(context, True)
+        if biased:
+            eabf.setSampling(context, True)
         seg = 0
         done = 0
-        writer = ColvarWriter(colvar_path, eabf.d, append=False)
+        for old in (out / "traj").glob("seg_*"):  # fresh run: stale segments would be mixed in
+            old.unlink()
+        writer = ColvarWriter(colvar_path, eabf.d, append=False) if biased else None
+        atomic_write_json(out / "run.json", {
+            "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
+            "report_interval": md.report_interval, "n_steps": n_steps, "trajectory_format": fmt,
+            "n_molecule": n_mol,
+        })
     else:
         try:
             context.loadCheckpoint((out / "checkpoint" / ck["chk"]).read_bytes())
@@ -267,33 +334,36 @@ def run_eabf(
             log(f"checkpoint {ck['chk']} not loadable here ({exc}); using the XML State (not bit-reproducible)")
             state = openmm.XmlSerializer.deserialize((out / "checkpoint" / ck["xml"]).read_text())
             context.setState(state)
-        eabf.setSampling(context, True)
+        if biased:
+            eabf.setSampling(context, True)
         seg = int(ck["segment"]) + 1
         done = int(ck["step"])
-        _truncate_colvar(colvar_path, float(ck["time"]))
-        writer = ColvarWriter(colvar_path, eabf.d, append=True)
+        if biased:
+            _truncate_colvar(colvar_path, float(ck["time"]))
+        writer = ColvarWriter(colvar_path, eabf.d, append=True) if biased else None
         log(f"resuming {out} at step {done} (segment {seg})")
 
-    trajectories = sorted((out / "traj").glob("seg_*.dcd"))
+    trajectories = sorted((out / "traj").glob("seg_*." + fmt))
+    show = md.progress if progress is None else progress
     bar = None
-    if md.progress:
+    if show:
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=int(n_steps), initial=min(done, int(n_steps)), unit="step", desc="eABF", leave=False)
+            bar = tqdm(total=n_steps, initial=min(done, n_steps), unit="step", desc=description, leave=False)
         except ImportError:  # pragma: no cover
             bar = None
     t_wall = time.perf_counter()
     steps_timed = 0
     ns_day = float("nan")
+    state = None
     try:
-        while done < int(n_steps):
-            nseg = min(md.segment_steps, int(n_steps) - done)
+        while done < n_steps:
+            nseg = min(md.segment_steps, n_steps - done)
             frames, times, boxes = [], [], []
             left = nseg
             while left > 0:
                 k = min(md.report_interval, left)
-                t0 = time.perf_counter()
                 integrator.step(k)
                 left -= k
                 done += k
@@ -305,34 +375,38 @@ def run_eabf(
                     times.append(st.getTime()._value)
                     if system.usesPeriodicBoundaryConditions():
                         boxes.append(np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value))
-                    xi, lam, fb = eabf.getInstantaneous(context)
-                    writer.write(times[-1], xi, lam, fb)
+                    if biased:
+                        xi, lam, fb = eabf.getInstantaneous(context)
+                        writer.write(times[-1], xi, lam, fb)
                 elapsed = time.perf_counter() - t_wall
                 ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
                 if bar is not None:
                     bar.update(k)
                     bar.set_postfix_str(f"{ns_day:.1f} ns/day")
-            # ---- end of segment: outputs then checkpoint (checkpoint.json last = commit point) ----
+            # ---- end of segment: outputs, then checkpoint (checkpoint.json last = commit point) ----
             if frames:
-                path = out / "traj" / f"seg_{seg:05d}.dcd"
-                _write_dcd(path, np.array(frames), sub_top, np.array(times), np.array(boxes) if boxes else None)
+                path = out / "traj" / f"seg_{seg:05d}.{fmt}"
+                _write_traj(path, np.array(frames), sub_top, np.array(times), np.array(boxes) if boxes else None)
                 if path not in trajectories:
                     trajectories.append(path)
-            writer.flush()
-            state = eabf.getState(context)
-            state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
-            write_eabf_grids(out / "eabf", state, temperature, cv_units)
-            names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml", "eabf": f"seg_{seg:05d}.eabf.npz"}
+            names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml"}
+            if biased:
+                writer.flush()
+                state = eabf.getState(context)
+                state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+                write_eabf_grids(out / "eabf", state, temperature, cv_units)
+                names["eabf"] = f"seg_{seg:05d}.eabf.npz"
+                state.save(out / "checkpoint" / names["eabf"])
             with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
                 tmp.write_bytes(context.createCheckpoint())
             xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
                                          getIntegratorParameters=True)
             atomic_write_text(out / "checkpoint" / names["xml"], openmm.XmlSerializer.serialize(xml_state))
-            state.save(out / "checkpoint" / names["eabf"])
             old = json.loads(ckpt_json.read_text()) if ckpt_json.exists() else None
             atomic_write_json(ckpt_json, {
-                "segment": seg, "step": done, "time": float(context.getTime()._value), "n_samples": state.n_samples,
-                "temperature": temperature, "platform": platform.getName(), **names,
+                "segment": seg, "step": done, "time": float(context.getTime()._value),
+                "n_samples": state.n_samples if biased else 0, "temperature": temperature,
+                "platform": platform.getName(), **names,
             })
             if old is not None and old.get("segment") != seg:
                 for key in ("chk", "xml", "eabf"):
@@ -341,14 +415,20 @@ def run_eabf(
                         p.unlink()
             seg += 1
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
 
-    state = eabf.getState(context)
-    state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
-    grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
+    grids: Dict[str, np.ndarray] = {}
+    if biased:
+        state = eabf.getState(context)
+        state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+        grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
     final = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+    with atomic_path(out / "final_positions.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, final[:n_mol])
     result = EABFRunResult(
         out_dir=out, n_steps=done, state=state, colvar=colvar_path, trajectories=sorted(trajectories),
         grids=grids, grid_prefix=out / "eabf", temperature=temperature, ns_per_day=ns_day, positions=final,
@@ -356,3 +436,111 @@ def run_eabf(
     )
     del context, integrator
     return result
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reading a finished (or partial) run back
+# ------------------------------------------------------------------------------------------------------------
+def steps_done(out_dir) -> int:
+    """Production steps covered by the last checkpoint of ``out_dir`` (0 when none)."""
+    p = Path(out_dir) / "checkpoint.json"
+    return int(json.loads(p.read_text())["step"]) if p.exists() else 0
+
+
+def final_positions(out_dir) -> np.ndarray:
+    """Molecule positions (N, 3) nm at the end of the run in ``out_dir`` (from the last checkpoint)."""
+    out = Path(out_dir)
+    ck = json.loads((out / "checkpoint.json").read_text())
+    p = out / "final_positions.npy"
+    if p.exists() and int(ck["step"]) == int(json.loads((out / "run.json").read_text()).get("n_steps", -1)):
+        return np.load(p)
+    import openmm
+
+    st = openmm.XmlSerializer.deserialize((out / "checkpoint" / ck["xml"]).read_text())
+    pos = np.asarray(st.getPositions(asNumpy=True)._value)
+    n_mol = int(json.loads((out / "run.json").read_text()).get("n_molecule", len(pos)))
+    return pos[:n_mol]
+
+
+@dataclass
+class RunOutputs:
+    """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
+
+    out_dir: Path
+    run: Dict[str, Any]
+    checkpoint: Dict[str, Any]
+
+    @property
+    def temperature(self) -> float:
+        return float(self.run["temperature"])
+
+    @property
+    def state(self) -> Optional[EABFState]:
+        name = self.checkpoint.get("eabf")
+        return EABFState.load(self.out_dir / "checkpoint" / name) if name else None
+
+    def trajectory_files(self) -> List[Path]:
+        fmt = self.run.get("trajectory_format", "dcd")
+        return sorted((self.out_dir / "traj").glob(f"seg_*.{fmt}"))
+
+    def load_trajectory(self, topology=None):
+        """All segments joined (solute atoms). ``topology``: mdtraj topology of the solute or of the whole system."""
+        import mdtraj
+
+        solute = np.asarray(self.run["solute"], dtype=int)
+        if topology is None:
+            raise ValueError("load_trajectory needs the mdtraj topology of the system")
+        if topology.n_atoms != len(solute):
+            topology = topology.subset(solute)
+        files = [str(p) for p in self.trajectory_files()]
+        if not files:
+            raise FileNotFoundError(f"{self.out_dir}/traj: no trajectory segments")
+        return mdtraj.load(files, top=topology)
+
+    def colvar(self):
+        fields, data = read_colvar(self.out_dir / "COLVAR")
+        return fields, data
+
+    def colvar_lambda(self) -> np.ndarray:
+        """lambda per frame (T, d), aligned with the trajectory frames."""
+        fields, data = self.colvar()
+        return data[:, [i for i, f in enumerate(fields) if f.startswith("lambda_")]]
+
+    def colvar_xi(self) -> np.ndarray:
+        fields, data = self.colvar()
+        return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
+
+    def f_kappa(self) -> np.ndarray:
+        """Integrated naive estimate F_kappa on the lambda grid (kJ/mol)."""
+        from .estimators import integrate_gradient
+
+        st = self.state
+        g = st.naive_gradient()
+        return integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+
+    def reweighting_weights(self, lambdas: Optional[np.ndarray] = None) -> np.ndarray:
+        """w ∝ exp(beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given)."""
+        from .estimators import reweighting_weights
+
+        st = self.state
+        lam = self.colvar_lambda() if lambdas is None else lambdas
+        return reweighting_weights(lam, self.f_kappa(), st.grid_min, st.bin_width, self.temperature, st.periodic)
+
+    def czar_pmf(self):
+        """(centres per dimension, CZAR free energy on the xi grid, kJ/mol)."""
+        from .estimators import czar_gradient, integrate_gradient
+
+        st = self.state
+        g = czar_gradient(st.czar, st.zcount, st.bin_width, self.temperature, st.periodic)
+        return st.centers(), integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+
+
+def load_result(out_dir) -> RunOutputs:
+    """Read a run directory written by :func:`run_eabf` / :func:`run_md`."""
+    out = Path(out_dir)
+    try:
+        run = json.loads((out / "run.json").read_text())
+        ck = json.loads((out / "checkpoint.json").read_text())
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{out}: not a finished run directory ({exc.filename} missing)") from exc
+    return RunOutputs(out, run, ck)
