@@ -1,0 +1,138 @@
+"""``aesample eabf``: a plain eABF run on standard CVs (or an exported CV model).
+
+Examples::
+
+    aesample eabf --system alanine-dipeptide --cv phi --ns 2 --out runs/phi
+    aesample eabf --system alanine-dipeptide --cv phi,psi --ns 5 --out runs/phipsi --bins 36
+    aesample eabf --system chignolin --cv distance:0,150 --grid-min 0.3 --grid-max 1.5 --ns 1 --out runs/d
+    aesample eabf --system alanine-dipeptide --cv-model iter_1/cv.pt --grid-min -1 --grid-max 1 --out runs/ae
+
+Writes ``COLVAR``, ``eabf.{grad,count,pmf,czar.grad,czar.pmf,zcount}``, per-segment trajectories and checkpoints
+into ``--out`` (``--resume`` continues there) and prints a summary of the CZAR free energy.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eabf", help="plain eABF run on standard CVs (phi, psi, dihedral:..., distance:...)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--system", default="alanine-dipeptide", help="built-in system name (see `aesample systems`)")
+    cvg = p.add_mutually_exclusive_group(required=True)
+    cvg.add_argument("--cv", help="CV spec: phi | psi | phi,psi | dihedral:i,j,k,l | distance:i,j (';' joins kinds)")
+    cvg.add_argument("--cv-model", type=Path, help="exported TorchScript CV (.pt, metadata .json beside it)")
+    p.add_argument("--ns", type=float, default=1.0, help="production length, ns (default 1)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--platform", default="auto", help="auto | Reference | CPU | CUDA | OpenCL")
+    p.add_argument("--bins", type=int, nargs="+", help="bins per CV component (default 72 for angles, 50 otherwise)")
+    p.add_argument("--grid-min", type=float, nargs="+", help="grid lower bound(s), CV units (angles: -pi)")
+    p.add_argument("--grid-max", type=float, nargs="+", help="grid upper bound(s), CV units (angles: +pi)")
+    p.add_argument("--kappa", type=float, nargs="+",
+                   help="coupling constant(s), kJ/mol/CVunit^2 (default: kT / bin width^2)")
+    p.add_argument("--full-samples", type=int, default=500, help="samples per bin for the full bias (default 500)")
+    p.add_argument("--extended-period", type=float, default=0.15, help="lambda oscillator period, ps (default 0.15)")
+    p.add_argument("--temperature", type=float, help="K (default: the system's)")
+    p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps (default 1)")
+    p.add_argument("--report-interval", type=int, default=500, help="steps between frames/COLVAR rows (default 500)")
+    p.add_argument("--segment-steps", type=int, default=50000, help="steps per checkpointed segment (default 50000)")
+    p.add_argument("--equilibration", type=float, default=10.0, help="equilibration before sampling, ps (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=main)
+
+
+def _per_dim(values: Optional[List[float]], d: int, name: str, default) -> list:
+    if values is None:
+        return list(default)
+    if len(values) == 1:
+        return list(values) * d
+    if len(values) != d:
+        raise ValueError(f"--{name}: give 1 or {d} values (one per CV component), got {len(values)}")
+    return list(values)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .. import cvs
+    from ..estimators import kT as kT_of
+    from ..md import EABFSettings, MDSettings, run_eabf
+    from ..systems import build_system
+
+    ms = build_system(args.system)
+    if args.cv_model is not None:
+        from ..export import load_cv
+
+        cv, meta = load_cv(args.cv_model)
+        d = int(getattr(cv, "cv_dim", meta.get("cv_dim", 1)))
+        periodic = [bool(v) for v in meta.get("periodic", [False] * d)]
+        gmin_default = meta.get("grid_min")
+        gmax_default = meta.get("grid_max")
+        label = str(args.cv_model)
+        units = "CV units"
+    else:
+        cv = cvs.parse_cv_spec(args.cv, ms.mdtraj_topology)
+        d = int(cv.cv_dim)
+        periodic = [bool(v) for v in cv.periodic]
+        gmin_default = [-math.pi if p else None for p in periodic]
+        gmax_default = [math.pi if p else None for p in periodic]
+        label = args.cv
+        units = "rad" if all(periodic) else ("nm" if not any(periodic) else "rad|nm")
+    gmin = _per_dim(args.grid_min, d, "grid-min", gmin_default if gmin_default is not None else [None] * d)
+    gmax = _per_dim(args.grid_max, d, "grid-max", gmax_default if gmax_default is not None else [None] * d)
+    for i in range(d):
+        if gmin[i] is None or gmax[i] is None:
+            raise ValueError(f"--grid-min/--grid-max: component {i + 1} of {label!r} is not an angle; "
+                             "give its grid bounds explicitly")
+    bins = _per_dim(args.bins, d, "bins", [72 if p else 50 for p in periodic])
+    temperature = float(args.temperature if args.temperature is not None else ms.temperature)
+    width = [(b - a) / n for a, b, n in zip(gmin, gmax, bins)]
+    kappa = _per_dim(args.kappa, d, "kappa", [kT_of(temperature) / w ** 2 for w in width])
+    dt_ps = args.timestep * 1e-3
+    n_steps = int(round(args.ns * 1000.0 / dt_ps))
+    rep = int(args.report_interval)
+    seg = max(rep, (int(args.segment_steps) // rep) * rep)
+    es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
+                      extended_period=args.extended_period, full_samples=args.full_samples)
+    md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
+                    report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
+                    seed=args.seed, progress=not args.no_progress)
+    print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins}, "
+          f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
+    res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units)
+    print(f"done: {res.n_steps} steps on {res.platform}, {res.ns_per_day:.1f} ns/day, "
+          f"{res.state.n_samples} samples; outputs in {res.out_dir}")
+    _summary(res, d)
+    return 0
+
+
+def _summary(res, d: int) -> None:
+    pmf = res.grids.get("czar.pmf")
+    if pmf is None:
+        return
+    st = res.state
+    centers = st.centers()
+    kT = 0.0083144626 * res.temperature
+    if d == 1:
+        print("CZAR free energy (kJ/mol) along the CV, every few bins:")
+        step = max(1, len(centers[0]) // 24)
+        for c, f, n in list(zip(centers[0], pmf, st.zcount))[::step]:
+            bar = "" if not np.isfinite(f) else "#" * int(min(60, f / max(kT, 1e-9) * 4))
+            print(f"  {c:9.4f}  {f:8.2f}  n={int(n):7d}  {bar}")
+    else:
+        finite = np.isfinite(pmf)
+        print(f"CZAR free energy: {finite.sum()} of {pmf.size} bins estimated, max {np.nanmax(pmf):.1f} kJ/mol")
+        # list local minima (basins)
+        from scipy.ndimage import minimum_filter
+
+        filled = np.where(finite, pmf, np.inf)
+        mins = (filled == minimum_filter(filled, size=5, mode="wrap" if all(st.periodic) else "nearest")) & finite
+        for idx in sorted(zip(*np.nonzero(mins)), key=lambda ij: filled[ij])[:6]:
+            print("  minimum at (" + ", ".join(f"{centers[k][idx[k]]:.2f}" for k in range(d))
+                  + f"): {pmf[idx]:.2f} kJ/mol")
