@@ -1,0 +1,145 @@
+"""Tests of aesample.estimators (and the grid/COLVAR files of aesample.outputs) on exactly sampled data."""
+import numpy as np
+import pytest
+
+from aesample import estimators as est
+from aesample.outputs import ColvarWriter, read_colvar, read_grid, write_grid
+
+T = 300.0
+KT = est.kT(T)
+
+
+def test_kT_value():
+    assert KT == pytest.approx(2.494339, rel=1e-6)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        est.kT(0.0)
+
+
+def _bin(values, gmin, width, n):
+    i = np.floor((values - gmin) / width).astype(int)
+    return i, (i >= 0) & (i < n)
+
+
+def test_czar_and_naive_on_exact_gaussian_samples():
+    """A(z) = k z^2 / 2, coupling kappa, no bias: (z, lambda) is an exact bivariate Gaussian."""
+    rng = np.random.default_rng(0)
+    k, kappa, n = 40.0, 400.0, 2_000_000
+    beta = 1 / KT
+    # joint exp(-beta [k z^2/2 + kappa (z - lam)^2 / 2]): lam | z ~ N(z, 1/(beta kappa)), z ~ N(0, 1/(beta k))
+    z = rng.normal(0, np.sqrt(1 / (beta * k)), n)
+    lam = z + rng.normal(0, np.sqrt(1 / (beta * kappa)), n)
+    gmin, gmax, nb = -0.6, 0.6, 24
+    w = (gmax - gmin) / nb
+    c = gmin + w * (np.arange(nb) + 0.5)
+    f = kappa * (lam - z)
+    zi, zin = _bin(z, gmin, w, nb)
+    li, lin = _bin(lam, gmin, w, nb)
+    zcount = np.bincount(zi[zin], minlength=nb).astype(float)
+    czar = np.bincount(zi[zin], weights=f[zin], minlength=nb)[:, None]
+    count = np.bincount(li[lin], minlength=nb).astype(float)
+    gsum = np.bincount(li[lin], weights=f[lin], minlength=nb)[:, None]
+    g = est.czar_gradient(czar, zcount, [w], T, [False], min_count=2000)[:, 0]
+    ok = np.isfinite(g)
+    assert ok.sum() >= 12
+    # the CZAR estimate is the gradient of A itself (not of the smoothed F_kappa)
+    np.testing.assert_allclose(g[ok], k * c[ok], atol=0.15 * k * 0.3 + 0.5)
+    # naive: dF_kappa/dlambda with F_kappa(lam) = (k kappa / (k + kappa)) lam^2 / 2 -> positive slope, right value
+    gn = est.naive_gradient(gsum, count)[:, 0]
+    okn = count > 2000
+    keff = k * kappa / (k + kappa)
+    np.testing.assert_allclose(gn[okn], keff * c[okn], atol=0.6)
+    A = est.integrate_1d(g, w)
+    exact = 0.5 * k * c ** 2
+    dev = (A - exact)[ok]
+    dev -= dev.mean()
+    assert np.abs(dev).max() < 0.1 * KT
+
+
+def test_integrate_1d_longest_run_and_periodic():
+    c = np.linspace(-1, 1, 21)
+    g = 3 * c ** 2
+    g[:2] = np.nan  # unsampled edge
+    A = est.integrate_1d(g, c[1] - c[0])
+    assert np.isnan(A[:2]).all()
+    ref = c ** 3 - np.min(c[2:] ** 3)
+    np.testing.assert_allclose(A[2:], ref[2:], atol=1.5e-2)  # trapezoid error h^2 g''/12
+    assert np.all(np.isnan(est.integrate_1d(np.full(5, np.nan), 0.1)))
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_integrate_2d_recovers_potential(periodic):
+    n0, n1 = 30, 24
+    if periodic:
+        x = -np.pi + 2 * np.pi / n0 * (np.arange(n0) + 0.5)
+        y = -np.pi + 2 * np.pi / n1 * (np.arange(n1) + 0.5)
+        X, Y = np.meshgrid(x, y, indexing="ij")
+        F = np.cos(X) + 0.5 * np.sin(2 * Y) + 0.3 * np.cos(X - Y)
+        gx = -np.sin(X) - 0.3 * np.sin(X - Y)
+        gy = np.cos(2 * Y) + 0.3 * np.sin(X - Y)
+        widths = [2 * np.pi / n0, 2 * np.pi / n1]
+    else:
+        x = np.linspace(-1, 1, n0)
+        y = np.linspace(-1, 1, n1)
+        X, Y = np.meshgrid(x, y, indexing="ij")
+        F = X ** 4 - X ** 2 + Y ** 2 + 0.5 * X * Y
+        gx = 4 * X ** 3 - 2 * X + 0.5 * Y
+        gy = 2 * Y + 0.5 * X
+        widths = [x[1] - x[0], y[1] - y[0]]
+    g = np.stack([gx, gy], axis=-1)
+    g[3:6, 4:8] = np.nan  # a hole
+    A = est.integrate_2d(g, widths, [periodic, periodic])
+    ok = np.isfinite(A)
+    assert ok.sum() == n0 * n1 - 12
+    d = A[ok] - F[ok]
+    d -= d.mean()
+    assert np.abs(d).max() < 0.02 * np.ptp(F)
+    # the sign is right: gradient ascent direction has higher A
+    assert np.corrcoef(A[ok], F[ok])[0, 1] > 0.999
+
+
+def test_reweighting_weights_and_histogram():
+    rng = np.random.default_rng(1)
+    gmin, w, nb = -1.0, 0.1, 20
+    c = gmin + w * (np.arange(nb) + 0.5)
+    fk = 5.0 * c ** 2  # kJ/mol
+    lam = rng.uniform(-1, 1, 200_000)  # flat biased sampling along lambda
+    wts = est.reweighting_weights(lam, fk, [gmin], [w], T, [False])
+    assert wts.shape == lam.shape and wts.sum() == pytest.approx(1.0)
+    assert np.all(wts > 0)
+    # the weight ratio is exp(beta dF) (linear interpolation between centres)
+    i, j = np.argmin(np.abs(lam - c[5])), np.argmin(np.abs(lam - c[15]))
+    assert wts[i] / wts[j] == pytest.approx(np.exp((5.0 * lam[i] ** 2 - 5.0 * lam[j] ** 2) / KT), rel=0.05)
+    # flat sampling x exp(+beta F) reweights... the histogram of -kT ln(p) gives -F back (up to a constant)
+    F, edges = est.reweighted_free_energy(lam, wts, 10, T, range_=[(-1, 1)])
+    cc = 0.5 * (edges[0][1:] + edges[0][:-1])
+    ref = -5.0 * cc ** 2
+    ref -= ref.min()
+    np.testing.assert_allclose(F, ref, atol=0.3)
+
+
+def test_grid_files_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(6, 4, 2))
+    v[1, 2, 0] = np.nan
+    write_grid(tmp_path / "g.grad", v, [-np.pi, 0.0], [np.pi / 3, 0.25], [True, False], units="kJ/mol/rad")
+    back, gmin, width, per = read_grid(tmp_path / "g.grad")
+    np.testing.assert_allclose(back, v, rtol=1e-11, equal_nan=True)
+    np.testing.assert_allclose(gmin, [-np.pi, 0.0])
+    np.testing.assert_allclose(width, [np.pi / 3, 0.25])
+    assert per.tolist() == [True, False]
+    text = (tmp_path / "g.grad").read_text().splitlines()
+    assert text[0] == "# 2" and text[1].split()[-2:] == ["6", "1"] and text[2].split()[-2:] == ["4", "0"]
+    write_grid(tmp_path / "c.count", np.arange(5.0), [0.0], [0.2], [False])
+    c, *_ = read_grid(tmp_path / "c.count")
+    np.testing.assert_array_equal(c, np.arange(5.0))
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_colvar_header_and_rows(tmp_path):
+    with ColvarWriter(tmp_path / "COLVAR", 2) as w:
+        w.write(0.5, [1, 2], [3, 4], [5, 6])
+        with pytest.raises(ValueError, match="7 fields"):
+            w.write(0.5, [1], [3], [5])
+    fields, data = read_colvar(tmp_path / "COLVAR")
+    assert (tmp_path / "COLVAR").read_text().startswith("#! FIELDS time xi_1 xi_2 lambda_1 lambda_2 fbias_1 fbias_2\n")
+    np.testing.assert_array_equal(data, [[0.5, 1, 2, 3, 4, 5, 6]])
