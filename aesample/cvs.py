@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "Dihedral",
+    "Dihedrals",
     "Distance",
     "PositionX",
     "PositionXY",
@@ -42,7 +43,7 @@ def minimum_image(vec: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     ``vec`` is ``(..., k, 3)`` and ``box`` ``(..., 3, 3)``. When the box is all zero the vectors are returned
     unchanged (the arithmetic is branch-free so it traces and scripts identically on every device).
     """
-    periodic = (box.abs().sum() > 0).to(vec.dtype)
+    periodic = (box.abs().sum() > 0).to(vec.dtype)  # branch-free: no host synchronisation on GPUs
     # Guard the divisions for the all-zero (non-periodic) box.
     safe = box + (1.0 - periodic) * torch.eye(3, dtype=box.dtype, device=box.device)
     # OpenMM reduced boxes: c may have x,y components, b may have x. Subtract c, then b, then a.
@@ -54,31 +55,47 @@ def minimum_image(vec: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class Dihedral(torch.nn.Module):
-    """Dihedral angle (rad, in [-pi, pi)) defined by four atom indices (OpenMM/IUPAC sign convention)."""
+class Dihedrals(torch.nn.Module):
+    """k dihedral angles (rad, in [-pi, pi), OpenMM/IUPAC sign) evaluated together: one set of ops for all k.
 
-    def __init__(self, atoms: Sequence[int]):
+    ``quads``: sequence of k lists of 4 atom indices. Returns (k,) / (B, k).
+    """
+
+    def __init__(self, quads: Sequence[Sequence[int]]):
         super().__init__()
-        atoms = [int(a) for a in atoms]
-        if len(atoms) != 4 or len(set(atoms)) != 4 or min(atoms) < 0:
-            raise ValueError(f"Dihedral needs 4 distinct non-negative atom indices, got atoms={atoms}")
-        self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
-        self.cv_dim: int = 1
-        self.periodic: List[bool] = [True]
+        quads = [[int(a) for a in q] for q in quads]
+        if not quads or len(quads) > 3:
+            raise ValueError(f"Dihedrals needs 1 to 3 dihedrals, got {len(quads)}")
+        for q in quads:
+            if len(q) != 4 or len(set(q)) != 4 or min(q) < 0:
+                raise ValueError(f"Dihedral needs 4 distinct non-negative atom indices, got atoms={q}")
+        self.register_buffer("quads", torch.tensor(quads, dtype=torch.long).reshape(-1))
+        self.register_buffer("atom_indices", torch.unique(torch.tensor(quads, dtype=torch.long)))
+        self.k: int = len(quads)
+        self.cv_dim: int = len(quads)
+        self.periodic: List[bool] = [True] * len(quads)
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        p = positions.index_select(-2, self.atom_indices)  # (..., 4, 3)
-        b = p[..., 1:, :] - p[..., :-1, :]  # bond vectors b1, b2, b3
-        b = minimum_image(b, box.to(p.dtype))
+        p = positions.index_select(-2, self.quads)  # (..., 4k, 3)
+        p = p.reshape(p.shape[:-2] + (self.k, 4, 3))
+        b = p[..., 1:, :] - p[..., :-1, :]  # (..., k, 3, 3) bond vectors b1, b2, b3
+        b = minimum_image(b, box.to(p.dtype).unsqueeze(-3))
         b1 = b[..., 0, :]
         b2 = b[..., 1, :]
         b3 = b[..., 2, :]
         n1 = torch.cross(b1, b2, dim=-1)
         n2 = torch.cross(b2, b3, dim=-1)
-        m1 = torch.cross(n1, b2 / torch.linalg.vector_norm(b2, dim=-1, keepdim=True), dim=-1)
         x = (n1 * n2).sum(-1)
-        y = (m1 * n2).sum(-1)
-        return torch.atan2(-y, x).unsqueeze(-1)
+        # m1 . n2 with m1 = n1 x b2/|b2|, written as |b2| (b1 . n2) (one cross product fewer)
+        y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
+        return torch.atan2(y, x)
+
+
+class Dihedral(Dihedrals):
+    """Dihedral angle (rad, in [-pi, pi)) defined by four atom indices (OpenMM/IUPAC sign convention)."""
+
+    def __init__(self, atoms: Sequence[int]):
+        super().__init__([list(atoms)])
 
 
 class Distance(torch.nn.Module):
@@ -281,6 +298,9 @@ def parse_cv_spec(spec: str, topology=None) -> torch.nn.Module:
             mods.append(peptide_dihedral(topology, base, res))
     if len(mods) > 3:
         raise ValueError(f"--cv: at most 3 components are supported, got {len(mods)} in {spec!r}")
+    if len(mods) > 1 and all(isinstance(m, Dihedrals) for m in mods):
+        # one batched module: the cost of one dihedral for all of them
+        return Dihedrals([q for m in mods for q in m.quads.reshape(-1, 4).tolist()])
     return mods[0] if len(mods) == 1 else Stack(mods)
 
 
