@@ -273,7 +273,7 @@ def test_2d_czar_matches_exact():
     expr = "a*((x/x0)^2-1)^2 + b*((y/x0)^2-1)^2 + c*x*y/x0^2 + 0.5*kc*z^2"
     system = _particle_system(expr, params)
     s = _run_particle(system, cvs.PositionXY(0), [-0.4, -0.4, 0], [-0.8, -0.8], [0.8, 0.8], [16, 16], 600.0,
-                      150000, seed=11)
+                      100000, seed=11)
     cx, cy = s.centers()
     X, Y = np.meshgrid(cx, cy, indexing="ij")
     exact = (params["a"] * ((X / 0.4) ** 2 - 1) ** 2 + params["b"] * ((Y / 0.4) ** 2 - 1) ** 2
