@@ -7,6 +7,7 @@ outputs atomically, so re-running a stage after a crash gives the same result.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from .io import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from .driver import LoopDriver
+
+log = logging.getLogger("aesample")
 
 __all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress"]
 
@@ -65,6 +68,20 @@ def _starting_structures(driver: "LoopDriver") -> list[np.ndarray]:
                 + (f" ({n_solute} solute atoms)" if ms.periodic else "")
             )
     return starts
+
+
+def check_finite_energy(ms, positions: np.ndarray, source: str) -> None:
+    """Raise a ValueError naming ``source`` when the potential energy at ``positions`` is not finite."""
+    import openmm
+
+    context = openmm.Context(ms.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    if ms.box is not None:
+        context.setPeriodicBoxVectors(*ms.box)
+    context.setPositions(positions)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    if not np.isfinite(energy):
+        raise ValueError(f"{source}: potential energy of the starting structure is not finite ({energy}); "
+                         "check for overlapping atoms or missing coordinates")
 
 
 def _md_dirs(driver: "LoopDriver", k: int) -> list[Path]:
@@ -116,12 +133,35 @@ def run_md_stage(driver: "LoopDriver", k: int, progress: bool = True) -> None:
 
     cfg = driver.config
     dirs = _md_dirs(driver, k)
+    done_before = sum(md.steps_done(d) for d in dirs)
+    t0 = time.perf_counter()
+    _run_md_runs(driver, k, dirs, progress)
+    # Throughput of this process's share of the stage (a resumed stage counts only what it ran).
+    steps = sum(md.steps_done(d) for d in dirs)
+    ns = steps * cfg.md.timestep * 1e-6
+    ran_ns = (steps - done_before) * cfg.md.timestep * 1e-6
+    seconds = time.perf_counter() - t0
+    atomic_write_json(driver.iteration_dir(k) / "md_timing.json", {
+        "ns": ns, "ns_this_process": ran_ns, "seconds": seconds,
+        "ns_per_day": ran_ns / seconds * 86400.0 if ran_ns > 0 and seconds > 0 else None,
+    })
+
+
+def _run_md_runs(driver: "LoopDriver", k: int, dirs: list[Path], progress: bool) -> None:
+    from . import md
+    from .export import load_cv
+
+    cfg = driver.config
     if k == 0:
         steps = _steps(cfg.loop.initial_md, cfg.md.timestep, cfg.md.report_interval)
-        for j, (start, out) in enumerate(zip(_starting_structures(driver), dirs)):
+        starts = _starting_structures(driver)
+        sources = [str(driver.system.source)] + [str(p) for p in cfg.loop.initial_structures]
+        for start, source in zip(starts, sources):
+            check_finite_energy(driver.system, start, source)
+        for j, (start, out) in enumerate(zip(starts, dirs)):
             md.run_md(
                 driver.system, out, steps, _md_settings(driver, 1000 * j), positions=start,
-                progress=progress, description=f"iter 0 MD {j}",
+                progress=progress, description=f"iter 0 MD {j}", resume=True, log=log.info,
             )
         return
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
@@ -130,6 +170,7 @@ def run_md_stage(driver: "LoopDriver", k: int, progress: bool = True) -> None:
     md.run_eabf(
         driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension))), dirs[0], steps,
         _md_settings(driver, 1000 * k), positions=start, progress=progress, description=f"iter {k} eABF",
+        resume=True, log=log.info,
     )
 
 
@@ -286,8 +327,9 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         "regression_score": None,
     }
     results = [md.load_result(d) for d in _md_dirs(driver, k)]
-    metrics["ns"] = float(sum(r.ns for r in results))
-    metrics["ns_per_day"] = float(np.mean([r.ns_per_day for r in results if r.ns_per_day])) if results else None
+    timing = json.loads((out / "md_timing.json").read_text())
+    metrics["ns"] = timing["ns"]
+    metrics["ns_per_day"] = timing["ns_per_day"]
     if k > 0:
         prev, _ = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
         xi_prev = compute_cv(prev, traj.xyz.astype(np.float64), box=box)

@@ -1,0 +1,171 @@
+"""The iterative driver end to end: run directory rules, bad input, kill -9 + resume == uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY = """
+md: {report_interval: 20, segment_steps: 500, equilibration: 0.2, seed: 11}
+loop: {initial_md: 0.004, eabf_per_iteration: 0.008, max_iterations: 2, convergence_threshold: 0.99999}
+training: {max_epochs: 25, patience: 5, batch_size: 64, seed: 3}
+system: {platform: Reference}
+output: {plots: false}
+"""
+
+
+def _cli(*args, check=True, timeout=900, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "aesample.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aesample {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_config):
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    _cli("run", tiny_config, "--out", run, "--quiet")
+    return run
+
+
+def test_loop_outputs(uninterrupted):
+    state = json.loads((uninterrupted / "state.json").read_text())
+    assert state["finished"] and [h["iteration"] for h in state["history"]] == [0, 1, 2]
+    for k in range(3):
+        it = uninterrupted / f"iter_{k:03d}"
+        for name in ("cv.pt", "cv.json", "model.pt", "weights.npy", "metrics.json"):
+            assert (it / name).is_file(), f"{it / name} missing"
+        weights = np.load(it / "weights.npy")
+        assert weights.sum() == pytest.approx(1.0) and np.all(weights > 0)
+    for k in (1, 2):
+        m = json.loads((uninterrupted / f"iter_{k:03d}" / "metrics.json").read_text())
+        assert -1.0 <= m["regression_score"] <= 1.0
+        assert 0.0 <= m["dihedral_score"] <= 1.0
+        assert (uninterrupted / f"iter_{k:03d}" / "md_0" / "COLVAR").is_file()
+    # eABF iterations reweight: the weights are not uniform.
+    w1 = np.load(uninterrupted / "iter_001" / "weights.npy")
+    assert w1.max() / w1.min() > 1.01
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert summary["iterations_done"] == 3
+    status = _cli("status", uninterrupted).stdout
+    assert "finished" in status and "iteration 2:" in status
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrupted):
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(tiny_config), "--out", str(run),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    checkpoint = run / "iter_001" / "md_0" / "checkpoint.json"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:  # wait until iteration 1's eABF is past its first segment
+            if checkpoint.is_file():
+                try:
+                    if json.loads(checkpoint.read_text())["step"] >= 1000:
+                        break
+                except (json.JSONDecodeError, KeyError):
+                    pass
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.02)
+        else:
+            pytest.fail("iteration 1 never reached its second checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    state = json.loads((run / "state.json").read_text())
+    assert state["iteration"] == 1 and state["stage"] == "md" and not state["finished"]
+    steps_at_kill = json.loads(checkpoint.read_text())["step"]
+    assert 1000 <= steps_at_kill < 4000  # killed mid-iteration
+
+    _cli("resume", run, "--quiet")
+
+    for k in range(3):
+        a = json.loads((uninterrupted / f"iter_{k:03d}" / "metrics.json").read_text())
+        b = json.loads((run / f"iter_{k:03d}" / "metrics.json").read_text())
+        for key in ("frames", "best_val_loss", "ns"):
+            assert a.get(key) == b.get(key), f"iteration {k}: {key} differs ({a.get(key)} vs {b.get(key)})"
+        # Scores go through LAPACK, whose summation order may differ between processes: round-off only.
+        for key in ("regression_score", "dihedral_score"):
+            if a.get(key) is None:
+                assert b.get(key) is None
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-10, abs=1e-12), f"iteration {k}: {key} differs"
+        np.testing.assert_array_equal(np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy"),
+                                      np.load(run / f"iter_{k:03d}" / "weights.npy"))
+        sa = torch.load(uninterrupted / f"iter_{k:03d}" / "model.pt", weights_only=True)["state_dict"]
+        sb = torch.load(run / f"iter_{k:03d}" / "model.pt", weights_only=True)["state_dict"]
+        for name in sa:
+            assert torch.equal(sa[name], sb[name]), f"iteration {k}: parameter {name} differs"
+    assert (run / "iter_001" / "md_0" / "COLVAR").read_text() == (uninterrupted / "iter_001" / "md_0" / "COLVAR").read_text()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_config):
+    run = tmp_path / "occupied"
+    run.mkdir()
+    (run / "precious.txt").write_text("data")
+    proc = _cli("run", tiny_config, "--out", run, check=False)
+    assert proc.returncode == 2
+    assert f"run directory {run} already exists and is not empty" in proc.stderr
+    assert (run / "precious.txt").read_text() == "data"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--system", "lysozyme"], "system.name: unknown system 'lysozyme'"),
+        (["run", "missing.yaml"], "config file not found: missing.yaml"),
+        (["run", "--pdb", "nothere.pdb"], "system.pdb: file not found: nothere.pdb"),
+        (["resume", "no-such-run"], "no-such-run is not an aesample run directory"),
+        (["status", "no-such-run"], "no-such-run is not an aesample run directory"),
+    ],
+)
+def test_bad_input_exit_code_2(tmp_path, args, message):
+    proc = _cli(*args, check=False, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+
+
+def test_malformed_yaml_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loop: {max_iterations: [\n")
+    proc = _cli("run", bad, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and f"{bad}: malformed YAML" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_non_finite_start_exit_code_2(tmp_path):
+    from aesample.systems import systems_dir
+
+    lines = (systems_dir() / "alanine_dipeptide_vacuum.pdb").read_text().splitlines()
+    # Put atom 2 exactly on atom 1: the Lennard-Jones/Coulomb energy is infinite.
+    atom1 = next(l for l in lines if l.startswith("ATOM"))
+    clash = [l if not l.startswith("ATOM      2") else l[:30] + atom1[30:54] + l[54:] for l in lines]
+    pdb = tmp_path / "clash.pdb"
+    pdb.write_text("\n".join(clash) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY)
+    proc = _cli("run", cfg, "--pdb", pdb, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "clash.pdb: potential energy of the starting structure is not finite" in proc.stderr
