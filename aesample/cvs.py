@@ -38,21 +38,18 @@ __all__ = [
 
 
 def minimum_image(vec: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Minimum-image displacement vectors for a triclinic OpenMM box (reduced form).
+    """Minimum-image displacement vectors for an OpenMM box (rows a, b, c), via fractional coordinates.
 
-    ``vec`` is ``(..., k, 3)`` and ``box`` ``(..., 3, 3)``. When the box is all zero the vectors are returned
-    unchanged (the arithmetic is branch-free so it traces and scripts identically on every device).
+    ``vec`` is ``(..., k, 3)`` and ``box`` broadcastable ``(..., 3, 3)``. ``vec - round(vec B^-1) B``: exact
+    minimum image for vectors shorter than half the smallest box width (bond vectors, the use here). When the box
+    is all zero the vectors are returned unchanged. Branch-free (no host synchronisation on GPUs) and only a
+    handful of ops, so the non-periodic case stays cheap.
     """
-    periodic = (box.abs().sum() > 0).to(vec.dtype)  # branch-free: no host synchronisation on GPUs
-    # Guard the divisions for the all-zero (non-periodic) box.
+    periodic = (box.abs().sum() > 0).to(vec.dtype)
+    # Guard the inverse for the all-zero (non-periodic) box.
     safe = box + (1.0 - periodic) * torch.eye(3, dtype=box.dtype, device=box.device)
-    # OpenMM reduced boxes: c may have x,y components, b may have x. Subtract c, then b, then a.
-    out = vec
-    for k in [2, 1, 0]:  # unrolled by TorchScript over a constant list; three vector ops
-        row = safe[..., k, :].unsqueeze(-2)
-        n = torch.round(out[..., k : k + 1] / row[..., k : k + 1])
-        out = out - periodic * n * row
-    return out
+    n = torch.round(torch.matmul(vec, torch.linalg.inv(safe)))
+    return vec - periodic * torch.matmul(n, safe)
 
 
 class Dihedrals(torch.nn.Module):
