@@ -109,7 +109,7 @@ class MDConfig(_Section):
     equilibration: float = Field(
         10.0, ge=0, description="Unbiased, unsampled equilibration before each run, ps."
     )
-    report_interval: int = Field(500, gt=0, description="Steps between saved frames and COLVAR rows.")
+    report_interval: int = Field(100, gt=0, description="Steps between saved frames and COLVAR rows.")
     segment_steps: int = Field(
         25000, gt=0, description="Steps between checkpoints; a crash loses at most one segment."
     )
