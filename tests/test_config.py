@@ -74,7 +74,7 @@ def test_literal_and_range_messages():
         config_from_dict({"cv": {"activation": "sigmoidish"}})
     with pytest.raises(ConfigError, match=r"eabf: grid_min \(1.0\) must be < grid_max \(-1.0\)"):
         config_from_dict({"eabf": {"grid_min": 1.0, "grid_max": -1.0}})
-    with pytest.raises(ConfigError, match=r"md: segment_steps \(1001\) must be a multiple of report_interval \(500\)"):
+    with pytest.raises(ConfigError, match=r"md: segment_steps \(1001\) must be a multiple of report_interval \(100\)"):
         config_from_dict({"md": {"segment_steps": 1001}})
 
 
