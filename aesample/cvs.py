@@ -42,9 +42,13 @@ def minimum_image(vec: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
 
     ``vec`` is ``(..., k, 3)`` and ``box`` broadcastable ``(..., 3, 3)``. ``vec - round(vec B^-1) B``: exact
     minimum image for vectors shorter than half the smallest box width (bond vectors, the use here). When the box
-    is all zero the vectors are returned unchanged. Branch-free (no host synchronisation on GPUs) and only a
-    handful of ops, so the non-periodic case stays cheap.
+    is all zero the vectors are returned unchanged: an early return when the box lives on the host (free to
+    inspect), branch-free arithmetic on GPUs (no host synchronisation, CUDA-graph friendly).
     """
+    if box.device.type == "cpu":
+        # inspecting a host tensor costs no device synchronisation: skip all work for "not periodic"
+        if not bool(box.any()):
+            return vec
     periodic = (box.abs().sum() > 0).to(vec.dtype)
     # Guard the inverse for the all-zero (non-periodic) box.
     safe = box + (1.0 - periodic) * torch.eye(3, dtype=box.dtype, device=box.device)

@@ -195,13 +195,13 @@ class _EABFCore(torch.nn.Module):
             self.n_samples.fill_(float(state.n_samples))
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Flat bin index (1,) and in-grid flag (0-d bool) of a (d,) float64 point."""
+        """Flat bin indices (m,) and in-grid flags (m,) of m points (m, d), float64."""
         u = v - self.grid_min
         u = torch.where(self.periodic_mask, u - self.span * torch.floor(u / self.span), u)
         i = torch.floor(u / self.bin_width).to(torch.long)
-        inside = ((i >= 0) & (i < self.nbins)).all()
+        inside = ((i >= 0) & (i < self.nbins)).all(dim=-1)
         i = torch.minimum(torch.clamp(i, min=0), self.nbins - 1)
-        return (i * self.strides).sum().view(1), inside
+        return (i * self.strides).sum(dim=-1), inside
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -212,13 +212,14 @@ class _EABFCore(torch.nn.Module):
         dtype = positions.dtype
         pos = positions.detach().requires_grad_(True)
         xi = self.cv(pos, box)
-        ext = positions.detach().index_select(0, self.ext_index)  # (d, 3)
-        lam = ext[:, 0]
-        kappa = self.kappa.to(dtype)
-        diff = xi.detach() - lam
-        diff = torch.where(self.periodic_mask, diff - self.period.to(dtype) * torch.round(diff / self.period.to(dtype)), diff)
-        dE_dxi = kappa * diff
-        gout: List[Optional[torch.Tensor]] = [dE_dxi]
+        ext = positions.detach().index_select(0, self.ext_index).to(torch.float64)  # (d, 3)
+        # all eABF arithmetic in float64 (no-ops on Reference/CPU; tiny tensors on GPUs)
+        xi64 = xi.detach().to(torch.float64)
+        lam64 = ext[:, 0]
+        diff = xi64 - lam64
+        diff = torch.where(self.periodic_mask, diff - self.period * torch.round(diff / self.period), diff)
+        dE_dxi = self.kappa * diff
+        gout: List[Optional[torch.Tensor]] = [dE_dxi.to(xi.dtype)]
         grads = torch.autograd.grad([xi], [pos], grad_outputs=gout, allow_unused=True)
         g = grads[0]
         if g is None:
@@ -232,16 +233,16 @@ class _EABFCore(torch.nn.Module):
         # (TorchScript cannot export values out of a with-block: results travel through self.info.)
         with torch.no_grad():
             # ---- sampling (masked, no host synchronisation) ----
-            xi64 = xi.detach().to(torch.float64)
-            lam64 = lam.to(torch.float64)
-            f_lam = self.kappa * (-diff.to(torch.float64))  # kappa (lambda - xi), wrapped
+            f_lam = -dE_dxi  # kappa (lambda - xi), wrapped
             new = torch.cat([xi64, lam64])
             same = (new == self.last).all()
             take = (sample > 0.5) & (~same)
-            lbin, lin = self._bin(lam64)
-            zbin, zin = self._bin(xi64)
-            wl = (take & lin).to(torch.float64).view(1)
-            wz = (take & zin).to(torch.float64).view(1)
+            bins, inside = self._bin(torch.stack([lam64, xi64]))
+            lbin = bins[0:1]
+            zbin = bins[1:2]
+            lin = inside[0]
+            wl = (take & inside[0:1]).to(torch.float64)
+            wz = (take & inside[1:2]).to(torch.float64)
             self.count.index_add_(0, lbin, wl)
             self.grad_sum.index_add_(0, lbin, (wl * f_lam).view(1, self.d))
             self.zcount.index_add_(0, zbin, wz)
@@ -260,21 +261,19 @@ class _EABFCore(torch.nn.Module):
             self.info.copy_(torch.cat([xi64, lam64, fbias]))
 
         # ---- walls (non-periodic components) ----
-        lam64 = lam.to(torch.float64)
         fbias = self.info[2 * self.d:].clone()
         below = torch.clamp(self.grid_min - lam64, min=0.0)
         above = torch.clamp(lam64 - self.grid_max, min=0.0)
         wk = torch.where(self.periodic_mask, torch.zeros_like(self.wall_kappa), self.wall_kappa)
-        fwall = wk * (below - above)
-        energy = energy + (0.5 * wk * (below * below + above * above)).sum().to(dtype)
+        energy = energy + (0.5 * wk * (below * below + above * above)).sum()
 
         # ---- y, z pins of the extended particles ----
-        yz = ext[:, 1:] - self.pin_centres.to(dtype)
-        pin = self.pin_k.to(dtype).unsqueeze(1)
+        yz = ext[:, 1:] - self.pin_centres
+        pin = self.pin_k.unsqueeze(1)
         energy = energy + 0.5 * (pin * yz * yz).sum()
-        f_ext = torch.cat([(dE_dxi + (fbias + fwall).to(dtype)).unsqueeze(1), -pin * yz], dim=1)
-        forces = forces.index_add(0, self.ext_index, f_ext)
-        return energy, forces
+        f_ext = torch.cat([(dE_dxi + fbias + wk * (below - above)).unsqueeze(1), -pin * yz], dim=1)
+        forces = forces.index_add(0, self.ext_index, f_ext.to(forces.dtype))
+        return energy.to(dtype), forces
 
     def flat_state(self) -> torch.Tensor:
         return torch.cat(
@@ -305,10 +304,12 @@ class _EABFForceNonPeriodic(torch.nn.Module):
     def __init__(self, core: _EABFCore):
         super().__init__()
         self.core = core
-        self.register_buffer("zero_box", torch.zeros(3, 3, dtype=torch.float64))
+        self.zero_box = torch.zeros(3, 3, dtype=torch.float64)
 
     def forward(self, positions: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor, chunk: torch.Tensor):
-        return self.core.compute(positions, self.zero_box.to(positions.dtype), sample, readout, chunk)
+        # The zero box stays on the host (a plain attribute, not a buffer, so .to(device) leaves it there): CVs can
+        # see "not periodic" without a device synchronisation.
+        return self.core.compute(positions, self.zero_box, sample, readout, chunk)
 
 
 class _EABFForcePeriodic(torch.nn.Module):
