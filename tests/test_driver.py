@@ -169,3 +169,41 @@ def test_non_finite_start_exit_code_2(tmp_path):
     proc = _cli("run", cfg, "--pdb", pdb, "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "clash.pdb: potential energy of the starting structure is not finite" in proc.stderr
+
+
+CHIGNOLIN = """
+md: {report_interval: 20, segment_steps: 200, equilibration: 0.1, seed: 5}
+loop: {initial_md: 0.0012, eabf_per_iteration: 0.0008, max_iterations: 1}
+training: {max_epochs: 10, patience: 3, batch_size: 32}
+output: {plots: false}
+"""
+
+
+def test_chignolin_starts_checkpoints_and_resumes(tmp_path):
+    cfg = tmp_path / "chig.yaml"
+    cfg.write_text(CHIGNOLIN)
+    run = tmp_path / "chig"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(cfg), "--system", "chignolin",
+                             "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    checkpoint = run / "iter_000" / "md_0" / "checkpoint.json"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and not checkpoint.is_file():
+            assert proc.poll() is None, "the chignolin run ended before its first checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = json.loads(checkpoint.read_text())["step"]
+    assert 200 <= first < 600
+    assert "stage md" in _cli("status", run).stdout
+    _cli("resume", run, "--quiet")
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] and len(state["history"]) == 2
+    metrics = state["history"][1]
+    assert 0.0 <= metrics["rmsd_ca_mean"] < 0.3  # the hairpin is intact in so short a run
+    assert metrics["regression_score"] is not None
