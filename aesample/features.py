@@ -269,6 +269,11 @@ class AlignedPositions(nn.Module):
         ref_cross = (_cross_matrix_map() @ ref_c.T).T.reshape(n, 3, 3)  # [y_i]x
         self.register_buffer("ref_cross", torch.as_tensor(ref_cross.transpose(1, 0, 2).reshape(3, 3 * n), dtype=dtype))
         self.register_buffer("eye3", torch.eye(3, dtype=dtype))
+        # Horn's matrix straight from the (uncentred) selected coordinates: vec(K) = x_flat @ horn_from_x
+        # (S = x^T y_c does not need centred x because y_c is centred)
+        hx = np.einsum("ia,kb->kiab", np.eye(3), ref_c)  # (n, 3, 3, 3): d S[a, b] / d x[k, i]
+        hx = hx.reshape(3 * n, 9) @ _horn_matrix_map().T  # (3n, 16)
+        self.register_buffer("horn_from_x", torch.as_tensor(hx, dtype=dtype))
         self.register_buffer("mean", torch.zeros(3 * n, dtype=dtype))
         self.register_buffer("std", torch.ones(3 * n, dtype=dtype))
         if mean is not None or std is not None:
@@ -372,7 +377,9 @@ class AlignedPositions(nn.Module):
 
     def _unwrap_offset(self, x: Tensor, box: Tensor) -> Tensor:
         """Lattice translations (B, n, 3) that make the selection whole (no gradient)."""
-        return self._make_whole(x, box) - x
+        with torch.no_grad():
+            off = self._make_whole(x, box) - x
+        return off
 
     def _implicit_features(self, x: Tensor) -> Tensor:
         """Aligned features whose gradient comes from the implicit function theorem.
@@ -394,31 +401,41 @@ class AlignedPositions(nn.Module):
         """
         B = x.shape[0]
         n = self.n_atoms
-        xd = x.detach()
-        xc = xd - xd.mean(dim=1, keepdim=True)
-        R0 = self._rotation(xc)  # (B, 3, 3), no graph (detached input)
-        xr = torch.matmul(xc, R0.transpose(1, 2))  # (B, n, 3)
-        if not x.requires_grad:
+        need_grad = x.requires_grad
+        # a no_grad block, not x.detach(): torch.jit.freeze (used by openmm-torch) deletes
+        # detach() calls, which would silently turn this part back into an autograd graph
+        with torch.no_grad():
+            xc = x - x.mean(dim=1, keepdim=True)
+            K4 = torch.matmul(x.reshape(B, 1, 3 * n), self.horn_from_x).reshape(B, 4, 4)
+            _, V = torch.linalg.eigh(K4)
+            q = V[:, :, 3]
+            R0 = torch.matmul((q.unsqueeze(2) * q.unsqueeze(1)).reshape(B, 1, 16), self.rot_map.t()).reshape(B, 3, 3)
+            xr = torch.matmul(xc, R0.transpose(1, 2))  # (B, n, 3)
+            M = self.eye3  # placeholder when no gradient is needed
+            if need_grad:
+                S = torch.matmul(xr.transpose(1, 2), self.reference)  # (B, 3, 3)
+                tr = torch.diagonal(S, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
+                J = S - (tr * (1.0 + 1e-9) + 1e-30) * self.eye3
+                Q = torch.linalg.solve_ex(J, self.ref_cross.expand(B, 3, 3 * n))[0]  # (B, 3, 3n); J is never singular
+                P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
+                K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
+                M = K - torch.matmul(P, torch.matmul(Q, K))
+        if not need_grad:
             return xr.reshape(B, self.n_features)
-        S = torch.matmul(xr.transpose(1, 2), self.reference)  # (B, 3, 3)
-        tr = torch.diagonal(S, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
-        J = S - (tr * (1.0 + 1e-9) + 1e-30) * self.eye3
-        Q = torch.linalg.solve(J, self.ref_cross.expand(B, 3, 3 * n))  # (B, 3, 3n)
-        P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
-        K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
-        M = K - torch.matmul(P, torch.matmul(Q, K))
         return torch.matmul(M, x.reshape(B, 3 * n, 1)).reshape(B, self.n_features)
 
     def featurize_selected(self, x: Tensor, box: Tensor) -> Tensor:
         """Features from coordinates of the selected atoms only.
 
-        x : (B, n_sel, 3) nm in the module dtype; box : (B, 3, 3) nm.  Returns (B, n_features).
+        x : (B, n_sel, 3) nm in the module dtype; box : (B, 3, 3) or (1, 3, 3) nm.
+        Returns (B, n_features).
         """
         if self.unwrap:
             if bool(torch.any(box != 0)):
+                box = box.expand(x.shape[0], 3, 3)
                 if self.method_code == 3:
                     # lattice shifts are piecewise constant: add them without a graph
-                    x = x + self._unwrap_offset(x.detach(), box.detach())
+                    x = x + self._unwrap_offset(x, box)
                 else:
                     x = self._make_whole(x, box)
         if self.method_code == 3:
@@ -438,7 +455,7 @@ class AlignedPositions(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         if b.dim() == 2:
-            b = b.unsqueeze(0).expand(x.shape[0], 3, 3)
+            b = b.unsqueeze(0)
         f = self.featurize_selected(x.index_select(1, self.atom_indices), b)
         if unbatched:
             f = f.squeeze(0)

@@ -27,6 +27,35 @@ from aesample.training import CVScaling
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class _RawEncoder(torch.nn.Module):
+    def __init__(self, idx, encoder):
+        super().__init__()
+        self.register_buffer("idx", idx)
+        self.encoder = encoder
+
+    def forward(self, positions, box):
+        x = positions.to(torch.float64) if self.encoder[0].weight.dtype == torch.float64 else positions.to(torch.float32)
+        return self.encoder(x.index_select(0, self.idx).reshape(-1)).to(positions.dtype)
+
+
+def _pair(cv, pos, box):
+    """(forward without grad, forward + backward) closures, warmed up."""
+
+    def fwd():
+        with torch.no_grad():
+            cv(pos, box)
+
+    def fwdbwd():
+        p = pos.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(cv(p, box).sum(), p)
+        return g
+
+    for _ in range(50):  # TorchScript profiling runs
+        fwd()
+        fwdbwd()
+    return fwd, fwdbwd
+
+
 def timeit(fn, repeats: int) -> float:
     for _ in range(max(20, repeats // 20)):
         fn()
@@ -58,33 +87,37 @@ def main():
     rng = np.random.default_rng(0)
     pos0 = traj.xyz[0].astype(np.float64) + rng.normal(scale=0.01, size=traj.xyz[0].shape)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(idx)} atoms -> {3 * len(idx)} features, encoder 24-40-2 tanh")
-    print(f"{'method':8s} {'dtype':8s} {'fwd us':>9s} {'fwd+bwd us':>11s} {'fwd+bwd / svd':>14s} {'graph nodes':>12s}")
-    results = {}
+    # all variants are timed in interleaved rounds (min over rounds): on a shared machine the
+    # load changes during the run, and interleaving keeps the ratios meaningful
+    variants = {}
     for dtype in (torch.float64, torch.float32):
         for method in ("svd", "eigh", "power", "implicit"):
             feat = AlignedPositions(idx, ref, parents, method=method, dtype=torch.float64)
             feat.set_standardization(np.zeros(3 * len(idx)), np.full(3 * len(idx), 0.05))
-            cv = torch.jit.script(build_cv_module(feat, model, scaling, dtype=dtype))
-            cv = torch.jit.freeze(cv.eval(), preserved_attrs=["cv_dim", "periodic", "atom_indices"]) if False else cv
+            scripted = torch.jit.script(build_cv_module(feat, model, scaling, dtype=dtype))
             pos = torch.tensor(pos0, dtype=dtype)
             box = torch.zeros(3, 3, dtype=dtype)
-
-            def fwd():
-                with torch.no_grad():
-                    cv(pos, box)
-
-            def fwdbwd():
-                p = pos.clone().requires_grad_(True)
-                xi = cv(p, box)
-                (g,) = torch.autograd.grad(xi.sum(), p)
-                return g
-
-            t_f = timeit(fwd, args.repeats)
-            t_fb = timeit(fwdbwd, args.repeats)
-            nodes = len(list(cv.graph.nodes())) + sum(len(list(m.graph.nodes())) for m in [cv.features, cv.encoder])
-            results[(method, dtype)] = t_fb
-            ratio = t_fb / results[("svd", dtype)]
-            print(f"{method:8s} {str(dtype).replace('torch.', ''):8s} {t_f:9.1f} {t_fb:11.1f} {ratio:14.2f} {nodes:12d}")
+            for frozen in (False, True):
+                # openmm-torch freezes modules (torch.jit.freeze) before running them: time both
+                cv = torch.jit.freeze(scripted.eval()) if frozen else scripted
+                variants[(method + ("+freeze" if frozen else ""), dtype)] = _pair(cv, pos, box)
+        # floor: the same encoder on the raw selected coordinates (no centring/alignment)
+        enc = torch.jit.script(_RawEncoder(torch.as_tensor(idx), build_cv_module(AlignedPositions(idx, ref), model, scaling, dtype=dtype).encoder))
+        variants[("no-align", dtype)] = _pair(enc, torch.tensor(pos0, dtype=dtype), torch.zeros(3, 3, dtype=dtype))
+    best = {k: [float("inf"), float("inf")] for k in variants}
+    rounds = 7
+    n = max(1, args.repeats // rounds)
+    for _ in range(rounds):
+        for key, fns in variants.items():
+            for j, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                best[key][j] = min(best[key][j], (time.perf_counter() - t0) / n * 1e6)
+    print(f"{'method':16s} {'dtype':8s} {'fwd us':>9s} {'fwd+bwd us':>11s} {'fwd+bwd / svd':>14s}")
+    for (method, dtype), (t_f, t_fb) in best.items():
+        ratio = t_fb / best[("svd", dtype)][1]
+        print(f"{method:16s} {str(dtype).replace('torch.', ''):8s} {t_f:9.1f} {t_fb:11.1f} {ratio:14.2f}")
     # inside OpenMM (Reference platform): energy E = sum_k xi_k through TorchForce
     try:
         import openmm as mm
