@@ -141,3 +141,66 @@ def test_openmm_torchforce_matches(trained, tmp_path):
 def test_load_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         load_cv(tmp_path / "nothere.pt")
+
+
+class _PeriodicEnergy(torch.nn.Module):
+    def __init__(self, cv):
+        super().__init__()
+        self.cv = cv
+
+    def forward(self, positions, box):
+        return 2.0 * self.cv(positions, box).sum()
+
+
+def test_openmm_periodic_wrapped_positions(trained, tmp_path):
+    """With periodic boundaries the TorchForce gets the box; wrapped coordinates give the same forces."""
+    import openmm as mm
+    from openmmtorch import TorchForce
+
+    cv, _ = load_cv(trained["path"])
+    energy = torch.jit.script(_PeriodicEnergy(cv))
+    path = tmp_path / "penergy.pt"
+    energy.save(str(path))
+    box = np.diag([1.6, 1.7, 1.8])
+    results = []
+    x = trained["frames"][5] - trained["frames"][5].mean(0) + np.array([1.55, 1.65, 0.9])  # straddles x and y faces
+    for positions in (x, x - np.floor(x / np.diag(box)) * np.diag(box)):
+        system = mm.System()
+        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
+        for _ in range(22):
+            system.addParticle(12.0)
+        force = TorchForce(str(path))
+        force.setUsesPeriodicBoundaryConditions(True)
+        system.addForce(force)
+        ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(positions)
+        st = ctx.getState(getEnergy=True, getForces=True)
+        results.append((st.getPotentialEnergy()._value, np.asarray(st.getForces(asNumpy=True)._value)))
+    assert np.abs(x - (x - np.floor(x / np.diag(box)) * np.diag(box))).max() > 1.0
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-8)
+    assert np.abs(results[0][1] - results[1][1]).max() < 1e-6
+    # and the frozen module (what openmm-torch runs on GPU platforms) agrees with the plain one
+    frozen = torch.jit.freeze(torch.jit.load(str(trained["path"])).eval())
+    p1 = torch.tensor(x, requires_grad=True)
+    p2 = torch.tensor(x, requires_grad=True)
+    b = torch.tensor(box)
+    (g1,) = torch.autograd.grad(cv(p1, b).sum(), p1)
+    (g2,) = torch.autograd.grad(frozen(p2, b).sum(), p2)
+    assert (g1 - g2).abs().max().item() < 1e-10
+
+
+def test_variational_model_exports_code_mean(tmp_path):
+    import mdtraj as md
+
+    t = md.load(str(PDB))
+    idx = select_atoms(t.topology, "not element H")
+    feat = AlignedPositions(idx, t.xyz[0, idx])
+    torch.manual_seed(2)
+    model = AutoEncoder(ModelSpec(n_features=30, hidden=(16, 8), n_cv=1, variational=True))
+    cv = export_cv(feat, model, None, tmp_path / "vae.pt")
+    x = torch.tensor(t.xyz[0], dtype=torch.float64)
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.encode(feat(x, zero).float()).double()
+        assert cv.cv_dim == 1
+        assert (cv(x, zero) - expected).abs().max().item() < 1e-5
