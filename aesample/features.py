@@ -48,7 +48,7 @@ Three interchangeable methods compute the rotation (``method=``):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -397,32 +397,48 @@ class AlignedPositions(nn.Module):
         graph is one matrix product: values are exact (plus a Newton correction of R0)
         and first derivatives are exact; second derivatives are not provided.
         J is negative semi-definite, singular only for degenerate alignments (e.g.
-        collinear atoms); a relative shift of 1e-9 keeps the gradient finite there.
+        collinear atoms); a relative shift of 1e-12 keeps the gradient finite there.
         """
         B = x.shape[0]
         n = self.n_atoms
-        need_grad = x.requires_grad
+        if not x.requires_grad:
+            xr, _ = self._aligned_value(x)
+            return xr.reshape(B, self.n_features)
+        M = self._implicit_map_no_grad(x)
+        return torch.matmul(M, x.reshape(B, 3 * n, 1)).reshape(B, self.n_features)
+
+    def _aligned_value(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(aligned coordinates x' (B, n, 3), R0 (B, 3, 3)); call without autograd."""
+        B = x.shape[0]
+        n = self.n_atoms
+        xc = x - x.mean(dim=1, keepdim=True)
+        K4 = torch.matmul(x.reshape(B, 1, 3 * n), self.horn_from_x).reshape(B, 4, 4)
+        _, V = torch.linalg.eigh(K4)
+        q = V[:, :, 3]
+        R0 = torch.matmul((q.unsqueeze(2) * q.unsqueeze(1)).reshape(B, 1, 16), self.rot_map.t()).reshape(B, 3, 3)
+        return torch.matmul(xc, R0.transpose(1, 2)), R0
+
+    def _implicit_map_no_grad(self, x: Tensor) -> Tensor:
         # a no_grad block, not x.detach(): torch.jit.freeze (used by openmm-torch) deletes
         # detach() calls, which would silently turn this part back into an autograd graph
         with torch.no_grad():
-            xc = x - x.mean(dim=1, keepdim=True)
-            K4 = torch.matmul(x.reshape(B, 1, 3 * n), self.horn_from_x).reshape(B, 4, 4)
-            _, V = torch.linalg.eigh(K4)
-            q = V[:, :, 3]
-            R0 = torch.matmul((q.unsqueeze(2) * q.unsqueeze(1)).reshape(B, 1, 16), self.rot_map.t()).reshape(B, 3, 3)
-            xr = torch.matmul(xc, R0.transpose(1, 2))  # (B, n, 3)
-            M = self.eye3  # placeholder when no gradient is needed
-            if need_grad:
-                S = torch.matmul(xr.transpose(1, 2), self.reference)  # (B, 3, 3)
-                tr = torch.diagonal(S, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
-                J = S - (tr * (1.0 + 1e-9) + 1e-30) * self.eye3
-                Q = torch.linalg.solve_ex(J, self.ref_cross.expand(B, 3, 3 * n))[0]  # (B, 3, 3n); J is never singular
-                P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
-                K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
-                M = K - torch.matmul(P, torch.matmul(Q, K))
-        if not need_grad:
-            return xr.reshape(B, self.n_features)
-        return torch.matmul(M, x.reshape(B, 3 * n, 1)).reshape(B, self.n_features)
+            M = self._implicit_map(x)
+        return M
+
+    def _implicit_map(self, x: Tensor) -> Tensor:
+        """The linear map M (B, 3n, 3n) with features = M x_flat (see _implicit_features)."""
+        B = x.shape[0]
+        n = self.n_atoms
+        aligned = self._aligned_value(x)
+        xr = aligned[0]
+        R0 = aligned[1]
+        S = torch.matmul(xr.transpose(1, 2), self.reference)  # (B, 3, 3)
+        tr = torch.diagonal(S, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
+        J = S - (tr * (1.0 + 1e-12) + 1e-30) * self.eye3
+        Q = torch.linalg.solve_ex(J, self.ref_cross.expand(B, 3, 3 * n))[0]  # (B, 3, 3n); J is never singular
+        P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
+        K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
+        return K - torch.matmul(P, torch.matmul(Q, K))
 
     def featurize_selected(self, x: Tensor, box: Tensor) -> Tensor:
         """Features from coordinates of the selected atoms only.
@@ -449,18 +465,36 @@ class AlignedPositions(nn.Module):
         return f
 
     def forward(self, positions: Tensor, box: Tensor) -> Tensor:
-        unbatched = positions.dim() == 2
         x = positions.to(self.reference.dtype)
         b = box.to(self.reference.dtype)
-        if unbatched:
-            x = x.unsqueeze(0)
         if b.dim() == 2:
             b = b.unsqueeze(0)
-        f = self.featurize_selected(x.index_select(1, self.atom_indices), b)
-        if unbatched:
-            f = f.squeeze(0)
+        if positions.dim() == 2 and self.method_code == 3:
+            f = self._unbatched_implicit(x.index_select(0, self.atom_indices), b)
+        elif positions.dim() == 2:
+            f = self.featurize_selected(x.index_select(0, self.atom_indices).unsqueeze(0), b).squeeze(0)
+        else:
+            f = self.featurize_selected(x.index_select(1, self.atom_indices), b)
         return f.to(positions.dtype)
 
+    def _unbatched_implicit(self, x: Tensor, box: Tensor) -> Tensor:
+        """The MD hot path: one frame (n_sel, 3), implicit method, fewest autograd nodes.
+
+        Identical to ``featurize_selected(x[None], box)[0]``; the batch dimension needed
+        by the helpers only appears inside no_grad blocks, so the autograd graph is
+        index_select -> (shift) -> reshape -> mv.
+        """
+        if self.unwrap:
+            if bool(torch.any(box != 0)):
+                x = x + self._unwrap_offset(x.unsqueeze(0), box)[0]
+        if x.requires_grad:
+            M = self._implicit_map_no_grad(x.unsqueeze(0))[0]
+            f = torch.mv(M, x.reshape(self.n_features))
+        else:
+            f = self._implicit_features(x.unsqueeze(0))[0]
+        if self.standardize:
+            f = (f - self.mean) / self.std
+        return f
 
 # ---------------------------------------------------------------------------------
 # helpers: selection, trees, validation
