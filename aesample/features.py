@@ -269,6 +269,8 @@ class AlignedPositions(nn.Module):
         ref_cross = (_cross_matrix_map() @ ref_c.T).T.reshape(n, 3, 3)  # [y_i]x
         self.register_buffer("ref_cross", torch.as_tensor(ref_cross.transpose(1, 0, 2).reshape(3, 3 * n), dtype=dtype))
         self.register_buffer("eye3", torch.eye(3, dtype=dtype))
+        self.register_buffer("perm1", torch.tensor([1, 2, 0], dtype=torch.long))
+        self.register_buffer("perm2", torch.tensor([2, 0, 1], dtype=torch.long))
         # Horn's matrix straight from the (uncentred) selected coordinates: vec(K) = x_flat @ horn_from_x
         # (S = x^T y_c does not need centred x because y_c is centred)
         hx = np.einsum("ia,kb->kiab", np.eye(3), ref_c)  # (n, 3, 3, 3): d S[a, b] / d x[k, i]
@@ -435,7 +437,11 @@ class AlignedPositions(nn.Module):
         S = torch.matmul(xr.transpose(1, 2), self.reference)  # (B, 3, 3)
         tr = torch.diagonal(S, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
         J = S - (tr * (1.0 + 1e-12) + 1e-30) * self.eye3
-        Q = torch.linalg.solve_ex(J, self.ref_cross.expand(B, 3, 3 * n))[0]  # (B, 3, 3n); J is never singular
+        # J^-1 = adj(J) / det(J) with adj(J)^T rows = cross products of J's rows: a few
+        # elementwise ops instead of a LAPACK LU solve (J is negative definite here)
+        c = torch.linalg.cross(J.index_select(1, self.perm1), J.index_select(1, self.perm2), dim=2)
+        det = (J[:, 0] * c[:, 0]).sum(1).reshape(B, 1, 1)
+        Q = torch.matmul(c.transpose(1, 2), self.ref_cross) / det  # (B, 3, 3n)
         P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
         K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
         return K - torch.matmul(P, torch.matmul(Q, K))
