@@ -53,22 +53,46 @@ class CVPipeline(nn.Module):
 
 
 class ExportedCV(nn.Module):
-    """TorchScript-able CV: featurizer (standardisation folded away) + folded encoder."""
+    """TorchScript-able CV: featurizer (standardisation folded away) + folded encoder.
 
-    __constants__ = ["cv_dim"]
+    Hot path (one frame, gradient wanted, ``method="implicit"``): the aligned features
+    are ``M x`` with ``M`` built without autograd, so the first encoder layer is applied
+    as ``(W1 M) x + b1`` -- one autograd node for alignment and first layer together.
+    Other inputs take the general path ``encoder(features(x, box))``.
+    """
+
+    __constants__ = ["cv_dim", "fused"]
 
     def __init__(self, featurizer: AlignedPositions, encoder: nn.Sequential, cv_dim: int):
         super().__init__()
         self.features = featurizer
         self.encoder = encoder
+        # first Linear and the remaining layers, for the fused hot path
+        self.head = encoder[0]
+        self.tail = nn.Sequential(*list(encoder)[1:])
+        self.fused = bool(featurizer.method == "implicit" and not featurizer.standardize)
         self.cv_dim = int(cv_dim)
         self.periodic = [False] * int(cv_dim)
         self.register_buffer("atom_indices", featurizer.atom_indices.clone())
 
     def forward(self, positions: Tensor, box: Tensor) -> Tensor:
         x = positions.to(self.features.reference.dtype)
-        xi = self.encoder(self.features(x, box))
+        if self.fused and x.dim() == 2 and x.requires_grad:
+            xs = x.index_select(0, self.atom_indices)
+            b = box.to(x.dtype)
+            if self.features.unwrap and bool(torch.any(b != 0)):
+                xs = xs + self.features._unwrap_offset(xs.unsqueeze(0), b.reshape(1, 3, 3))[0]
+            M = self.features._implicit_map_no_grad(xs.unsqueeze(0))[0]
+            W = self._no_grad_mm(self.head.weight, M)
+            xi = self.tail(torch.addmv(self.head.bias, W, xs.reshape(-1)))
+        else:
+            xi = self.encoder(self.features(x, box))
         return xi.to(positions.dtype)
+
+    def _no_grad_mm(self, a: Tensor, b: Tensor) -> Tensor:
+        with torch.no_grad():
+            c = torch.matmul(a, b)
+        return c
 
 
 def _linear_layers(seq: nn.Sequential) -> List[nn.Linear]:
