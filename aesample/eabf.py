@@ -5,8 +5,9 @@
 * appends ``d`` extended particles to the System. ``lambda_i`` is the x coordinate of particle ``N + i`` (in CV
   units). Their y and z are held by a stiff-enough harmonic pin (spring constant ``kappa_i`` about y = z = 0,
   same period as the lambda oscillator) so they stay put at negligible cost. They get zero-interaction entries
-  in every NonbondedForce, GBSAOBCForce, CustomNonbondedForce (plus exclusions) and CustomGBForce
-  (zero charge and descreening), so molecular energies are unchanged;
+  in every NonbondedForce (plus mutual exceptions), CustomNonbondedForce (plus exclusions) and GBn2
+  CustomGBForce (no charge, no descreening, no neck term, constant Born radius: molecular forces are unchanged,
+  the energy shifts by a constant); GBSAOBCForce, other CustomGBForces and AMOEBA forces are refused;
 * adds ONE openmm-torch ``TorchForce`` (its own force group) whose scripted module, per force evaluation,
   evaluates the CV once for all ``d`` components, returns the coupling energy
   ``sum_i kappa_i/2 (xi_i - lambda_i)^2`` (difference wrapped to [-pi, pi) for periodic components) and explicit
@@ -407,6 +408,51 @@ class EABFState:
 # ----------------------------------------------------------------------------------------------------------
 # the OpenMM-facing object
 # ----------------------------------------------------------------------------------------------------------
+def _extend_neck_tables(f) -> int:
+    """Add one radius index (returned) with zero neck strength to a GBn2 CustomGBForce's getm0/getd0 tables."""
+    import openmm
+
+    tables = {f.getTabulatedFunctionName(i): f.getTabulatedFunction(i) for i in range(f.getNumTabulatedFunctions())}
+    if "getm0" not in tables or "getd0" not in tables:
+        raise EABFError("ExtendedABF: CustomGBForce without getm0/getd0 neck tables is not a supported GBn2 force")
+    n = None
+    for key, fill in (("getm0", 0.0), ("getd0", 1.0)):
+        fn = tables[key]
+        if not isinstance(fn, openmm.Discrete2DFunction):
+            raise EABFError(f"ExtendedABF: unexpected {key} table type {type(fn).__name__} in CustomGBForce")
+        nx, ny, vals = fn.getFunctionParameters()
+        if nx != ny:
+            raise EABFError(f"ExtendedABF: non-square {key} table ({nx} x {ny}) in CustomGBForce")
+        new = [fill] * ((nx + 1) * (nx + 1))
+        for j in range(nx):
+            for i in range(nx):
+                new[i + (nx + 1) * j] = vals[i + nx * j]
+        fn.setFunctionParameters(nx + 1, nx + 1, new)
+        n = nx
+    return int(n)
+
+
+def _check_supported_forces(system) -> None:
+    """Refuse, before touching the System, per-particle forces that cannot get a non-interacting particle."""
+    import openmm
+
+    for i in range(system.getNumForces()):
+        f = system.getForce(i)
+        name = type(f).__name__
+        if isinstance(f, openmm.GBSAOBCForce):
+            raise EABFError("ExtendedABF: GBSAOBCForce is not supported (an added particle would feel and exert "
+                            "surface-area forces); use implicit/gbn2.xml (CustomGBForce) instead")
+        if isinstance(f, openmm.CustomGBForce):
+            names = {f.getPerParticleParameterName(k) for k in range(f.getNumPerParticleParameters())}
+            fnames = {f.getTabulatedFunctionName(k) for k in range(f.getNumTabulatedFunctions())}
+            if names != {"charge", "or", "sr", "alpha", "beta", "gamma", "radindex"} or not {"getm0", "getd0"} <= fnames:
+                raise EABFError(
+                    f"ExtendedABF: CustomGBForce with per-particle parameters {sorted(names)} is not supported; the "
+                    "GBn2 model (implicit/gbn2.xml) is: its added particles are made exactly non-interacting")
+        if name.startswith(("Amoeba", "Hippo")) or name == "DrudeForce":
+            raise EABFError(f"ExtendedABF: {name} is not supported (cannot add non-interacting particles to it)")
+
+
 def _zero_interaction_entries(system, n_old: int, d: int) -> None:
     """Give the new particles n_old..n_old+d-1 non-interacting entries in every per-particle force."""
     import openmm
@@ -421,8 +467,10 @@ def _zero_interaction_entries(system, n_old: int, d: int) -> None:
                 for b in range(a + 1, n_old + d):
                     f.addException(a, b, 0.0, 0.1, 0.0)
         elif isinstance(f, openmm.GBSAOBCForce):
-            for _ in range(d):
-                f.addParticle(0.0, 0.15, 0.0)  # zero charge, zero scale factor: no descreening of others
+            # An uncharged particle still gets a Born radius from its neighbours and an ACE surface term that
+            # depends on their positions: spurious forces. Not supported until handled exactly.
+            raise EABFError("ExtendedABF: GBSAOBCForce is not supported (an added particle would feel and exert "
+                            "surface-area forces); use implicit/gbn2.xml (CustomGBForce) instead")
         elif isinstance(f, openmm.CustomNonbondedForce):
             npar = f.getNumPerParticleParameters()
             for k in range(d):
@@ -432,12 +480,20 @@ def _zero_interaction_entries(system, n_old: int, d: int) -> None:
                         f.addExclusion(j, p)
         elif isinstance(f, openmm.CustomGBForce):
             names = [f.getPerParticleParameterName(k) for k in range(f.getNumPerParticleParameters())]
-            # charge 0; radii must stay positive for the Born-radius integrals; scaled radii 0 (no descreening)
-            vals = [0.1 if n.lower() in ("or", "radius", "r", "offset_radius", "rad") else 0.0 for n in names]
+            known = {"charge", "or", "sr", "alpha", "beta", "gamma", "radindex"}
+            if not {"charge", "or", "sr", "alpha", "beta", "gamma"} <= set(names) or not set(names) <= known:
+                raise EABFError(
+                    f"ExtendedABF: CustomGBForce with per-particle parameters {names} is not supported; the GBn2 "
+                    "model (implicit/gbn2.xml) is: its added particles are made exactly non-interacting")
+            # GBn2 (OpenMM's customgbforces): charge 0; scaled radius 0 -> no Ivdw descreening of others;
+            # alpha = beta = gamma = 0 -> the particle's own Born radius is the constant 'or' (> 0, so pair terms
+            # stay finite) and its surface term a constant (~5.6 kJ/mol); a new radius index whose neck-table
+            # entries (getm0) are 0 -> no neck term in either direction.
+            n_radii = _extend_neck_tables(f)
+            vals = {"charge": 0.0, "or": 0.1, "sr": 0.0, "alpha": 0.0, "beta": 0.0, "gamma": 0.0,
+                    "radindex": float(n_radii)}
             for _ in range(d):
-                p = f.addParticle(vals)
-                for j in range(p):
-                    f.addExclusion(j, p)
+                f.addParticle([vals[n] for n in names])
         elif name.startswith(("Amoeba", "Hippo")) or name in ("DrudeForce",):
             raise EABFError(f"ExtendedABF: {name} is not supported (cannot add non-interacting particles to it)")
 
@@ -604,6 +660,7 @@ class ExtendedABF:
         self.n_molecule = n_old
 
         # -- extended particles --
+        _check_supported_forces(system)
         self.extendedIndices = [system.addParticle(m) for m in mass]
         _zero_interaction_entries(system, n_old, d)
         n_total = system.getNumParticles()

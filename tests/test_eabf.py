@@ -287,3 +287,38 @@ def test_2d_czar_matches_exact():
     dev -= dev.mean()
     rms = np.sqrt(np.mean(dev ** 2))
     assert rms < 0.5 * KT, rms / KT
+
+
+def test_obc_implicit_solvent_is_refused():
+    pdb = app.PDBFile(PDB)
+    system = app.ForceField("amber14-all.xml", "implicit/obc2.xml").createSystem(pdb.topology)
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    with pytest.raises(EABFError, match="CustomGBForce with per-particle parameters .* is not supported"):
+        ExtendedABF(system, cvs.parse_cv_spec("phi", pdb.topology), -math.pi, math.pi, 10, 100.0, positions=pos)
+    assert system.getNumParticles() == 22  # refused before touching the System
+
+
+@pytest.mark.parametrize("implicit", ["implicit/gbn2.xml"])
+def test_implicit_solvent_forces_unchanged_by_extended_particles(implicit):
+    pdb = app.PDBFile(PDB)
+    ff = app.ForceField("amber14-all.xml", implicit)
+    system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    ref = openmm.Context(openmm.XmlSerializer.clone(system), openmm.VerletIntegrator(0.001), REF)
+    e = ExtendedABF(system, cvs.parse_cv_spec("phi,psi", pdb.topology), [-math.pi] * 2, [math.pi] * 2, 10, 100.0,
+                    positions=pos)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), REF)
+    energies = []
+    rng = np.random.default_rng(4)
+    for lam, shift in [([0.3, 0.2], 0.0), ([-2.0, 1.0], rng.normal(0, 0.01, pos.shape))]:
+        full = e.extendPositions(pos + shift)
+        full[e.extendedIndices, 0] = lam
+        ctx.setPositions(full)
+        en, f_new = _group_energy_forces(ctx, 0)
+        ref.setPositions(pos + shift)
+        e_r, f_r = _group_energy_forces(ref, 0)
+        np.testing.assert_allclose(f_new[: len(pos)], f_r, atol=1e-6)
+        np.testing.assert_allclose(f_new[len(pos):], 0.0, atol=1e-9)
+        energies.append(en - e_r)
+    # at most a constant offset (the Born self term of a non-descreened, uncharged particle)
+    assert energies[0] == pytest.approx(energies[1], abs=1e-6)
