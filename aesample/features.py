@@ -6,7 +6,7 @@ OpenMM (unbatched, through ``openmmtorch.TorchForce``).  Keeping a single module
 what guarantees that the features seen during training and inside MD never drift
 apart.
 
-Pipeline of :class:`AlignedPositions` (all differentiable w.r.t. positions):
+Pipeline of :class:`AlignedPositions` (differentiable w.r.t. positions):
 
 1. pick the selected atoms from the full system (``index_select`` on baked-in indices);
 2. if the box is non-zero, make the selection whole by minimum-image steps along a
@@ -17,7 +17,8 @@ Pipeline of :class:`AlignedPositions` (all differentiable w.r.t. positions):
 
 Optimal rotation
 ----------------
-Three interchangeable methods compute the rotation (``method=``):
+Four interchangeable methods compute the rotation (``method=``); all give the same
+values and first derivatives (tested against each other and finite differences):
 
 ``"implicit"`` (default, fastest with gradients)
     The rotation is computed without autograd (``eigh`` of Horn's matrix, below) and
@@ -27,6 +28,8 @@ Three interchangeable methods compute the rotation (``method=``):
     configuration (see :meth:`AlignedPositions._implicit_features`).  The autograd
     graph of the alignment is then a single matrix product.  Exact values and first
     derivatives; no second derivatives.  Degenerate alignments give finite gradients.
+    The no-autograd parts run in ``torch.no_grad()`` blocks, *not* via ``detach()``:
+    ``torch.jit.freeze`` (which openmm-torch applies) deletes ``detach`` calls.
 ``"power"``
     Horn's 4x4 quaternion matrix ``K`` is built with one matrix product from the
     3x3 correlation matrix.  Its top eigenvector ``q`` defines the rotation, and the
