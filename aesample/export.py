@@ -61,10 +61,17 @@ class ExportedCV(nn.Module):
     Other inputs take the general path ``encoder(features(x, box))``.
     """
 
-    __constants__ = ["cv_dim", "fused"]
+    __constants__ = ["cv_dim", "fused", "linear_features", "activation_code"]
 
-    def __init__(self, featurizer: AlignedPositions, encoder: nn.Sequential, cv_dim: int):
+    def __init__(self, featurizer: AlignedPositions, encoder: nn.Sequential, cv_dim: int, activation: str = "tanh"):
         super().__init__()
+        if activation not in _ACTIVATION_CODES:
+            raise ValueError(f"activation {activation!r} has no analytic derivative; choose one of {sorted(_ACTIVATION_CODES)}")
+        self.activation_code = _ACTIVATION_CODES[activation]
+        self.linear_features = featurizer.method == "implicit"
+        lins = _linear_layers(encoder)
+        self.weights = [l.weight.detach().clone() for l in lins]
+        self.biases = [l.bias.detach().clone() for l in lins]
         self.features = featurizer
         self.encoder = encoder
         # first Linear and the remaining layers, for the fused hot path
@@ -89,10 +96,73 @@ class ExportedCV(nn.Module):
             xi = self.encoder(self.features(x, box))
         return xi.to(positions.dtype)
 
+    @torch.jit.export
+    def value_and_jacobian(self, positions: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
+        """CV and its Jacobian for one frame, computed in closed form without autograd.
+
+        Parameters
+        ----------
+        positions : Tensor (N, 3), nm
+        box : Tensor (3, 3), nm (all zeros: not periodic)
+
+        Returns
+        -------
+        xi : Tensor (d,)
+        jacobian : Tensor (d, n_sel, 3)
+            ``d xi_k / d positions[atom_indices[i], a]``; every other particle has zero
+            derivative.  Meant for force modules that set ``setOutputsForces(True)``
+            and skip the autograd engine (forces on atom ``atom_indices[i]`` from a
+            potential U(xi) are ``-sum_k dU/dxi_k * jacobian[k, i]``).  Only for the
+            ``implicit`` alignment (whose features are a linear map ``M x``).
+        """
+        if not self.linear_features:
+            raise RuntimeError("value_and_jacobian needs the 'implicit' alignment method")
+        with torch.no_grad():
+            x = positions.to(self.features.reference.dtype)
+            xs = x.index_select(0, self.atom_indices)
+            b = box.to(x.dtype)
+            if self.features.unwrap and bool(torch.any(b != 0)):
+                xs = xs + self.features._unwrap_offset(xs.unsqueeze(0), b.reshape(1, 3, 3))[0]
+            M = self.features._implicit_map(xs.unsqueeze(0))[0]
+            J = torch.matmul(self.weights[0], M)  # (h1, 3n): d(pre-activation) / dx
+            h = torch.mv(J, xs.reshape(-1)) + self.biases[0]
+            for i in range(1, len(self.weights)):
+                y, dy = self._activation_and_derivative(h)
+                J = torch.matmul(self.weights[i], dy.unsqueeze(1) * J)
+                h = torch.mv(self.weights[i], y) + self.biases[i]
+        return h.to(positions.dtype), J.reshape(self.cv_dim, -1, 3).to(positions.dtype)
+
+    def _activation_and_derivative(self, h: Tensor) -> Tuple[Tensor, Tensor]:
+        c = self.activation_code
+        if c == 0:
+            y = torch.tanh(h)
+            return y, 1.0 - y * y
+        if c == 1:
+            return torch.relu(h), (h > 0).to(h.dtype)
+        if c == 2:
+            y = torch.sigmoid(h)
+            return y, y * (1.0 - y)
+        if c == 3:
+            s = torch.sigmoid(h)
+            return torch.nn.functional.softplus(h), s
+        if c == 4:
+            s = torch.sigmoid(h)
+            return h * s, s * (1.0 + h * (1.0 - s))
+        if c == 5:
+            y = torch.nn.functional.elu(h)
+            return y, torch.where(h > 0, torch.ones_like(h), y + 1.0)
+        # gelu (exact): Phi(h) + h phi(h)
+        cdf = 0.5 * (1.0 + torch.erf(h * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * h * h) * 0.3989422804014327
+        return h * cdf, cdf + h * pdf
+
     def _no_grad_mm(self, a: Tensor, b: Tensor) -> Tensor:
         with torch.no_grad():
             c = torch.matmul(a, b)
         return c
+
+
+_ACTIVATION_CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "softplus": 3, "silu": 4, "elu": 5, "gelu": 6}
 
 
 def _linear_layers(seq: nn.Sequential) -> List[nn.Linear]:
@@ -141,7 +211,7 @@ def build_cv_module(
             last.bias.copy_(last.bias * fac + sh)
     for p in enc.parameters():
         p.requires_grad_(False)
-    return ExportedCV(feat, enc, lins[-1].out_features).eval()
+    return ExportedCV(feat, enc, lins[-1].out_features, activation=model.spec.activation).eval()
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:

@@ -101,6 +101,13 @@ def main():
                 # openmm-torch freezes modules (torch.jit.freeze) before running them: time both
                 cv = torch.jit.freeze(scripted.eval()) if frozen else scripted
                 variants[(method + ("+freeze" if frozen else ""), dtype)] = _pair(cv, pos, box)
+            if method == "implicit":
+                # closed-form value + Jacobian (no autograd engine), for force modules
+                # with setOutputsForces(True); listed in the fwd+bwd column
+                jac_fn = (lambda cv=scripted, pos=pos, box=box: cv.value_and_jacobian(pos, box))
+                for _ in range(50):
+                    jac_fn()
+                variants[("implicit-jacobian", dtype)] = (jac_fn, jac_fn)
         # floor: the same encoder on the raw selected coordinates (no centring/alignment)
         enc = torch.jit.script(_RawEncoder(torch.as_tensor(idx), build_cv_module(AlignedPositions(idx, ref), model, scaling, dtype=dtype).encoder))
         variants[("no-align", dtype)] = _pair(enc, torch.tensor(pos0, dtype=dtype), torch.zeros(3, 3, dtype=dtype))
@@ -133,15 +140,32 @@ def main():
             def forward(self, positions):
                 return self.cv(positions, torch.zeros(3, 3, dtype=positions.dtype)).sum()
 
+        class EnergyForces(torch.nn.Module):
+            def __init__(self, cv):
+                super().__init__()
+                self.cv = cv
+                self.register_buffer("idx", cv.atom_indices.clone())
+
+            def forward(self, positions):
+                xi, jac = self.cv.value_and_jacobian(positions, torch.zeros(3, 3, dtype=positions.dtype))
+                forces = torch.zeros_like(positions)
+                forces.index_copy_(0, self.idx, -jac.sum(0))
+                return xi.sum(), forces
+
         pdb = app.PDBFile(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
         ff = app.ForceField("amber14-all.xml")
-        for method in ("svd", "implicit"):
+        for method, route in (("svd", "autograd"), ("implicit", "autograd"), ("implicit", "outputsForces+jacobian")):
             for with_cv in (False, True):
                 system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
                 if with_cv:
                     feat = AlignedPositions(idx, ref, parents, method=method)
-                    energy = torch.jit.script(Energy(torch.jit.script(build_cv_module(feat, model, scaling))))
-                    system.addForce(TorchForce(energy))
+                    cvm = torch.jit.script(build_cv_module(feat, model, scaling))
+                    if route == "autograd":
+                        system.addForce(TorchForce(torch.jit.script(Energy(cvm))))
+                    else:
+                        force = TorchForce(torch.jit.script(EnergyForces(cvm)))
+                        force.setOutputsForces(True)
+                        system.addForce(force)
                 integ = mm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
                 ctx = mm.Context(system, integ, mm.Platform.getPlatformByName("Reference"))
                 ctx.setPositions(pdb.positions)
@@ -153,7 +177,8 @@ def main():
                 if not with_cv:
                     base = dt
                 else:
-                    print(f"OpenMM Reference MD step: plain {base:.1f} us, with CV ({method}) {dt:.1f} us -> CV adds {dt - base:.1f} us/step (ratio {base / dt:.2f})")
+                    print(f"OpenMM Reference MD step: plain {base:.1f} us, with CV ({method}, {route}) {dt:.1f} us "
+                          f"-> CV adds {dt - base:.1f} us/step (throughput ratio {base / dt:.2f})")
     except Exception as exc:  # pragma: no cover - benchmark only
         print(f"OpenMM TorchForce timing skipped: {exc}")
 

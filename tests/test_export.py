@@ -204,3 +204,77 @@ def test_variational_model_exports_code_mean(tmp_path):
         expected = model.encode(feat(x, zero).float()).double()
         assert cv.cv_dim == 1
         assert (cv(x, zero) - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "softplus", "silu", "elu", "gelu"])
+def test_value_and_jacobian_matches_autograd(activation, tmp_path):
+    """The closed-form Jacobian (for force modules that skip autograd) equals autograd's."""
+    import mdtraj as md
+
+    t = md.load(str(PDB))
+    top = t.topology
+    idx = select_atoms(top, default_selection(top))
+    feat = AlignedPositions(idx, t.xyz[0, idx], spanning_tree_parents(top, idx))
+    torch.manual_seed(3)
+    model = AutoEncoder(ModelSpec(n_features=24, hidden=(16, 8), n_cv=2, activation=activation))
+    from aesample.training import CVScaling
+
+    cv = export_cv(feat, model, CVScaling(factor=[2.0, -0.5], shift=[0.1, 0.3]), tmp_path / "cv.pt")
+    frozen = torch.jit.freeze(torch.jit.load(str(tmp_path / "cv.pt")).eval(), preserved_attrs=["value_and_jacobian"])
+    rng = np.random.default_rng(1)
+    box = np.diag([1.3, 1.4, 1.5])
+    x = t.xyz[0].astype(np.float64) + rng.normal(scale=0.03, size=(22, 3))
+    x = x - np.floor(x / np.diag(box)) * np.diag(box)  # wrapped: exercises the unwrap too
+    for module in (cv, frozen):
+        p = torch.tensor(x, requires_grad=True)
+        b = torch.tensor(box)
+        xi = cv(p, b)
+        jac_auto = torch.stack([torch.autograd.grad(xi[k], p, retain_graph=True)[0] for k in range(2)])
+        val, jac = module.value_and_jacobian(torch.tensor(x), b)
+        assert (val - xi.detach()).abs().max().item() < 1e-10
+        assert jac.shape == (2, 8, 3)
+        assert (jac - jac_auto[:, idx]).abs().max().item() < 1e-9
+    # float32 in -> float32 out
+    val32, jac32 = cv.value_and_jacobian(torch.tensor(x, dtype=torch.float32), torch.tensor(box, dtype=torch.float32))
+    assert val32.dtype == torch.float32 and jac32.dtype == torch.float32
+
+
+class _EnergyWithForces(torch.nn.Module):
+    """E = sum_k c_k xi_k with forces from the closed-form Jacobian (TorchForce.setOutputsForces)."""
+
+    def __init__(self, cv, coef):
+        super().__init__()
+        self.cv = cv
+        self.register_buffer("coef", torch.tensor(coef, dtype=torch.float64))
+        self.register_buffer("idx", cv.atom_indices.clone())
+
+    def forward(self, positions):
+        xi, jac = self.cv.value_and_jacobian(positions, torch.zeros(3, 3, dtype=positions.dtype))
+        c = self.coef.to(positions.dtype)
+        forces = torch.zeros_like(positions)
+        forces.index_copy_(0, self.idx, -(c.reshape(-1, 1, 1) * jac).sum(0))
+        return (xi * c).sum(), forces
+
+
+def test_openmm_outputs_forces_route(trained, tmp_path):
+    import openmm as mm
+    from openmmtorch import TorchForce
+
+    cv, _ = load_cv(trained["path"])
+    results = []
+    for with_forces in (False, True):
+        module = torch.jit.script(_EnergyWithForces(cv, [3.0, -2.0]) if with_forces else _Energy(cv, [3.0, -2.0]))
+        path = tmp_path / f"e{int(with_forces)}.pt"
+        module.save(str(path))
+        system = mm.System()
+        for _ in range(22):
+            system.addParticle(12.0)
+        force = TorchForce(str(path))
+        force.setOutputsForces(with_forces)
+        system.addForce(force)
+        ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(trained["frames"][13])
+        st = ctx.getState(getEnergy=True, getForces=True)
+        results.append((st.getPotentialEnergy()._value, np.asarray(st.getForces(asNumpy=True)._value)))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-8)
+    assert np.abs(results[0][1] - results[1][1]).max() < 1e-6
