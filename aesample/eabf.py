@@ -540,6 +540,8 @@ class ExtendedABF:
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
         Ask openmm-torch to capture the module in a CUDA graph (CUDA only).
+    extendedTemperature : None
+        Reserved; only None (lambda at the integrator's temperature) is supported.
     """
 
     def __init__(
@@ -562,8 +564,14 @@ class ExtendedABF:
         initialState: Optional[Union[EABFState, str, Path]] = None,
         parameterPrefix: str = "aesample_",
         useCUDAGraphs: bool = False,
+        extendedTemperature=None,
     ):
         import openmm
+
+        if extendedTemperature is not None:
+            raise EABFError(
+                f"extendedTemperature={extendedTemperature}: a separate thermostat for lambda is not implemented; "
+                "the extended particles are thermostatted with the system by the integrator")
 
         if not isinstance(system, openmm.System):
             raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
