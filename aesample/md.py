@@ -20,6 +20,11 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 ``run_eabf(..., resume=True)`` rebuilds the System with the saved accumulators baked in, loads the checkpoint
 (falls back to the XML State on a different platform), drops COLVAR rows past the checkpoint and continues until
 ``n_steps`` production steps are done.
+
+:func:`run_md` is the same machinery without bias (iteration 0 of the loop). Reading back:
+:func:`load_result` -> :class:`RunOutputs` (``load_trajectory``, ``colvar_lambda``, ``colvar_xi``, ``f_kappa``,
+``reweighting_weights``, ``czar_pmf``, ``state``), :func:`steps_done`, :func:`final_positions`. Also written:
+``run.json`` (settings, solute indices) and ``final_positions.npy`` (molecule positions at the end).
 """
 from __future__ import annotations
 
