@@ -93,3 +93,27 @@ def test_bad_md_settings(tmp_path):
     md = MDSettings(platform="Reference", report_interval=30, segment_steps=100, progress=False)
     with pytest.raises(ValueError, match="segment_steps=100 must be a multiple of report_interval=30"):
         run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+
+
+def test_colvar_reporter_with_simulation(tmp_path):
+    from aesample.eabf import ExtendedABF
+    from aesample.outputs import ColvarReporter
+
+    ms = _alanine()
+    e = ExtendedABF(ms.system, cvs.parse_cv_spec("phi,psi", ms.topology), [-math.pi] * 2, [math.pi] * 2, 12, 200.0,
+                    positions=ms.positions)
+    integ = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002)
+    integ.setRandomNumberSeed(1)
+    sim = app.Simulation(ms.topology, ms.system, integ, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(e.extendPositions(ms.positions))
+    rep = ColvarReporter(tmp_path / "COLVAR", e, 10)
+    sim.reporters.append(rep)
+    sim.step(50)
+    rep.close()
+    fields, data = read_colvar(tmp_path / "COLVAR")
+    assert data.shape == (5, 7)
+    np.testing.assert_allclose(data[:, 0], [0.02, 0.04, 0.06, 0.08, 0.1])
+    xi = e.getCollectiveVariables(sim.context)
+    np.testing.assert_allclose(data[-1, 1:3], xi, atol=1e-9)
+    np.testing.assert_allclose(data[-1, 3:5], e.getLambda(sim.context), atol=1e-9)
+    assert e.getState(sim.context).n_samples == 51  # the reporter's evaluations add no extra samples
