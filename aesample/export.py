@@ -87,7 +87,7 @@ class ExportedCV(nn.Module):
         if self.fused and x.dim() == 2 and x.requires_grad:
             xs = x.index_select(0, self.atom_indices)
             b = box.to(x.dtype)
-            if self.features.unwrap and bool(torch.any(b != 0)):
+            if self.features._needs_unwrap(b):
                 xs = xs + self.features._unwrap_offset(xs.unsqueeze(0), b.reshape(1, 3, 3))[0]
             M = self.features._implicit_map_no_grad(xs.unsqueeze(0))[0]
             W = self._no_grad_mm(self.head.weight, M)
@@ -121,7 +121,7 @@ class ExportedCV(nn.Module):
             x = positions.to(self.features.reference.dtype)
             xs = x.index_select(0, self.atom_indices)
             b = box.to(x.dtype)
-            if self.features.unwrap and bool(torch.any(b != 0)):
+            if self.features._needs_unwrap(b):
                 xs = xs + self.features._unwrap_offset(xs.unsqueeze(0), b.reshape(1, 3, 3))[0]
             M = self.features._implicit_map(xs.unsqueeze(0))[0]
             J = torch.matmul(self.weights[0], M)  # (h1, 3n): d(pre-activation) / dx
@@ -280,6 +280,8 @@ def export_cv(
         "atom_indices": featurizer.atom_indices.tolist(),
         "unwrap_parents": featurizer.parents.tolist(),
         "alignment": featurizer.method,
+        "rotation_solver": "power" if featurizer.power_solver else "eigh",
+        "unwrap": {0: "auto (box != 0)", 1: "always", 2: "never"}[featurizer.box_mode] if featurizer.unwrap else "never",
         "reference_nm": featurizer.reference.tolist(),
         "architecture": model.spec.to_dict(),
         "scaling": None if scaling is None else scaling.to_dict(),

@@ -188,6 +188,15 @@ class AlignedPositions(nn.Module):
     mean, std : array (n_sel * 3,), optional
         Feature standardisation ``(f - mean) / std``.  Set later with
         :meth:`set_standardization` or :meth:`fit_standardization`.
+    periodic : bool or None
+        ``None`` (default): make the molecule whole when the box passed to ``forward``
+        is non-zero (checked every call: a host synchronisation on GPUs).  ``True``:
+        always run the (branch-free) unwrapping -- no sync, CUDA-graph friendly, still
+        correct for an all-zero box.  ``False``: never unwrap.
+    rotation_solver : {"eigh", "power"}
+        How ``method="implicit"`` finds the rotation (no gradient flows through it):
+        ``"eigh"`` (LAPACK, fastest on CPU) or ``"power"`` (matrix products only, no
+        host sync; intended for CUDA / CUDA graphs).
     dtype : torch.dtype
         Dtype of the stored constants (positions of another dtype are converted
         in ``forward`` and the result converted back).
@@ -200,7 +209,7 @@ class AlignedPositions(nn.Module):
     (B, n_sel*3) in nm (or standardised units), rotated into the reference frame.
     """
 
-    __constants__ = ["n_atoms", "n_features", "method_code", "n_blocks", "last_power", "block_power", "standardize", "unwrap"]
+    __constants__ = ["n_atoms", "n_features", "method_code", "n_blocks", "last_power", "block_power", "standardize", "unwrap", "box_mode", "power_solver"]
 
     def __init__(
         self,
@@ -213,6 +222,8 @@ class AlignedPositions(nn.Module):
         std=None,
         dtype: torch.dtype = torch.float64,
         unwrap: bool = True,
+        periodic: Optional[bool] = None,
+        rotation_solver: str = "eigh",
     ):
         super().__init__()
         idx = np.asarray(atom_indices, dtype=np.int64).reshape(-1)
@@ -254,6 +265,16 @@ class AlignedPositions(nn.Module):
         self.n_blocks: int = int(power_squarings) // 5
         self.last_power: int = 2 ** (int(power_squarings) % 5)
         self.unwrap: bool = bool(unwrap)
+        if periodic not in (None, True, False):
+            raise FeatureError(f"periodic must be None (detect from the box), True or False, got {periodic!r}")
+        # 0: decide per call from the box (a host sync on GPUs), 1: always make whole
+        # (branch-free; an all-zero box is still harmless), 2: never
+        self.box_mode: int = 0 if periodic is None else (1 if periodic else 2)
+        if rotation_solver not in ("eigh", "power"):
+            raise FeatureError(f"rotation_solver must be 'eigh' or 'power', got {rotation_solver!r}")
+        # implicit method: rotation from eigh (CPU default) or from power iteration
+        # (matrix products only: no LAPACK call, no host sync; for CUDA graphs)
+        self.power_solver: bool = rotation_solver == "power"
         self.standardize: bool = False
 
         self.register_buffer("atom_indices", torch.as_tensor(idx, dtype=torch.long))
@@ -362,7 +383,7 @@ class AlignedPositions(nn.Module):
             D = torch.cat([self.sign_fix[:2].expand(B, 2), d.unsqueeze(1)], dim=1)
             return torch.matmul(Vh.transpose(1, 2) * D.unsqueeze(1), U.transpose(1, 2))
         K = torch.matmul(S.reshape(B, 9), self.horn_map.t()).reshape(B, 4, 4)
-        if self.method_code == 1 or self.method_code == 3:
+        if self.method_code == 1 or (self.method_code == 3 and not self.power_solver):
             _, V = torch.linalg.eigh(K)
             q = V[:, :, 3]
             P = q.unsqueeze(2) * q.unsqueeze(1)
@@ -379,6 +400,13 @@ class AlignedPositions(nn.Module):
                 P = torch.linalg.matrix_power(P, self.last_power)
             P = P / torch.diagonal(P, dim1=1, dim2=2).sum(1).reshape(B, 1, 1)
         return torch.matmul(P.reshape(B, 16), self.rot_map.t()).reshape(B, 3, 3)
+
+    def _needs_unwrap(self, box: Tensor) -> bool:
+        if not self.unwrap or self.box_mode == 2:
+            return False
+        if self.box_mode == 1:
+            return True
+        return bool(torch.any(box != 0))
 
     def _unwrap_offset(self, x: Tensor, box: Tensor) -> Tensor:
         """Lattice translations (B, n, 3) that make the selection whole (no gradient)."""
@@ -417,10 +445,13 @@ class AlignedPositions(nn.Module):
         B = x.shape[0]
         n = self.n_atoms
         xc = x - x.mean(dim=1, keepdim=True)
-        K4 = torch.matmul(x.reshape(B, 1, 3 * n), self.horn_from_x).reshape(B, 4, 4)
-        _, V = torch.linalg.eigh(K4)
-        q = V[:, :, 3]
-        R0 = torch.matmul((q.unsqueeze(2) * q.unsqueeze(1)).reshape(B, 1, 16), self.rot_map.t()).reshape(B, 3, 3)
+        if self.power_solver:
+            R0 = self._rotation(xc)
+        else:
+            K4 = torch.matmul(x.reshape(B, 1, 3 * n), self.horn_from_x).reshape(B, 4, 4)
+            _, V = torch.linalg.eigh(K4)
+            q = V[:, :, 3]
+            R0 = torch.matmul((q.unsqueeze(2) * q.unsqueeze(1)).reshape(B, 1, 16), self.rot_map.t()).reshape(B, 3, 3)
         return torch.matmul(xc, R0.transpose(1, 2)), R0
 
     def _implicit_map_no_grad(self, x: Tensor) -> Tensor:
@@ -455,14 +486,13 @@ class AlignedPositions(nn.Module):
         x : (B, n_sel, 3) nm in the module dtype; box : (B, 3, 3) or (1, 3, 3) nm.
         Returns (B, n_features).
         """
-        if self.unwrap:
-            if bool(torch.any(box != 0)):
-                box = box.expand(x.shape[0], 3, 3)
-                if self.method_code == 3:
-                    # lattice shifts are piecewise constant: add them without a graph
-                    x = x + self._unwrap_offset(x, box)
-                else:
-                    x = self._make_whole(x, box)
+        if self._needs_unwrap(box):
+            box = box.expand(x.shape[0], 3, 3)
+            if self.method_code == 3:
+                # lattice shifts are piecewise constant: add them without a graph
+                x = x + self._unwrap_offset(x, box)
+            else:
+                x = self._make_whole(x, box)
         if self.method_code == 3:
             f = self._implicit_features(x)
         else:
@@ -493,9 +523,8 @@ class AlignedPositions(nn.Module):
         by the helpers only appears inside no_grad blocks, so the autograd graph is
         index_select -> (shift) -> reshape -> mv.
         """
-        if self.unwrap:
-            if bool(torch.any(box != 0)):
-                x = x + self._unwrap_offset(x.unsqueeze(0), box)[0]
+        if self._needs_unwrap(box):
+            x = x + self._unwrap_offset(x.unsqueeze(0), box)[0]
         if x.requires_grad:
             M = self._implicit_map_no_grad(x.unsqueeze(0))[0]
             f = torch.mv(M, x.reshape(self.n_features))
