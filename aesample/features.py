@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .selection import select_atoms as _select_atoms
+
 __all__ = [
     "AlignedPositions",
     "FeatureError",
@@ -548,31 +550,17 @@ def default_selection(topology) -> str:
     return "backbone and not element H" if n_res <= 4 else "name CA"
 
 
-def select_atoms(topology, selection: str) -> np.ndarray:
-    """Atom indices matching an mdtraj DSL ``selection`` string.
+def select_atoms(topology, selection: str, what: str = "selection") -> np.ndarray:
+    """Atom indices matching an mdtraj DSL ``selection`` (mdtraj or OpenMM topology).
 
-    Raises
-    ------
-    FeatureError
-        If the string is invalid or matches no atom (the message shows the string).
+    Delegates to :func:`aesample.selection.select_atoms`, which raises
+    :class:`~aesample.selection.SelectionError` showing the string when it is invalid or empty.
     """
-    import mdtraj  # noqa: F401  (topology is an mdtraj.Topology)
-
-    if hasattr(topology, "select") is False:
-        # accept openmm.app.Topology as well
+    if not hasattr(topology, "select"):  # an openmm.app.Topology
         import mdtraj as md
 
         topology = md.Topology.from_openmm(topology)
-    try:
-        idx = topology.select(selection)
-    except Exception as exc:  # mdtraj raises its own parse errors
-        raise FeatureError(f"invalid atom selection {selection!r}: {exc}") from exc
-    if idx.size == 0:
-        raise FeatureError(
-            f"atom selection {selection!r} matches no atom in the topology "
-            f"({topology.n_atoms} atoms, {topology.n_residues} residues)"
-        )
-    return np.asarray(idx, dtype=np.int64)
+    return _select_atoms(topology, selection, what=what)
 
 
 def spanning_tree_parents(topology, atom_indices: Sequence[int], max_bonds: int = 6) -> np.ndarray:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from aesample.selection import SelectionError
 from aesample.features import (
     ALIGNMENT_METHODS,
     AlignedPositions,
@@ -172,9 +173,9 @@ def test_standardization_fit(ala):
 
 def test_empty_selection_error_names_string(ala):
     _, top, _, _ = ala
-    with pytest.raises(FeatureError, match=r"'name XYZ' matches no atom"):
-        select_atoms(top, "name XYZ")
-    with pytest.raises(FeatureError, match="invalid atom selection"):
+    with pytest.raises(SelectionError, match=r"cv.selection: atom selection 'name XYZ' matches no atom"):
+        select_atoms(top, "name XYZ", what="cv.selection")
+    with pytest.raises(SelectionError, match="cannot parse atom selection 'name CA and and'"):
         select_atoms(top, "name CA and and")
 
 
