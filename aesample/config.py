@@ -174,9 +174,11 @@ class EABFConfig(_Section):
 
     grid_min: float = Field(-1.2, description="Lower edge of the ABF grid in every CV dimension, CV units.")
     grid_max: float = Field(1.2, description="Upper edge of the ABF grid in every CV dimension, CV units.")
-    bins: int = Field(48, gt=0, description="Grid bins per CV dimension.")
+    bins: int = Field(24, gt=0, description="Grid bins per CV dimension (24 over [-1.2, 1.2]: width 0.1, about the coupling width).")
     kappa: float = Field(
-        1000.0, gt=0, description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2."
+        300.0, gt=0,
+        description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2 "
+        "(300: coupling width sqrt(kT/kappa) ~ 0.09 at 300 K, about one bin).",
     )
     extended_period: float = Field(
         0.2, gt=0, description="Oscillation period of the extended variable in its spring, ps (sets its mass)."
@@ -184,8 +186,8 @@ class EABFConfig(_Section):
     extended_temperature: Optional[float] = Field(
         None, gt=0, description="Temperature of the extended variable, K (default: the system's)."
     )
-    full_samples: int = Field(200, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
-    min_samples: int = Field(100, ge=0, description="Samples in a bin below which no bias is applied.")
+    full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
+    min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(
         10000.0, gt=0, description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2."
     )
@@ -219,7 +221,7 @@ class LoopConfig(_Section):
     """The iterative eABF <-> retraining driver."""
 
     initial_md: float = Field(0.1, gt=0, description="Unbiased MD of iteration 0 (per starting structure), ns.")
-    eabf_per_iteration: float = Field(0.2, gt=0, description="eABF simulation per iteration, ns (the paper used 10).")
+    eabf_per_iteration: float = Field(0.1, gt=0, description="eABF simulation per iteration, ns (the paper used 10).")
     max_iterations: int = Field(4, ge=1, description="Maximum number of eABF iterations after iteration 0.")
     convergence_threshold: float = Field(
         0.99, gt=0, le=1, description="Stop when the regression score R^2 of xi_k on xi_(k-1) reaches this."
