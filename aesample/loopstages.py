@@ -360,6 +360,8 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         metrics["rmsd_ca_mean"] = float(np.average(obs["rmsd_ca"], weights=weights))
         metrics["folded_fraction"] = float(weights[obs["rmsd_ca"] < 0.2].sum() / weights.sum())
         metrics["rg_mean"] = float(np.average(obs["rg"], weights=weights))
+        metrics["hbond_d3o_t6n_mean"] = float(np.average(obs["hbond_d3o_t6n"], weights=weights))
+        metrics["hbond_d3n_t8o_mean"] = float(np.average(obs["hbond_d3n_t8o"], weights=weights))
         metrics["cv_rmsd_score"] = analysis.regression_score(obs["rmsd_ca"], xi_k, weights)
     if plotting:
         lo, hi = cfg.eabf.grid_min, cfg.eabf.grid_max
