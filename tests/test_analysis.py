@@ -55,3 +55,20 @@ def test_basin_free_energy_difference():
     assert basin_free_energy_difference(phi, w, kT) == pytest.approx(kT * math.log(3))
     with pytest.raises(ValueError, match="never visited"):
         basin_free_energy_difference(np.array([-1.0, -2.0]), np.ones(2), kT)
+
+
+def test_chignolin_observables_folded_vs_stretched():
+    import mdtraj
+
+    from aesample.analysis import chignolin_observables
+    from aesample.systems import systems_dir
+
+    folded = mdtraj.load(str(systems_dir() / "chignolin_cln025_5awl.pdb"))
+    stretched = folded[0]
+    stretched.xyz = folded.xyz * np.array([1.6, 1.0, 1.0], dtype=np.float32)  # pull the hairpin apart
+    both = mdtraj.join([folded, stretched])
+    obs = chignolin_observables(both, folded)
+    assert obs["rmsd_ca"][0] < 1e-3 and obs["rmsd_ca"][1] > 0.15
+    assert obs["hbond_d3n_t8o"][0] < 0.32  # the hairpin's Asp3 N-H ... O Thr8 hydrogen bond
+    assert obs["hbond_d3n_t8o"][1] > obs["hbond_d3n_t8o"][0]
+    assert obs["rg"][1] > obs["rg"][0]
