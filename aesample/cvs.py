@@ -9,6 +9,15 @@ zero = not periodic). The result is ``(d,)`` or ``(B, d)``. Each module exposes 
 and ``periodic`` (one bool per component). The forward passes are a handful of vectorised torch ops (no
 Python loops at runtime), so they are cheap inside an OpenMM ``TorchForce``.
 
+Optional extension of the contract (used by the eABF force when present): a ``@torch.jit.export`` method
+
+    value_and_jacobian(positions: (N, 3), box: (3, 3)) -> (xi (d,), J (d, n_sel, 3))
+
+with ``J[k, i, a] = d xi_k / d positions[atom_indices[i], a]`` (every other particle has zero derivative), in
+closed form without autograd. It is the same interface as the exported autoencoder CV
+(``aesample.export.ExportedCV.value_and_jacobian``). Force modules then need one small matrix product instead of
+an autograd backward pass (the backward of a dihedral is ~50 interpreted ops). All CVs here provide it.
+
 Provided: :class:`Dihedral` (rad, periodic), :class:`Distance` (nm), :class:`PositionX` (x coordinate of one
 particle, for analytic tests), :class:`PositionXY`, and :class:`Stack` (concatenate up to 3 one-dimensional CVs
 into a single module). :func:`peptide_dihedral` resolves backbone dihedral names through mdtraj and
@@ -18,7 +27,7 @@ into a single module). :func:`peptide_dihedral` resolves backbone dihedral names
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -75,6 +84,18 @@ class Dihedrals(torch.nn.Module):
         self.k: int = len(quads)
         self.cv_dim: int = len(quads)
         self.periodic: List[bool] = [True] * len(quads)
+        # Jacobian scatter: quad atom (j, a) -> flat row j * n_sel + (position of its atom in atom_indices)
+        uniq = self.atom_indices.tolist()
+        pos_in = {a: i for i, a in enumerate(uniq)}
+        self.n_sel: int = len(uniq)
+        self.register_buffer(
+            "jac_rows", torch.tensor([j * len(uniq) + pos_in[a] for j, q in enumerate(quads) for a in q],
+                                     dtype=torch.long))
+        # g = C @ (a0, a3) per dihedral with C = base + [0, -1, 1, 0]^T (s1, -s3)  (see value_and_jacobian)
+        self.register_buffer("c_base", torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 1.0]],
+                                                    dtype=torch.float64))
+        self.register_buffer("c_dir", torch.tensor([[0.0], [-1.0], [1.0], [0.0]], dtype=torch.float64))
+        self.register_buffer("sign_13", torch.tensor([[-1.0, 1.0]], dtype=torch.float64))
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         p = positions.index_select(-2, self.quads)  # (..., 4k, 3)
@@ -90,6 +111,37 @@ class Dihedrals(torch.nn.Module):
         # m1 . n2 with m1 = n1 x b2/|b2|, written as |b2| (b1 . n2) (one cross product fewer)
         y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
         return torch.atan2(y, x)
+
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """phi (k,) and d phi / d positions[atom_indices] (k, n_sel, 3) in closed form, one frame (no autograd).
+
+        With b1, b2, b3 the bond vectors and n1 = b1 x b2, n2 = b2 x b3 (Blondel & Karplus, J. Comput. Chem. 17,
+        1132 (1996)): d phi/d p0 = -|b2| n1/|n1|^2 = a0, d phi/d p3 = |b2| n2/|n2|^2 = a3,
+        d phi/d p1 = -(1 + s1) a0 + s3 a3, d phi/d p2 = s1 a0 - (1 + s3) a3, s1 = b1.b2/|b2|^2, s3 = b3.b2/|b2|^2.
+        """
+        p = positions.index_select(0, self.quads).reshape(self.k, 4, 3)
+        b = p[:, 1:] - p[:, :-1]  # (k, 3, 3)
+        b = minimum_image(b, box.to(p.dtype))
+        n = torch.cross(b[:, 0:2], b[:, 1:3], dim=-1)  # (k, 2, 3): n1, n2
+        bb = b.unbind(1)
+        b1 = bb[0]
+        b2 = bb[1]
+        nn = n.unbind(1)
+        x = (nn[0] * nn[1]).sum(-1)
+        b2sq = (b2 * b2).sum(-1)  # (k,)
+        nb2 = torch.sqrt(b2sq)
+        y = nb2 * (b1 * nn[1]).sum(-1)
+        phi = torch.atan2(y, x)
+        # a0, a3 as rows of a (k, 2, 3): sign * |b2| n / |n|^2
+        a = n * (self.sign_13.to(p.dtype) * nb2.unsqueeze(-1) / (n * n).sum(-1)).unsqueeze(-1)
+        # s = (b1.b2, b3.b2) / |b2|^2 times (1, -1)
+        s = (b[:, 0::2] * b2.unsqueeze(1)).sum(-1) * (-self.sign_13.to(p.dtype) / b2sq.unsqueeze(-1))
+        c = self.c_base.to(p.dtype) + self.c_dir.to(p.dtype) * s.unsqueeze(1)  # (k, 4, 2)
+        g = torch.matmul(c, a)  # (k, 4, 3): d phi_j / d p_a for the 4 atoms of quad j
+        jac = torch.zeros(self.k * self.n_sel, 3, dtype=p.dtype, device=p.device).index_add_(
+            0, self.jac_rows, g.reshape(4 * self.k, 3))
+        return phi, jac.reshape(self.k, self.n_sel, 3)
 
 
 class Dihedral(Dihedrals):
@@ -116,6 +168,15 @@ class Distance(torch.nn.Module):
         v = minimum_image(p[..., 1:2, :] - p[..., 0:1, :], box.to(p.dtype))
         return torch.linalg.vector_norm(v[..., 0, :], dim=-1).unsqueeze(-1)
 
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """r (1,) and d r / d positions[atom_indices] (1, 2, 3): (-u, u) with u the unit vector 0 -> 1."""
+        p = positions.index_select(0, self.atom_indices)
+        v = minimum_image(p[1:2] - p[0:1], box.to(p.dtype))  # (1, 3)
+        r = torch.linalg.vector_norm(v, dim=-1)  # (1,)
+        u = v / r
+        return r, torch.cat([-u, u]).unsqueeze(0)
+
 
 class PositionX(torch.nn.Module):
     """x coordinate (nm) of one particle. Meant for analytic test potentials (not periodic-aware)."""
@@ -125,11 +186,17 @@ class PositionX(torch.nn.Module):
         if int(atom) < 0:
             raise ValueError(f"PositionX needs a non-negative particle index, got atom={atom}")
         self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
+        self.register_buffer("jac", torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64))
         self.cv_dim: int = 1
         self.periodic: List[bool] = [False]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return positions.index_select(-2, self.atom_indices)[..., 0, 0:1]
+
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (1,) and its (constant) Jacobian (1, 1, 3)."""
+        return positions.index_select(0, self.atom_indices)[0, 0:1], self.jac.to(positions.dtype)
 
 
 class PositionXY(torch.nn.Module):
@@ -140,11 +207,17 @@ class PositionXY(torch.nn.Module):
         if int(atom) < 0:
             raise ValueError(f"PositionXY needs a non-negative particle index, got atom={atom}")
         self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
+        self.register_buffer("jac", torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]], dtype=torch.float64))
         self.cv_dim: int = 2
         self.periodic: List[bool] = [False, False]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return positions.index_select(-2, self.atom_indices)[..., 0, 0:2]
+
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) (2,) and their (constant) Jacobian (2, 1, 3)."""
+        return positions.index_select(0, self.atom_indices)[0, 0:2], self.jac.to(positions.dtype)
 
 
 class Stack(torch.nn.Module):
@@ -173,12 +246,43 @@ class Stack(torch.nn.Module):
             hasattr(c, "atom_indices") for c in cvs
         ) else torch.zeros(0, dtype=torch.long)
         self.register_buffer("atom_indices", torch.unique(idx))
+        if all(hasattr(c, "value_and_jacobian") and hasattr(c, "atom_indices") for c in cvs):
+            # rows of the stacked Jacobian (d * n_sel, 3) that each component's (d_c * n_c, 3) rows land on
+            uniq = {a: i for i, a in enumerate(self.atom_indices.tolist())}
+            n_u = len(uniq)
+            rows: List[int] = []
+            off = 0
+            for c, dd in zip(cvs, dims):
+                atoms = c.atom_indices.reshape(-1).tolist()
+                rows.extend((off + k) * n_u + uniq[a] for k in range(dd) for a in atoms)
+                off += dd
+            self.register_buffer("jac_rows", torch.tensor(rows, dtype=torch.long))
+            self.n_sel: int = n_u
+            self.__class__ = _JacobianStack  # same module plus the exported closed-form Jacobian
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         outs: List[torch.Tensor] = []
         for c in self.cvs:
             outs.append(c(positions, box))
         return torch.cat(outs, dim=-1)
+
+
+class _JacobianStack(Stack):
+    """A :class:`Stack` whose components all provide ``value_and_jacobian`` (built by ``Stack.__init__``)."""
+
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Stacked values (d,) and Jacobian (d, n_sel, 3) over the merged ``atom_indices``."""
+        vals: List[torch.Tensor] = []
+        jacs: List[torch.Tensor] = []
+        for c in self.cvs:
+            v, j = c.value_and_jacobian(positions, box)
+            vals.append(v)
+            jacs.append(j.reshape(-1, 3))
+        xi = torch.cat(vals)
+        jac = torch.zeros(self.cv_dim * self.n_sel, 3, dtype=xi.dtype, device=xi.device).index_add_(
+            0, self.jac_rows, torch.cat(jacs))
+        return xi, jac.reshape(self.cv_dim, self.n_sel, 3)
 
 
 def script_cv(module: torch.nn.Module) -> torch.jit.ScriptModule:

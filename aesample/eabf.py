@@ -11,8 +11,11 @@
 * adds ONE openmm-torch ``TorchForce`` (its own force group) whose scripted module, per force evaluation,
   evaluates the CV once for all ``d`` components, returns the coupling energy
   ``sum_i kappa_i/2 (xi_i - lambda_i)^2`` (difference wrapped to [-pi, pi) for periodic components) and explicit
-  forces: on atoms ``-sum_i kappa_i (xi_i - lambda_i) dxi_i/dq`` from ONE vector-Jacobian product (no double
-  autograd), on ``lambda_i`` the coupling force ``kappa_i (xi_i - lambda_i)`` plus the ABF bias and the walls.
+  forces: on atoms ``-sum_i kappa_i (xi_i - lambda_i) dxi_i/dq``, on ``lambda_i`` the coupling force
+  ``kappa_i (xi_i - lambda_i)`` plus the ABF bias and the walls. ``dxi/dq`` comes from the CV's closed-form
+  ``value_and_jacobian`` when it has one (all CVs of ``cvs.py`` and the exported autoencoder CV with the implicit
+  alignment; checked against autograd at construction, see ``cvJacobian``): then the whole force is autograd-free
+  and the atom forces are one (1, d) x (d, 3 n_sel) product. Otherwise ONE autograd vector-Jacobian product.
 
 ABF bias on lambda
     Per lambda bin the module accumulates ``n`` and ``sum kappa (lambda - xi)``; ``<kappa (lambda - xi)>`` estimates
@@ -25,8 +28,12 @@ ABF bias on lambda
     ``dA/dz = -kT d ln n(z)/dz + <kappa (lambda - z)>_z`` (Lesage et al., J. Phys. Chem. B 2017).
 
 Device-resident accumulators
-    All accumulators are float64 module buffers updated in ``forward`` with masked ``index_add_`` (no Python
-    branch on device values, no host transfer). A Context global parameter ``<prefix>sample`` (default 1) gates
+    All accumulators live in ONE float64 module buffer ``acc`` of shape (2 * nbins, 1 + d): rows of the lambda
+    bins hold ``[n, sum kappa (lambda - xi)]``, rows of the xi bins ``[n(z), sum kappa (lambda - xi)]``. A step
+    updates both rows with one ``index_add_`` of ``outer(weights, [1, f])`` (the weights fold the sampling gate,
+    the "already sampled" check and the in-grid flags into 0/1 values: no Python branch on device values, no host
+    transfer). Cost per call is dominated by the number of interpreted aten ops (~1-3 us each on a CPU), so the
+    module uses constant tensors built once and as few ops as possible (counts in ``benchmarks/EABF_RESULTS.md``). A Context global parameter ``<prefix>sample`` (default 1) gates
     sampling (set it to 0 during minimisation/equilibration). A sample is skipped when ``(xi, lambda)`` equals the
     last sampled pair, so the extra force evaluations of ``getState(getForces/getEnergy)`` or reporters at an
     already-sampled configuration never add samples (they are taken once, whoever evaluates first; the same
@@ -34,7 +41,10 @@ Device-resident accumulators
 
 Read-out (device -> host)
     Setting ``<prefix>readout`` = 1 switches the module into read-out mode: it adds no sample and returns zero
-    energy and forces that carry chunk ``<prefix>chunk`` of the flattened accumulator vector. Each float64 is
+    energy and forces that carry chunk ``<prefix>chunk`` of the flattened vector ``[xi, lambda, applied bias,
+    count, grad, zcount, czar, last, n_samples]`` (the first three are recomputed in read-out mode from the
+    positions and the accumulators with the same ops as the force path, so the common path stores nothing for
+    them). Each float64 is
     split by frexp into a 53-bit integer mantissa, sign and exponent, packed into three integers < 2^22, stored
     as the x, y, z force of one particle (see :func:`decode_readout`). Integers below 2^24 survive float32 force buffers (CPU) and CUDA/OpenCL
     64-bit fixed point exactly, so the host reassembles bit-exact float64 values. Virtual sites are skipped (their
@@ -135,6 +145,14 @@ def encode_readout_numpy(values: np.ndarray) -> np.ndarray:
 # the TorchScript force module
 # ----------------------------------------------------------------------------------------------------------
 class _EABFCore(torch.nn.Module):
+    """State, constants and bookkeeping of the eABF force; subclasses supply the CV route.
+
+    Op budget matters more than arithmetic here (TorchScript interprets each aten op, ~1-3 us on a CPU), so the
+    common path is written with constant tensors precomputed in ``__init__``, one ``index_add_`` into a single
+    float64 accumulator, masks folded into values instead of branches, and no host synchronisation except the
+    read-out switch.
+    """
+
     def __init__(
         self,
         cv: torch.nn.Module,
@@ -161,129 +179,117 @@ class _EABFCore(torch.nn.Module):
         self.n_particles: int = int(n_particles)
         nb = int(np.prod(bins))
         self.n_bins: int = nb
+
+        def t(values):
+            return torch.tensor(values, dtype=f64)
+
+        span = [b - a for a, b in zip(grid_min, grid_max)]
         self.register_buffer("ext_index", torch.tensor(ext_index, dtype=torch.long))
-        self.register_buffer("kappa", torch.tensor(kappa, dtype=f64))
-        self.register_buffer("pin_k", torch.tensor(pin_k, dtype=f64))
-        self.register_buffer("pin_centres", torch.tensor(pin_centres, dtype=f64))
-        self.register_buffer("grid_min", torch.tensor(grid_min, dtype=f64))
-        self.register_buffer("grid_max", torch.tensor(grid_max, dtype=f64))
-        self.register_buffer("span", torch.tensor([b - a for a, b in zip(grid_min, grid_max)], dtype=f64))
-        self.register_buffer("bin_width", self.span / torch.tensor(bins, dtype=f64))
-        self.register_buffer("nbins", torch.tensor(bins, dtype=torch.long))
-        strides = [int(np.prod(bins[i + 1:])) for i in range(d)]
-        self.register_buffer("strides", torch.tensor(strides, dtype=torch.long))
-        self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
-        self.register_buffer("period", torch.tensor([TWO_PI] * d, dtype=f64))
-        self.register_buffer("wall_kappa", torch.tensor(wall_kappa, dtype=f64))
+        self.register_buffer("neg_kappa", t([-k for k in kappa]))
+        self.register_buffer("period", t([TWO_PI] * d))
+        # period used by the wraps: 2*pi (or the grid span) for periodic components, 0 (no wrap) otherwise
+        self.register_buffer("wrap_period", t([TWO_PI if p else 0.0 for p in periodic]))
+        self.register_buffer("grid_min", t(grid_min))
+        self.register_buffer("span", t(span))
+        self.register_buffer("wrap_span", t([s if p else 0.0 for s, p in zip(span, periodic)]))
+        self.register_buffer("bin_width", t(span) / t(bins))
+        self.register_buffer("bin_zero", t([0.0] * d))
+        self.register_buffer("bin_last", t([b - 1.0 for b in bins]))
+        strides = [float(np.prod(bins[i + 1:])) for i in range(d)]
+        self.register_buffer("strides", t(strides))
+        # rows of the accumulator: lambda bins first, then xi (z) bins
+        self.register_buffer("row_offset", t([0.0, float(nb)]))
+        self.register_buffer("one", t([1.0]))
+        # harmonic restraints of the extended particles, one (d, 3) clamp for walls (x) and y/z pins:
+        # displacement = p - clamp(p, lo, hi), force = -k * displacement (walls: k = 0 for periodic components)
+        lo = [[grid_min[i], pin_centres[i][0], pin_centres[i][1]] for i in range(d)]
+        hi = [[grid_max[i], pin_centres[i][0], pin_centres[i][1]] for i in range(d)]
+        kr = [[0.0 if periodic[i] else wall_kappa[i], pin_k[i], pin_k[i]] for i in range(d)]
+        self.register_buffer("restr_lo", t(lo))
+        self.register_buffer("restr_hi", t(hi))
+        self.register_buffer("neg_restr_k", -t(kr))
+        self.register_buffer("xcol", t([[1.0, 0.0, 0.0]]))
+        cv_atoms = [int(a) for a in getattr(cv, "atom_indices", torch.zeros(0, dtype=torch.long)).reshape(-1).tolist()]
+        self.register_buffer("force_index", torch.tensor(cv_atoms + list(ext_index), dtype=torch.long))
         self.register_buffer("slot_index", torch.tensor(slot_index, dtype=torch.long))
         self.full_samples: float = float(full_samples)
         self.min_samples: float = float(min_samples)
-        # accumulators (float64 on the device, updated in forward)
-        self.register_buffer("count", torch.zeros(nb, dtype=f64))
-        self.register_buffer("grad_sum", torch.zeros(nb, d, dtype=f64))
-        self.register_buffer("zcount", torch.zeros(nb, dtype=f64))
-        self.register_buffer("czar_sum", torch.zeros(nb, d, dtype=f64))
+        self.step_ramp: bool = not full_samples > min_samples
+        self.ramp_den: float = float(full_samples - min_samples) if full_samples > min_samples else 1.0
+        # accumulators (float64 on the device, updated in forward): one (2 nb, 1 + d) array,
+        # rows 0..nb-1: per lambda bin [count, sum kappa (lambda - xi)]; rows nb..2nb-1: per xi bin [zcount, czar]
+        self.register_buffer("acc", torch.zeros(2 * nb, 1 + d, dtype=f64))
         self.register_buffer("last", torch.full((2 * d,), _NO_SAMPLE, dtype=f64))  # sentinel: never a real sample
         self.register_buffer("n_samples", torch.zeros(1, dtype=f64))
-        # info: xi, lambda (unwrapped), applied bias force, of the last normal evaluation
-        self.register_buffer("info", torch.zeros(3 * d, dtype=f64))
         if state is not None:
-            self.count.copy_(torch.as_tensor(state.count.reshape(nb), dtype=f64))
-            self.grad_sum.copy_(torch.as_tensor(state.grad.reshape(nb, d), dtype=f64))
-            self.zcount.copy_(torch.as_tensor(state.zcount.reshape(nb), dtype=f64))
-            self.czar_sum.copy_(torch.as_tensor(state.czar.reshape(nb, d), dtype=f64))
+            self.acc[:nb, 0].copy_(torch.as_tensor(state.count.reshape(nb), dtype=f64))
+            self.acc[:nb, 1:].copy_(torch.as_tensor(state.grad.reshape(nb, d), dtype=f64))
+            self.acc[nb:, 0].copy_(torch.as_tensor(state.zcount.reshape(nb), dtype=f64))
+            self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nb, d), dtype=f64))
             self.last.copy_(torch.as_tensor(state.last, dtype=f64))
             self.n_samples.fill_(float(state.n_samples))
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Flat bin indices (m,) and in-grid flags (m,) of m points (m, d), float64."""
+        """Accumulator rows (2,) and in-grid flags (2,) of the points v = [lambda, xi] (2, d), float64."""
         u = v - self.grid_min
-        u = torch.where(self.periodic_mask, u - self.span * torch.floor(u / self.span), u)
-        i = torch.floor(u / self.bin_width).to(torch.long)
-        inside = ((i >= 0) & (i < self.nbins)).all(dim=-1)
-        i = torch.minimum(torch.clamp(i, min=0), self.nbins - 1)
-        return (i * self.strides).sum(dim=-1), inside
+        u = u - self.wrap_span * torch.floor(u / self.span)  # periodic components into [0, span)
+        i = torch.floor(u / self.bin_width)
+        ic = torch.clamp(i, self.bin_zero, self.bin_last)
+        inside = (i == ic).all(dim=-1)
+        return (torch.mv(ic, self.strides) + self.row_offset).to(torch.long), inside
 
-    def compute(
-        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
-        chunk: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if bool(readout > 0.5):
-            return self.read_chunk(positions, chunk)
-        dtype = positions.dtype
-        pos = positions.detach().requires_grad_(True)
-        xi = self.cv(pos, box)
-        ext = positions.detach().index_select(0, self.ext_index).to(torch.float64)  # (d, 3)
-        # all eABF arithmetic in float64 (no-ops on Reference/CPU; tiny tensors on GPUs)
-        xi64 = xi.detach().to(torch.float64)
-        lam64 = ext[:, 0]
-        diff = xi64 - lam64
-        diff = torch.where(self.periodic_mask, diff - self.period * torch.round(diff / self.period), diff)
-        dE_dxi = self.kappa * diff
-        gout: List[Optional[torch.Tensor]] = [dE_dxi.to(xi.dtype)]
-        grads = torch.autograd.grad([xi], [pos], grad_outputs=gout, allow_unused=True)
-        g = grads[0]
-        if g is None:
-            forces = torch.zeros_like(positions)
+    def _fbias(self, row: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,)."""
+        n = row[0:1]
+        if self.step_ramp:
+            ramp = (n >= self.full_samples).to(torch.float64)
         else:
-            forces = -g.detach()
-        energy = 0.5 * (dE_dxi * diff).sum()
+            ramp = torch.clamp((n - self.min_samples) / self.ramp_den, 0.0, 1.0)
+        return row[1:] / torch.clamp(n, min=1.0) * ramp * inside
 
-        # Everything below is plain arithmetic on detached values. It must run under no_grad: buffer writes with
-        # grad mode on leak memory every call inside an OpenMM Context (measured with openmm-torch 1.10).
-        # (TorchScript cannot export values out of a with-block: results travel through self.info.)
-        with torch.no_grad():
-            # ---- sampling (masked, no host synchronisation) ----
-            f_lam = -dE_dxi  # kappa (lambda - xi), wrapped
-            new = torch.cat([xi64, lam64])
-            same = (new == self.last).all()
-            take = (sample > 0.5) & (~same)
-            bins, inside = self._bin(torch.stack([lam64, xi64]))
-            lbin = bins[0:1]
-            zbin = bins[1:2]
-            lin = inside[0]
-            wl = (take & inside[0:1]).to(torch.float64)
-            wz = (take & inside[1:2]).to(torch.float64)
-            self.count.index_add_(0, lbin, wl)
-            self.grad_sum.index_add_(0, lbin, (wl * f_lam).view(1, self.d))
-            self.zcount.index_add_(0, zbin, wz)
-            self.czar_sum.index_add_(0, zbin, (wz * f_lam).view(1, self.d))
-            self.last.copy_(torch.where(take, new, self.last))
-            self.n_samples.add_(take.to(torch.float64))
+    def _coupling(self, xi: torch.Tensor, ext: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampling, ABF bias, walls and pins from xi (d,) and the extended positions (d, 3), all float64.
 
-            # ---- ABF bias on lambda (uses the estimate including this sample) ----
-            n = self.count.index_select(0, lbin)  # (1,)
-            mean = self.grad_sum.index_select(0, lbin).view(self.d) / torch.clamp(n, min=1.0)
-            if self.full_samples > self.min_samples:
-                ramp = torch.clamp((n - self.min_samples) / (self.full_samples - self.min_samples), 0.0, 1.0)
-            else:
-                ramp = (n >= self.full_samples).to(torch.float64)
-            fbias = torch.where(lin, ramp * mean, torch.zeros_like(mean))
-            self.info.copy_(torch.cat([xi64, lam64, fbias]))
+        Returns (f_lam = kappa (lambda - xi) (d,), forces on the extended particles (d, 3), energy).
+        """
+        lam = ext[:, 0]
+        diff = xi - lam
+        diff = diff - self.wrap_period * torch.round(diff / self.period)
+        f_lam = self.neg_kappa * diff  # kappa (lambda - xi) = -dE/dxi; the coupling force on lambda is -f_lam
+        # ---- sampling: masked, no host synchronisation; an already-sampled (xi, lambda) is never sampled twice
+        new = torch.cat([xi, lam])
+        take = (new != self.last).any() & (sample > 0.5)
+        self.last.copy_(torch.where(take, new, self.last))
+        self.n_samples.add_(take)
+        rows, inside = self._bin(torch.stack([lam, xi]))
+        w = (inside & take).to(torch.float64)
+        self.acc.index_add_(0, rows, torch.outer(w, torch.cat([self.one, f_lam])))
+        # ---- ABF bias on lambda (estimate including this sample)
+        fbias = self._fbias(self.acc.index_select(0, rows)[0], inside[0])
+        # ---- walls (x, non-periodic components) and y/z pins
+        ex = ext - torch.clamp(ext, self.restr_lo, self.restr_hi)
+        f_r = self.neg_restr_k * ex
+        f_ext = f_r + self.xcol * (fbias - f_lam).unsqueeze(1)
+        energy = -0.5 * (torch.dot(f_lam, diff) + (f_r * ex).sum())
+        return f_lam, f_ext, energy
 
-        # ---- walls (non-periodic components) ----
-        fbias = self.info[2 * self.d:].clone()
-        below = torch.clamp(self.grid_min - lam64, min=0.0)
-        above = torch.clamp(lam64 - self.grid_max, min=0.0)
-        wk = torch.where(self.periodic_mask, torch.zeros_like(self.wall_kappa), self.wall_kappa)
-        energy = energy + (0.5 * wk * (below * below + above * above)).sum()
+    def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
+        rows, inside = self._bin(torch.stack([lam, xi]))
+        fbias = self._fbias(self.acc.index_select(0, rows)[0], inside[0])
+        return torch.cat([xi, lam, fbias])
 
-        # ---- y, z pins of the extended particles ----
-        yz = ext[:, 1:] - self.pin_centres
-        pin = self.pin_k.unsqueeze(1)
-        energy = energy + 0.5 * (pin * yz * yz).sum()
-        f_ext = torch.cat([(dE_dxi + fbias + wk * (below - above)).unsqueeze(1), -pin * yz], dim=1)
-        forces = forces.index_add(0, self.ext_index, f_ext.to(forces.dtype))
-        return energy.to(dtype), forces
-
-    def flat_state(self) -> torch.Tensor:
+    def flat_state(self, info: torch.Tensor) -> torch.Tensor:
+        nb = self.n_bins
         return torch.cat(
-            [self.info, self.count, self.grad_sum.reshape(-1), self.zcount, self.czar_sum.reshape(-1), self.last,
-             self.n_samples]
+            [info, self.acc[:nb, 0], self.acc[:nb, 1:].reshape(-1), self.acc[nb:, 0], self.acc[nb:, 1:].reshape(-1),
+             self.last, self.n_samples]
         )
 
-    def read_chunk(self, positions: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        flat = self.flat_state()
+    def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        flat = self.flat_state(info)
         nslot = self.slot_index.shape[0]
         start = int(chunk.item()) * nslot
         idx = torch.arange(nslot, device=flat.device) + start
@@ -301,8 +307,79 @@ class _EABFCore(torch.nn.Module):
         return torch.zeros((), dtype=positions.dtype, device=positions.device), forces
 
 
+class _EABFCoreJacobian(_EABFCore):
+    """CV route through the CV's closed-form ``value_and_jacobian`` (no autograd at all)."""
+
+    def compute(
+        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
+        chunk: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if readout.item() > 0.5:
+            return self._readout(positions, box, chunk)
+        return self._forces(positions, box, sample)
+
+    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        # no_grad: buffer writes with grad mode on leak memory every call inside an OpenMM Context (openmm-torch
+        # hands positions that require grad on some platforms)
+        with torch.no_grad():
+            xi, jac = self.cv.value_and_jacobian(positions, box)
+            ext = positions.index_select(0, self.ext_index).to(torch.float64)
+            f_lam, f_ext, e64 = self._coupling(xi.to(torch.float64), ext, sample)
+            # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
+            f_atoms = torch.mm(f_lam.unsqueeze(0), jac.to(torch.float64).reshape(self.d, -1)).reshape(-1, 3)
+            forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
+                0, self.force_index, torch.cat([f_atoms, f_ext]))
+        return e64.to(positions.dtype), forces.to(positions.dtype)
+
+    def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            xi, _ = self.cv.value_and_jacobian(positions, box)
+            lam = positions.index_select(0, self.ext_index).to(torch.float64)[:, 0]
+            energy, forces = self.read_chunk(positions, self._info(xi.to(torch.float64), lam), chunk)
+        return energy, forces
+
+
+class _EABFCoreAutograd(_EABFCore):
+    """CV route through one autograd vector-Jacobian product (CVs without ``value_and_jacobian``)."""
+
+    def compute(
+        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
+        chunk: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if readout.item() > 0.5:
+            return self._readout(positions, box, chunk)
+        return self._forces(positions, box, sample)
+
+    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        # (a separate method: TorchScript fails on with-blocks after an early return)
+        pos = positions.detach().requires_grad_(True)
+        xi = self.cv(pos, box)
+        with torch.no_grad():  # buffer writes with grad mode on leak memory inside an OpenMM Context
+            ext = positions.index_select(0, self.ext_index).to(torch.float64)
+            f_lam, f_ext, e64 = self._coupling(xi.detach().to(torch.float64), ext, sample)
+        gout: List[Optional[torch.Tensor]] = [f_lam.to(xi.dtype)]
+        grads = torch.autograd.grad([xi], [pos], grad_outputs=gout, allow_unused=True)
+        g = grads[0]
+        if g is None:
+            g = torch.zeros_like(positions)
+        with torch.no_grad():
+            forces = g.to(torch.float64).index_add(0, self.ext_index, f_ext)
+        return e64.to(positions.dtype), forces.to(positions.dtype)
+
+    def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            xi = self.cv(positions, box).to(torch.float64)
+            lam = positions.index_select(0, self.ext_index).to(torch.float64)[:, 0]
+            energy, forces = self.read_chunk(positions, self._info(xi, lam), chunk)
+        return energy, forces
+
+
 class _EABFForceNonPeriodic(torch.nn.Module):
-    def __init__(self, core: _EABFCore):
+    def __init__(self, core: torch.nn.Module):
         super().__init__()
         self.core = core
         self.zero_box = torch.zeros(3, 3, dtype=torch.float64)
@@ -314,7 +391,7 @@ class _EABFForceNonPeriodic(torch.nn.Module):
 
 
 class _EABFForcePeriodic(torch.nn.Module):
-    def __init__(self, core: _EABFCore):
+    def __init__(self, core: torch.nn.Module):
         super().__init__()
         self.core = core
 
@@ -498,6 +575,44 @@ def _zero_interaction_entries(system, n_old: int, d: int) -> None:
             raise EABFError(f"ExtendedABF: {name} is not supported (cannot add non-interacting particles to it)")
 
 
+def _jacobian_route(cv, positions, box, d: int, want: Optional[bool]) -> bool:
+    """Whether the eABF force can use ``cv.value_and_jacobian`` (checked against autograd on ``positions``)."""
+    if want is False:
+        return False
+    reason = None
+    if not (hasattr(cv, "value_and_jacobian") and hasattr(cv, "atom_indices")):
+        reason = "the CV has no value_and_jacobian method (or no atom_indices)"
+    else:
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+        b = torch.zeros(3, 3, dtype=torch.float64) if box is None else torch.as_tensor(
+            np.asarray(_strip(box, "nm"), dtype=np.float64))
+        try:
+            with torch.no_grad():
+                xi_j, jac = cv.value_and_jacobian(pos, b)
+            n_sel = int(cv.atom_indices.numel())
+            if tuple(xi_j.shape) != (d,) or tuple(jac.shape) != (d, n_sel, 3):
+                reason = (f"value_and_jacobian returned shapes {tuple(xi_j.shape)}, {tuple(jac.shape)}; expected "
+                          f"({d},), ({d}, {n_sel}, 3)")
+            else:
+                p = pos.clone().requires_grad_(True)
+                xi = cv(p, b)
+                full = torch.zeros(d, pos.shape[0], 3, dtype=torch.float64)
+                full[:, cv.atom_indices.reshape(-1)] = jac.to(torch.float64)
+                for k in range(d):
+                    (g,) = torch.autograd.grad(xi[k], p, retain_graph=True, allow_unused=True)
+                    g = torch.zeros_like(pos) if g is None else g
+                    scale = float(g.abs().max()) + 1e-12
+                    if float((g - full[k]).abs().max()) > 1e-6 * scale or not torch.allclose(
+                            xi.detach().to(torch.float64)[k], xi_j.to(torch.float64)[k], rtol=1e-9, atol=1e-9):
+                        reason = f"value_and_jacobian disagrees with autograd for component {k}"
+                        break
+        except Exception as exc:  # e.g. an exported CV whose alignment method has no closed form
+            reason = f"value_and_jacobian failed: {exc}"
+    if reason is not None and want:
+        raise EABFError(f"cvJacobian=True but {reason}")
+    return reason is None
+
+
 class ExtendedABF:
     """Extended-system ABF on a TorchScript CV, as an OpenMM System modifier (like ``app.Metadynamics``).
 
@@ -542,6 +657,11 @@ class ExtendedABF:
         Ask openmm-torch to capture the module in a CUDA graph (CUDA only).
     extendedTemperature : None
         Reserved; only None (lambda at the integrator's temperature) is supported.
+    cvJacobian : bool, optional
+        How the force gets dxi/dq. None (default): the CV's closed-form ``value_and_jacobian`` when it has one and
+        it agrees with autograd at the validation configuration, else one autograd vector-Jacobian product.
+        True: require the closed form (error if unavailable); False: always autograd. The physics is the same;
+        the closed form saves the autograd backward pass (see ``benchmarks/EABF_RESULTS.md``).
     """
 
     def __init__(
@@ -565,6 +685,7 @@ class ExtendedABF:
         parameterPrefix: str = "aesample_",
         useCUDAGraphs: bool = False,
         extendedTemperature=None,
+        cvJacobian: Optional[bool] = None,
     ):
         import openmm
 
@@ -649,8 +770,11 @@ class ExtendedABF:
                     f"{list(state.bins)}) does not match gridMin={gmin}, gridMax={gmax}, bins={nbins}"
                 )
 
+        use_jac = _jacobian_route(cv, positions, box, d, cvJacobian)  # before touching the System
+
         self.system = system
         self.cv = cv
+        self.usesCVJacobian = use_jac
         self.gridMin = np.array(gmin)
         self.gridMax = np.array(gmax)
         self.bins = np.array(nbins)
@@ -676,7 +800,8 @@ class ExtendedABF:
         # distinct pin centres (z = 0.5 nm * i) so extended particles never coincide
         self._pin_centres = np.array([[0.0, 0.5 * i] for i in range(d)])
         pin = list(kap)  # same period as the lambda oscillator (masses equal): stable with the same timestep
-        self._core = _EABFCore(
+        core_cls = _EABFCoreJacobian if use_jac else _EABFCoreAutograd
+        self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
             self.slotIndices, state,
         )

@@ -56,8 +56,9 @@ def _fd_check(system, eabf, positions, rng, n_checks=12, h=1e-5):
     return forces
 
 
+@pytest.mark.parametrize("jacobian", [True, False], ids=["closed-form", "autograd"])
 @pytest.mark.parametrize("spec", ["phi", "phi,psi", "phi;distance:0,10"])
-def test_coupling_forces_match_finite_differences(spec):
+def test_coupling_forces_match_finite_differences(spec, jacobian):
     system, top, pos = _alanine()
     rng = np.random.default_rng(1)
     pos = pos + rng.normal(0, 0.01, pos.shape)
@@ -67,7 +68,8 @@ def test_coupling_forces_match_finite_differences(spec):
     gmax = [math.pi] * d
     if "distance" in spec:
         gmin[1], gmax[1] = 0.2, 0.4  # put lambda outside the grid below: walls are tested too
-    e = ExtendedABF(system, cv, gmin, gmax, [24] * d, [300.0] * d, positions=pos)
+    e = ExtendedABF(system, cv, gmin, gmax, [24] * d, [300.0] * d, positions=pos, cvJacobian=jacobian)
+    assert e.usesCVJacobian == jacobian
     full = e.extendPositions(pos)
     full[e.extendedIndices, 0] += rng.normal(0, 0.3, d)  # lambda away from xi
     if "distance" in spec:
@@ -215,6 +217,16 @@ def test_bad_inputs_raise_clear_errors():
         ExtendedABF(system, phi, -1.0, 1.0, 10, 100.0, positions=pos)
     with pytest.raises(EABFError, match=r"forceGroup=0 is already used"):
         ExtendedABF(system, phi, -math.pi, math.pi, 10, 100.0, positions=pos, forceGroup=0)
+    class _NoJacobian(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("atom_indices", torch.tensor([0]))
+
+        def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+            return positions[0, 0:1]
+
+    with pytest.raises(EABFError, match="cvJacobian=True but the CV has no value_and_jacobian"):
+        ExtendedABF(system, _NoJacobian(), -1.0, 1.0, 10, 100.0, positions=pos, cvJacobian=True)
     assert system.getNumParticles() == 22  # failed constructions leave the System untouched
 
 
