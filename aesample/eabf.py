@@ -186,19 +186,21 @@ class _EABFCore(torch.nn.Module):
         span = [b - a for a, b in zip(grid_min, grid_max)]
         self.register_buffer("ext_index", torch.tensor(ext_index, dtype=torch.long))
         self.register_buffer("neg_kappa", t([-k for k in kappa]))
-        self.register_buffer("period", t([TWO_PI] * d))
-        # period used by the wraps: 2*pi (or the grid span) for periodic components, 0 (no wrap) otherwise
+        # wraps: x - P round(x / P) with P = 2*pi for periodic components, 0 (no wrap) otherwise
         self.register_buffer("wrap_period", t([TWO_PI if p else 0.0 for p in periodic]))
-        self.register_buffer("grid_min", t(grid_min))
-        self.register_buffer("span", t(span))
-        self.register_buffer("wrap_span", t([s if p else 0.0 for s, p in zip(span, periodic)]))
-        self.register_buffer("bin_width", t(span) / t(bins))
+        self.any_periodic: bool = bool(any(periodic))
+        self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
+        self.register_buffer("inv_period", t([1.0 / TWO_PI] * d))
+        self.register_buffer("inv_width", t([b / s for b, s in zip(bins, span)]))
+        self.register_buffer("bin_origin", t([-a * b / s for a, b, s in zip(grid_min, bins, span)]))
+        self.register_buffer("inv_bins", t([1.0 / b for b in bins]))
+        self.register_buffer("wrap_bins", t([float(b) if p else 0.0 for b, p in zip(bins, periodic)]))
         self.register_buffer("bin_zero", t([0.0] * d))
         self.register_buffer("bin_last", t([b - 1.0 for b in bins]))
         strides = [float(np.prod(bins[i + 1:])) for i in range(d)]
         self.register_buffer("strides", t(strides))
-        # rows of the accumulator: lambda bins first, then xi (z) bins
-        self.register_buffer("row_offset", t([0.0, float(nb)]))
+        # rows of the accumulator: lambda bins first, then xi (z) bins; binned points come as [xi, lambda]
+        self.register_buffer("row_offset", t([float(nb), 0.0]))
         self.register_buffer("one", t([1.0]))
         # harmonic restraints of the extended particles, one (d, 3) clamp for walls (x) and y/z pins:
         # displacement = p - clamp(p, lo, hi), force = -k * displacement (walls: k = 0 for periodic components)
@@ -215,36 +217,44 @@ class _EABFCore(torch.nn.Module):
         self.full_samples: float = float(full_samples)
         self.min_samples: float = float(min_samples)
         self.step_ramp: bool = not full_samples > min_samples
-        self.ramp_den: float = float(full_samples - min_samples) if full_samples > min_samples else 1.0
+        den = float(full_samples - min_samples) if full_samples > min_samples else 1.0
+        self.register_buffer("ramp_scale", t([1.0 / den]))
+        self.register_buffer("ramp_shift", t([-float(min_samples) / den]))
         # accumulators (float64 on the device, updated in forward): one (2 nb, 1 + d) array,
         # rows 0..nb-1: per lambda bin [count, sum kappa (lambda - xi)]; rows nb..2nb-1: per xi bin [zcount, czar]
         self.register_buffer("acc", torch.zeros(2 * nb, 1 + d, dtype=f64))
-        self.register_buffer("last", torch.full((2 * d,), _NO_SAMPLE, dtype=f64))  # sentinel: never a real sample
+        # [xi; lambda] of the last sample (2, d); sentinel: never a real sample
+        self.register_buffer("last", torch.full((2, d), _NO_SAMPLE, dtype=f64))
         self.register_buffer("n_samples", torch.zeros(1, dtype=f64))
         if state is not None:
             self.acc[:nb, 0].copy_(torch.as_tensor(state.count.reshape(nb), dtype=f64))
             self.acc[:nb, 1:].copy_(torch.as_tensor(state.grad.reshape(nb, d), dtype=f64))
             self.acc[nb:, 0].copy_(torch.as_tensor(state.zcount.reshape(nb), dtype=f64))
             self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nb, d), dtype=f64))
-            self.last.copy_(torch.as_tensor(state.last, dtype=f64))
+            self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Accumulator rows (2,) and in-grid flags (2,) of the points v = [lambda, xi] (2, d), float64."""
-        u = v - self.grid_min
-        u = u - self.wrap_span * torch.floor(u / self.span)  # periodic components into [0, span)
-        i = torch.floor(u / self.bin_width)
-        ic = torch.clamp(i, self.bin_zero, self.bin_last)
-        inside = (i == ic).all(dim=-1)
-        return (torch.mv(ic, self.strides) + self.row_offset).to(torch.long), inside
+        """Accumulator rows (2,) and in-grid flags (2,) of the points v = [xi, lambda] (2, d), float64."""
+        t = torch.addcmul(self.bin_origin, v, self.inv_width)  # (v - gridMin) / width, in bins
+        if self.any_periodic:  # periodic components into [0, bins); always inside (a wrap may round to bins)
+            t = t - self.wrap_bins * torch.floor(t * self.inv_bins)
+            i = torch.floor(t)
+            ic = torch.clamp(i, self.bin_zero, self.bin_last)
+            inside = ((i == ic) | self.periodic_mask).all(dim=-1)
+        else:
+            i = torch.floor(t)
+            ic = torch.clamp(i, self.bin_zero, self.bin_last)
+            inside = (i == ic).all(dim=-1)
+        return torch.addmv(self.row_offset, ic, self.strides).to(torch.long), inside
 
     def _fbias(self, row: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
         """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,)."""
         n = row[0:1]
         if self.step_ramp:
             ramp = (n >= self.full_samples).to(torch.float64)
-        else:
-            ramp = torch.clamp((n - self.min_samples) / self.ramp_den, 0.0, 1.0)
+        else:  # clip((n - minSamples) / (fullSamples - minSamples), 0, 1)
+            ramp = torch.clamp(torch.addcmul(self.ramp_shift, n, self.ramp_scale), 0.0, 1.0)
         return row[1:] / torch.clamp(n, min=1.0) * ramp * inside
 
     def _coupling(self, xi: torch.Tensor, ext: torch.Tensor, sample: torch.Tensor) -> Tuple[
@@ -253,38 +263,38 @@ class _EABFCore(torch.nn.Module):
 
         Returns (f_lam = kappa (lambda - xi) (d,), forces on the extended particles (d, 3), energy).
         """
-        lam = ext[:, 0]
+        lam = ext.select(1, 0)
         diff = xi - lam
-        diff = diff - self.wrap_period * torch.round(diff / self.period)
+        if self.any_periodic:
+            diff = diff - self.wrap_period * torch.round(diff * self.inv_period)
         f_lam = self.neg_kappa * diff  # kappa (lambda - xi) = -dE/dxi; the coupling force on lambda is -f_lam
         # ---- sampling: masked, no host synchronisation; an already-sampled (xi, lambda) is never sampled twice
-        new = torch.cat([xi, lam])
-        take = (new != self.last).any() & (sample > 0.5)
-        self.last.copy_(torch.where(take, new, self.last))
+        v = torch.stack([xi, lam])  # (2, d), the layout of `last`
+        take = (v != self.last).any() & (sample > 0.5)
+        self.last.copy_(torch.where(take, v, self.last))
         self.n_samples.add_(take)
-        rows, inside = self._bin(torch.stack([lam, xi]))
-        w = (inside & take).to(torch.float64)
-        self.acc.index_add_(0, rows, torch.outer(w, torch.cat([self.one, f_lam])))
+        rows, inside = self._bin(v)
+        self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
         # ---- ABF bias on lambda (estimate including this sample)
-        fbias = self._fbias(self.acc.index_select(0, rows)[0], inside[0])
+        fbias = self._fbias(self.acc.index_select(0, rows)[1], inside[1])
         # ---- walls (x, non-periodic components) and y/z pins
         ex = ext - torch.clamp(ext, self.restr_lo, self.restr_hi)
         f_r = self.neg_restr_k * ex
-        f_ext = f_r + self.xcol * (fbias - f_lam).unsqueeze(1)
+        f_ext = torch.addcmul(f_r, self.xcol, (fbias - f_lam).unsqueeze(1))
         energy = -0.5 * (torch.dot(f_lam, diff) + (f_r * ex).sum())
         return f_lam, f_ext, energy
 
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
-        rows, inside = self._bin(torch.stack([lam, xi]))
-        fbias = self._fbias(self.acc.index_select(0, rows)[0], inside[0])
+        rows, inside = self._bin(torch.stack([xi, lam]))
+        fbias = self._fbias(self.acc.index_select(0, rows)[1], inside[1])
         return torch.cat([xi, lam, fbias])
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
         nb = self.n_bins
         return torch.cat(
             [info, self.acc[:nb, 0], self.acc[:nb, 1:].reshape(-1), self.acc[nb:, 0], self.acc[nb:, 1:].reshape(-1),
-             self.last, self.n_samples]
+             self.last.reshape(-1), self.n_samples]
         )
 
     def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
@@ -327,7 +337,7 @@ class _EABFCoreJacobian(_EABFCore):
             ext = positions.index_select(0, self.ext_index).to(torch.float64)
             f_lam, f_ext, e64 = self._coupling(xi.to(torch.float64), ext, sample)
             # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
-            f_atoms = torch.mm(f_lam.unsqueeze(0), jac.to(torch.float64).reshape(self.d, -1)).reshape(-1, 3)
+            f_atoms = torch.matmul(f_lam, jac.to(torch.float64).reshape(self.d, -1)).view(-1, 3)
             forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
                 0, self.force_index, torch.cat([f_atoms, f_ext]))
         return e64.to(positions.dtype), forces.to(positions.dtype)
