@@ -935,3 +935,36 @@ class ExtendedABF:
     def setSampling(self, context, on: bool) -> None:
         """Switch sampling on/off (e.g. off for minimisation/equilibration)."""
         context.setParameter(self.sampleParameter, 1.0 if on else 0.0)
+
+    # ---------------------------------------------------------------- multiple time stepping
+    def shortestPeriod(self) -> float:
+        """Shortest oscillation period (ps) of the extended particles under the forces of the eABF group.
+
+        Per component: the lambda oscillator ``2 pi sqrt(m / kappa)`` (the y/z pins have the same stiffness), and
+        for non-periodic components lambda beyond the grid, where coupling and wall add up:
+        ``2 pi sqrt(m / (kappa + wallKappa))``.
+        """
+        k = self.kappa + np.where(self.periodic, 0.0, self.wallKappa)
+        return float(np.min(TWO_PI * np.sqrt(self.extendedMass / k)))
+
+    def maxOuterTimestep(self) -> float:
+        """Largest outer (eABF-group) time step (ps) accepted for multiple time stepping: ``shortestPeriod() / 10``.
+
+        With :class:`openmm.MTSLangevinIntegrator` the eABF force (coupling, ABF bias, walls, pins) is applied as
+        an impulse once per outer step, so the extended oscillator is integrated with the outer step. Ten steps
+        per period keep it accurate (velocity Verlet is unstable beyond period / pi). The coupling also acts on
+        the atoms through the CV; for stiff CVs (large ``kappa |dxi/dq|^2`` per atomic mass) check the CV side too.
+        """
+        return self.shortestPeriod() / 10.0
+
+    def checkOuterTimestep(self, outer_timestep) -> None:
+        """Raise :class:`EABFError` when ``outer_timestep`` (ps or Quantity) exceeds :meth:`maxOuterTimestep`."""
+        dt = float(_strip(outer_timestep, "ps"))
+        limit = self.maxOuterTimestep()
+        if dt > limit * (1.0 + 1e-12):
+            raise EABFError(
+                f"outer time step {dt * 1000:.3g} fs for the eABF force group is too long for the extended system: "
+                f"its shortest period is {self.shortestPeriod() * 1000:.3g} fs (lambda mass {list(self.extendedMass)}, "
+                f"kappa {list(self.kappa)}, wallKappa {list(self.wallKappa)}) and the stability rule is outer step <= "
+                f"period / 10 = {limit * 1000:.3g} fs. Use a smaller CV interval, a longer extendedPeriod, or a "
+                "smaller wallKappa")

@@ -5,7 +5,8 @@
     result = run_eabf(molecular_system, cv_module, EABFSettings(...), MDSettings(...), out_dir, n_steps)
 
 What it does: copy the System, add :class:`~aesample.eabf.ExtendedABF`, build a Context
-(LangevinMiddleIntegrator), minimise and optionally equilibrate with sampling OFF, then run production in
+(LangevinMiddleIntegrator; MTSLangevinIntegrator with the eABF force on the slow group when
+``MDSettings.cv_interval`` > 1), minimise and optionally equilibrate with sampling OFF, then run production in
 segments of ``MDSettings.segment_steps``. After every segment it writes, each file atomically:
 
 * ``traj/seg_00000.dcd`` ...: frames of the molecule (solute) atoms every ``report_interval`` steps, one file
@@ -42,7 +43,7 @@ from .io import atomic_path, atomic_write_json, atomic_write_text
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "RunOutputs", "run_eabf", "run_md", "load_result",
-           "steps_done", "final_positions", "copy_system"]
+           "steps_done", "final_positions", "copy_system", "make_integrator"]
 
 
 @dataclass
@@ -80,6 +81,20 @@ class MDSettings:
     checkpointed segment; minimize : minimise first (sampling off); equilibration_steps : unbiased-sampling-off
     steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
     precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc".
+
+    cv_interval : int, >= 1 (default 1)
+        Multiple time stepping for biased runs. 1: LangevinMiddleIntegrator, the eABF force (CV, coupling, ABF
+        bias, sampling) is evaluated every step. K > 1: :class:`openmm.MTSLangevinIntegrator` (BAOAB-RESPA) with
+        outer step ``K * timestep``; every other force group is evaluated K times per outer step (every
+        ``timestep``), the eABF force group once (every ``K * timestep``), so the CV costs 1/K per inner step and
+        the ABF accumulators get one sample per outer step (K times fewer samples per ns; count-based settings
+        such as ``full_samples`` keep their meaning in samples). Step counts (``n_steps``, ``report_interval``,
+        ``segment_steps``, ``equilibration_steps``) stay in inner steps of ``timestep``: ``report_interval`` and
+        ``segment_steps`` must be multiples of K, ``n_steps`` and ``equilibration_steps`` are rounded up to one.
+        Stability: ``K * timestep`` must not exceed a tenth of the shortest period of the extended system
+        (:meth:`aesample.eabf.ExtendedABF.maxOuterTimestep`: 15 fs for periodic CVs with the default 0.15 ps
+        period; 4.5 fs for non-periodic CVs because of the default walls, 10 kappa), else a ValueError. A run must
+        be resumed with the cv_interval it was started with. Ignored by :func:`run_md` (no eABF force).
     """
 
     temperature: Optional[float] = None
@@ -96,6 +111,7 @@ class MDSettings:
     progress: bool = True
     precision: str = "auto"
     trajectory_format: str = "dcd"
+    cv_interval: int = 1
 
 
 @dataclass
@@ -120,6 +136,32 @@ def copy_system(system):
     import openmm
 
     return openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+
+
+def make_integrator(system, eabf: Optional[ExtendedABF], temperature: float, friction: float, timestep: float,
+                    cv_interval: int = 1):
+    """The integrator of an (e)ABF run: see :attr:`MDSettings.cv_interval`.
+
+    ``cv_interval`` 1 (or no ``eabf``): ``LangevinMiddleIntegrator(temperature, friction, timestep)``. K > 1:
+    ``MTSLangevinIntegrator(temperature, friction, K * timestep, [(g, K) for every other force group g] +
+    [(eabf.forceGroup, 1)])``; raises ValueError when ``K * timestep`` breaks the stability rule of
+    :meth:`~aesample.eabf.ExtendedABF.maxOuterTimestep`. Units: K, 1/ps, ps. Its ``step(n)`` advances n outer steps.
+    """
+    import openmm
+
+    cv_interval = int(cv_interval)
+    if eabf is None or cv_interval == 1:
+        return openmm.LangevinMiddleIntegrator(temperature, friction, timestep)
+    if cv_interval < 1:
+        raise ValueError(f"cv_interval must be >= 1, got {cv_interval}")
+    outer = cv_interval * timestep
+    try:
+        eabf.checkOuterTimestep(outer)
+    except ValueError as exc:
+        raise ValueError(f"cv_interval={cv_interval} with timestep={timestep} ps: {exc}") from None
+    fast = sorted({system.getForce(i).getForceGroup() for i in range(system.getNumForces())} - {eabf.forceGroup})
+    return openmm.MTSLangevinIntegrator(temperature, friction, outer,
+                                        [(g, cv_interval) for g in fast] + [(eabf.forceGroup, 1)])
 
 
 def _platform(md: MDSettings, n_atoms: int):
@@ -271,12 +313,26 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     fmt = getattr(md, "trajectory_format", "dcd")
     if fmt not in ("dcd", "xtc"):
         raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {fmt!r}")
+    cv_interval = int(getattr(md, "cv_interval", 1))
+    if cv_interval != getattr(md, "cv_interval", 1) or cv_interval < 1:
+        raise ValueError(f"cv_interval must be an integer >= 1, got {getattr(md, 'cv_interval', None)!r}")
+    if not biased:
+        cv_interval = 1  # nothing to put on a slow force group
+    if md.report_interval % cv_interval or md.segment_steps % cv_interval:
+        raise ValueError(f"report_interval={md.report_interval} and segment_steps={md.segment_steps} must be multiples "
+                         f"of cv_interval={cv_interval} (the MTS outer step)")
+    n_steps = -(-n_steps // cv_interval) * cv_interval  # whole outer steps
     temperature = float(md.temperature if md.temperature is not None else getattr(molecular_system, "temperature", 300.0))
     if biased and es.extended_temperature is not None and abs(es.extended_temperature - temperature) > 1e-9:
         raise ValueError(f"extended_temperature={es.extended_temperature} K differs from the MD temperature "
                          f"{temperature} K: a separate lambda thermostat is not implemented yet")
     ckpt_json = out / "checkpoint.json"
     ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
+    if ck is not None and (out / "run.json").exists():
+        started = int(json.loads((out / "run.json").read_text()).get("cv_interval", 1))
+        if started != cv_interval:
+            raise ValueError(f"{out} was started with cv_interval={started}; resume it with the same value, "
+                             f"got cv_interval={cv_interval}")
     if ck is not None and biased:
         initial_state = EABFState.load(out / "checkpoint" / ck["eabf"])
 
@@ -291,7 +347,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
             initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs,
         )
-    integrator = openmm.LangevinMiddleIntegrator(temperature, md.friction, md.timestep)
+    integrator = make_integrator(system, eabf, temperature, md.friction, md.timestep, cv_interval)
     integrator.setRandomNumberSeed(int(md.seed))
     platform, props = _platform(md, system.getNumParticles())
     context = openmm.Context(system, integrator, platform, props)
@@ -317,7 +373,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             context.setPositions(extend(p[:n_mol]))
         context.setVelocitiesToTemperature(temperature, int(md.seed))
         if md.equilibration_steps > 0:
-            integrator.step(int(md.equilibration_steps))
+            integrator.step(-(-int(md.equilibration_steps) // cv_interval))
         context.setTime(0.0)
         context.setStepCount(0)
         if biased:
@@ -330,7 +386,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         atomic_write_json(out / "run.json", {
             "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
             "report_interval": md.report_interval, "n_steps": n_steps, "trajectory_format": fmt,
-            "n_molecule": n_mol,
+            "n_molecule": n_mol, "cv_interval": cv_interval,
         })
     else:
         try:
@@ -369,11 +425,11 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             left = nseg
             while left > 0:
                 k = min(md.report_interval, left)
-                integrator.step(k)
+                integrator.step(k // cv_interval)  # outer steps (= inner steps without MTS)
                 left -= k
                 done += k
                 steps_timed += k
-                if context.getStepCount() % md.report_interval == 0:
+                if (context.getStepCount() * cv_interval) % md.report_interval == 0:
                     st = context.getState(getPositions=True)
                     pos = np.asarray(st.getPositions(asNumpy=True)._value)
                     frames.append(pos[solute])

@@ -117,3 +117,52 @@ def test_colvar_reporter_with_simulation(tmp_path):
     np.testing.assert_allclose(data[-1, 1:3], xi, atol=1e-9)
     np.testing.assert_allclose(data[-1, 3:5], e.getLambda(sim.context), atol=1e-9)
     assert e.getState(sim.context).n_samples == 51  # the reporter's evaluations add no extra samples
+
+
+def _mts_settings(cv_interval=2, seed=3):
+    es = EABFSettings(grid_min=[-math.pi] * 2, grid_max=[math.pi] * 2, bins=[12, 12], kappa=200.0, full_samples=20)
+    md = MDSettings(timestep=0.002, friction=5.0, platform="Reference", report_interval=20, segment_steps=100,
+                    minimize=True, minimize_max_iterations=50, equilibration_steps=20, seed=seed, progress=False,
+                    cv_interval=cv_interval)
+    return es, md
+
+
+def test_mts_resume_reproduces_continuous_run(tmp_path):
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi,psi", ms.topology)
+    es, md = _mts_settings(cv_interval=2)
+    cont = run_eabf(ms, cv, es, md, tmp_path / "cont", 200, log=None)
+    run_eabf(ms, cv, es, md, tmp_path / "split", 100, log=None)
+    res = run_eabf(ms, cv, es, md, tmp_path / "split", 200, resume=True, log=None)
+    assert res.n_steps == cont.n_steps == 200
+    for name in ("count", "grad", "zcount", "czar", "last"):
+        np.testing.assert_array_equal(getattr(res.state, name), getattr(cont.state, name), err_msg=name)
+    np.testing.assert_array_equal(res.positions, cont.positions)
+    # one sample per outer step (2 inner steps): 100 outer steps, plus the configuration production starts from
+    assert cont.state.n_samples in (100, 101)
+    _, c1 = read_colvar(cont.colvar)
+    _, c2 = read_colvar(res.colvar)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_allclose(c1[:, 0], 0.04 * np.arange(1, 11))  # report_interval 20 inner steps of 2 fs
+    assert json.loads((tmp_path / "split" / "run.json").read_text())["cv_interval"] == 2
+    # the run really used the MTS integrator: a resume with another interval is refused
+    with pytest.raises(ValueError, match="started with cv_interval=2"):
+        run_eabf(ms, cv, es, _mts_settings(cv_interval=1)[1], tmp_path / "split", 300, resume=True, log=None)
+
+
+def test_mts_settings_are_validated(tmp_path):
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi", ms.topology)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
+    _, md = _mts_settings(cv_interval=10)  # 20 fs outer step > 0.15 ps / 10
+    with pytest.raises(ValueError, match=r"cv_interval=10 .*period / 10 = 15 fs"):
+        run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    _, md = _mts_settings(cv_interval=3)  # report_interval 20 is not a multiple of 3
+    with pytest.raises(ValueError, match="must be multiples of cv_interval=3"):
+        run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    # non-periodic CV: the default walls (10 kappa) make the extended system stiffer
+    dist = cvs.parse_cv_spec("distance:0,10", ms.topology)
+    es_d = EABFSettings(grid_min=0.2, grid_max=0.8, bins=12, kappa=200.0)
+    _, md = _mts_settings(cv_interval=4)
+    with pytest.raises(ValueError, match="shortest period is 45.2 fs"):
+        run_eabf(ms, dist, es_d, md, tmp_path, 100, log=None)
