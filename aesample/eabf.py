@@ -950,7 +950,7 @@ class ExtendedABF:
     def maxOuterTimestep(self) -> float:
         """Largest outer (eABF-group) time step (ps) accepted for multiple time stepping: ``shortestPeriod() / 10``.
 
-        With :class:`openmm.MTSLangevinIntegrator` the eABF force (coupling, ABF bias, walls, pins) is applied as
+        With multiple time stepping (BAOAB-RESPA) the eABF force (coupling, ABF bias, walls, pins) is applied as
         an impulse once per outer step, so the extended oscillator is integrated with the outer step. Ten steps
         per period keep it accurate (velocity Verlet is unstable beyond period / pi). The coupling also acts on
         the atoms through the CV; for stiff CVs (large ``kappa |dxi/dq|^2`` per atomic mass) check the CV side too.

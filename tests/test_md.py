@@ -166,3 +166,40 @@ def test_mts_settings_are_validated(tmp_path):
     _, md = _mts_settings(cv_interval=4)
     with pytest.raises(ValueError, match="shortest period is 45.2 fs"):
         run_eabf(ms, dist, es_d, md, tmp_path, 100, log=None)
+
+
+def test_mts_integrator_matches_openmm_mts_langevin():
+    """Same positions as openmm.MTSLangevinIntegrator (velocities shifted by half a slow kick), same samples."""
+    from aesample.eabf import ExtendedABF
+    from aesample.md import mts_langevin_integrator
+
+    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    ff = app.ForceField("amber14-all.xml")
+    k, outer = 3, 0.0015
+    runs = []
+    for ours in (False, True):
+        # no CMMotionRemover: it acts at the start of a step, where the two schemes' velocities differ
+        system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, removeCMMotion=False)
+        pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+        e = ExtendedABF(system, cvs.parse_cv_spec("phi,psi", pdb.topology), [-math.pi] * 2, [math.pi] * 2, 12, 300.0,
+                        positions=pos, fullSamples=4)
+        integ = (mts_langevin_integrator(300.0, 0.0, outer, k, [0], e.forceGroup) if ours else
+                 openmm.MTSLangevinIntegrator(300.0, 0.0, outer, [(0, k), (e.forceGroup, 1)]))
+        ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("Reference"))
+        full = e.extendPositions(pos)
+        full[e.extendedIndices, 0] += 0.2
+        ctx.setPositions(full)
+        ctx.setVelocitiesToTemperature(300.0, 4)
+        if ours:  # start where MTSLangevinIntegrator is after its first slow half kick
+            v = runs[0][0].getState(getVelocities=True).getVelocities(asNumpy=True)._value
+            f = ctx.getState(getForces=True, groups={e.forceGroup}).getForces(asNumpy=True)._value
+            m = np.array([system.getParticleMass(i)._value for i in range(system.getNumParticles())])
+            ctx.setVelocities(np.asarray(v) + 0.5 * outer * np.asarray(f) / m[:, None])
+        runs.append((ctx, integ, e))
+    for ctx, integ, _ in runs:
+        integ.step(60)
+    p0, p1 = (np.asarray(c.getState(getPositions=True).getPositions(asNumpy=True)._value) for c, _, _ in runs)
+    np.testing.assert_allclose(p1, p0, rtol=0, atol=1e-12)
+    s0, s1 = (e.getState(c) for c, _, e in runs)
+    assert s0.n_samples == s1.n_samples == 61
+    np.testing.assert_array_equal(s0.count, s1.count)
