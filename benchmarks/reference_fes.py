@@ -1,0 +1,195 @@
+"""Independent reference free energy for alanine dipeptide (vacuum, 300 K): OpenMM well-tempered Metadynamics.
+
+    python benchmarks/reference_fes.py runs/reference --ns 20                  # (phi, psi), cached result
+    python benchmarks/reference_fes.py runs/reference --cvs phi --ns 20        # phi only
+    python benchmarks/reference_fes.py runs/reference --precomputed /work/val_phi/metad_phi_20ns.npy
+
+Method: OpenMM's own ``app.Metadynamics`` (not aesample's eABF code, only the system from
+``aesample.systems.build_system``), well-tempered, bias factor 8, Gaussian height 1 kJ/mol every 250 steps,
+width 0.3 rad, periodic grid of 72 points per dihedral, LangevinMiddleIntegrator 2 fs, friction 1/ps, 300 K,
+Reference platform (fastest for 22 atoms). The free energy is OpenMM's ``getFreeEnergy()``
+(-(T + dT)/dT times the bias) on ``numpy.linspace(-pi, pi, 72)`` per variable (the points OpenMM deposits on).
+
+The result is cached as ``<out>/reference_<cvs>_<ns>ns_seed<seed>.npz`` (keys: ``cvs``, ``grid``, ``fes``
+(2D fes is indexed [psi, phi], OpenMM's order), ``phi``, ``f_phi``, ``delta_f``, ``ns``, ``seed``,
+``wall_seconds``, ``ns_per_day``, ``block_ns``, ``block_delta_f``). A second call with the same arguments
+reads the cache.
+
+``--precomputed FILE.npy`` accepts a phi-only free energy already computed with the same protocol
+(e.g. ``benchmarks/eabf_validate_phi.py``'s cached ``metad_phi_20ns.npy``: 72 values on linspace(-pi, pi, 72),
+kJ/mol; pass its length with --ns) and writes it into the same .npz format (wall time unknown: NaN).
+
+Delta F = F(phi > 0) - F(phi < 0) = -kT ln( int_{phi>0} e^{-beta F} / int_{phi<=0} e^{-beta F} ): the same
+definition as ``aesample.analysis.basin_free_energy_difference`` on frames. F(phi) is interpolated (periodic,
+linear) onto 7200 points before integrating. For (phi, psi) runs F(phi) = -kT ln int e^{-beta F(phi, psi)} dpsi.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+KB = 0.00831446261815324  # kJ/mol/K
+TEMPERATURE = 300.0
+GRID = 72
+
+
+def kT(temperature: float = TEMPERATURE) -> float:
+    return KB * temperature
+
+
+def marginal_phi(fes: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:
+    """F(phi) (min 0) from a 1D F(phi) or a 2D F[psi, phi] on the OpenMM grid (duplicate endpoint dropped)."""
+    f = np.asarray(fes, dtype=np.float64)
+    if f.ndim == 2:
+        # drop the duplicated periodic endpoint in psi before integrating over it
+        g = f[:-1, :]
+        m = -kT(temperature) * np.log(np.exp(-(g - g.min()) / kT(temperature)).sum(axis=0))
+    else:
+        m = f.copy()
+    return m - m.min()
+
+
+def delta_f_from_profile(phi: np.ndarray, f_phi: np.ndarray, temperature: float = TEMPERATURE,
+                         fine: int = 7200) -> float:
+    """F(phi > 0) - F(phi <= 0) in kJ/mol from F on a grid spanning [-pi, pi] (periodic, linear interpolation)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    f = np.asarray(f_phi, dtype=np.float64)
+    x = -np.pi + (np.arange(fine) + 0.5) * (2 * np.pi / fine)
+    fi = np.interp(x, phi, f, period=2 * np.pi)
+    p = np.exp(-(fi - fi.min()) / kT(temperature))
+    return float(-kT(temperature) * math.log(p[x > 0].sum() / p[x <= 0].sum()))
+
+
+def reference_phi_on(centers: np.ndarray, ref: dict) -> np.ndarray:
+    """Reference F(phi) interpolated (periodic) at ``centers`` (rad), min 0 over those points."""
+    r = np.interp(np.asarray(centers, dtype=np.float64), ref["phi"], ref["f_phi"], period=2 * np.pi)
+    return r - r.min()
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    os.close(fd)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def load_reference(path: Path) -> dict:
+    """Read a reference .npz written by this script (or a phi-only .npy on linspace(-pi, pi, n))."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        f = np.load(path)
+        if f.ndim != 1:
+            raise ValueError(f"{path}: expected a 1D phi free energy, got shape {f.shape}")
+        phi = np.linspace(-np.pi, np.pi, len(f))
+        fp = f - f.min()
+        return {"cvs": "phi", "phi": phi, "f_phi": fp, "delta_f": delta_f_from_profile(phi, fp),
+                "ns": float("nan"), "source": str(path)}
+    with np.load(path) as data:
+        ref = {k: data[k] for k in data.files}
+    ref["cvs"] = str(ref["cvs"])
+    ref["delta_f"] = float(ref["delta_f"])
+    ref["ns"] = float(ref["ns"])
+    ref["source"] = str(path)
+    return ref
+
+
+def run_metadynamics(cvs: str, ns: float, seed: int, blocks: int, platform_name: str = "Reference") -> dict:
+    """Well-tempered metadynamics on phi or (phi, psi); returns the arrays stored in the cache."""
+    import mdtraj
+    import openmm
+    from openmm import app, unit
+
+    from aesample.systems import build_system
+
+    ms = build_system("alanine-dipeptide")
+    traj = mdtraj.Trajectory(ms.positions[None], ms.mdtraj_topology)
+    variables = []
+    for name in cvs.split(","):
+        idx = mdtraj.compute_phi(traj)[0][0] if name == "phi" else mdtraj.compute_psi(traj)[0][0]
+        force = openmm.CustomTorsionForce("theta")
+        force.addTorsion(*[int(i) for i in idx], [])
+        variables.append(app.BiasVariable(force, -np.pi, np.pi, 0.3, periodic=True, gridWidth=GRID))
+    integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE, 1.0, 0.002)
+    integrator.setRandomNumberSeed(seed)
+    meta = app.Metadynamics(ms.system, variables, TEMPERATURE * unit.kelvin, 8.0,
+                            1.0 * unit.kilojoule_per_mole, 250)
+    sim = app.Simulation(ms.topology, ms.system, integrator, openmm.Platform.getPlatformByName(platform_name))
+    sim.context.setPositions(ms.positions)
+    sim.minimizeEnergy()
+    sim.context.setVelocitiesToTemperature(TEMPERATURE, seed)
+    total = int(round(ns * 5e5))
+    per_block = max(250, (total // blocks) // 250 * 250)
+    grid = np.linspace(-np.pi, np.pi, GRID)
+    done, block_ns, block_df = 0, [], []
+    t0 = time.perf_counter()
+    while done < total:
+        n = min(per_block, total - done)
+        meta.step(sim, n)
+        done += n
+        fes = np.asarray(meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole))
+        block_ns.append(done * 2e-6)
+        block_df.append(delta_f_from_profile(grid, marginal_phi(fes)))
+        print(f"  metadynamics {done * 2e-6:8.3f} ns: Delta F = {block_df[-1]:6.2f} kJ/mol "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    wall = time.perf_counter() - t0
+    fes = np.asarray(meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole))
+    f_phi = marginal_phi(fes)
+    return {
+        "cvs": cvs, "grid": grid, "fes": fes, "phi": grid, "f_phi": f_phi,
+        "delta_f": delta_f_from_profile(grid, f_phi), "ns": ns, "seed": seed, "wall_seconds": wall,
+        "ns_per_day": ns / wall * 86400.0, "block_ns": np.array(block_ns), "block_delta_f": np.array(block_df),
+    }
+
+
+def print_reference(ref: dict, every: int = 3) -> None:
+    print(f"reference: {ref.get('source', '')} ({ref['cvs']}, {ref['ns']:g} ns)")
+    if "wall_seconds" in ref and np.isfinite(float(ref["wall_seconds"])):
+        print(f"  wall time {float(ref['wall_seconds']):.0f} s, {float(ref['ns_per_day']):.0f} ns/day")
+    if "block_ns" in ref:
+        print("  Delta F during the run: " + ", ".join(
+            f"{t:g} ns {d:.2f}" for t, d in zip(ref["block_ns"], ref["block_delta_f"])))
+    print(f"  Delta F = F(phi>0) - F(phi<0) = {ref['delta_f']:.2f} kJ/mol")
+    print("  phi (rad)   F(phi) (kJ/mol)")
+    for i in range(0, len(ref["phi"]), every):
+        print(f"  {ref['phi'][i]:8.3f}   {ref['f_phi'][i]:8.2f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="output folder (the .npz cache lives there)")
+    p.add_argument("--cvs", default="phi,psi", choices=["phi", "phi,psi"], help="biased dihedrals")
+    p.add_argument("--ns", type=float, default=20.0, help="metadynamics length, ns (with --precomputed: its length)")
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--blocks", type=int, default=4, help="print/store Delta F this many times during the run")
+    p.add_argument("--platform", default="Reference")
+    p.add_argument("--precomputed", type=Path, help="phi-only F(phi) .npy (72 points on linspace(-pi, pi))")
+    a = p.parse_args(argv)
+    if a.precomputed is not None:
+        ref = load_reference(a.precomputed)
+        name = f"reference_phi_precomputed_{a.precomputed.stem}.npz"
+        _save_npz(a.out / name, cvs="phi", grid=ref["phi"], fes=ref["f_phi"], phi=ref["phi"], f_phi=ref["f_phi"],
+                  delta_f=ref["delta_f"], ns=a.ns, seed=-1, wall_seconds=float("nan"),
+                  ns_per_day=float("nan"))
+        ref = load_reference(a.out / name)
+    else:
+        cache = a.out / f"reference_{a.cvs.replace(',', '-')}_{a.ns:g}ns_seed{a.seed}.npz"
+        if not cache.exists():
+            _save_npz(cache, **run_metadynamics(a.cvs, a.ns, a.seed, a.blocks, a.platform))
+        ref = load_reference(cache)
+    print_reference(ref)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
