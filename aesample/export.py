@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -25,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from .features import AlignedPositions
+from .io import atomic_write_bytes
 from .models import AutoEncoder
 from .training import CVScaling
 
-__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv", "atomic_write_bytes"]
+__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv"]
 
 
 class CVPipeline(nn.Module):
@@ -212,21 +211,6 @@ def build_cv_module(
     for p in enc.parameters():
         p.requires_grad_(False)
     return ExportedCV(feat, enc, lins[-1].out_features, activation=model.spec.activation).eval()
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _json_default(o):

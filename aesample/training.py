@@ -444,7 +444,7 @@ def save_history(history: Dict[str, Any], prefix: Union[str, Path], plot: bool =
 
     Returns the paths written. Files are written atomically.
     """
-    from .export import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     prefix = Path(prefix)
     out = {"json": prefix.with_suffix(".json"), "csv": prefix.with_suffix(".csv")}
