@@ -263,3 +263,31 @@ def test_implicit_solvent_forces_unchanged_by_extended_particles(implicit):
         energies.append(en - e_r)
     # at most a constant offset (the Born self term of a non-descreened, uncharged particle)
     assert energies[0] == pytest.approx(energies[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("jacobian", [True, False], ids=["closed-form", "autograd"])
+def test_periodic_system_forces_match_finite_differences(jacobian):
+    """Periodic System: the force module gets the box and the CV uses minimum images (an atom moved by a lattice
+    vector changes nothing); forces still match finite differences on both CV routes."""
+    pdb = app.PDBFile(PDB)
+    ff = app.ForceField("amber14-all.xml")
+    top = pdb.topology
+    top.setPeriodicBoxVectors([openmm.Vec3(2.5, 0, 0), openmm.Vec3(0, 2.5, 0), openmm.Vec3(0, 0, 2.5)])
+    system = ff.createSystem(top, nonbondedMethod=app.CutoffPeriodic, nonbondedCutoff=1.0, constraints=app.HBonds)
+    pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
+    box = np.diag([2.5, 2.5, 2.5])
+    cv = cvs.parse_cv_spec("phi,psi", top)
+    e = ExtendedABF(system, cv, [-math.pi] * 2, [math.pi] * 2, [24, 24], [300.0] * 2, positions=pos, box=box,
+                    cvJacobian=jacobian)
+    assert e.usesPeriodic and e.usesCVJacobian == jacobian
+    rng = np.random.default_rng(2)
+    full = e.extendPositions(pos, box)
+    full[e.extendedIndices, 0] += rng.normal(0, 0.3, 2)
+    moved = full.copy()
+    moved[8] += box[0] - box[2]  # an atom of both dihedrals, one lattice vector away
+    forces = _fd_check(system, e, moved, rng)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), REF)
+    e.setSampling(ctx, False)
+    ctx.setPositions(full)
+    _, f_whole = _group_energy_forces(ctx, e.forceGroup)
+    np.testing.assert_allclose(forces, f_whole, rtol=1e-9, atol=1e-9)
