@@ -114,9 +114,18 @@ class MDConfig(_Section):
         25000, gt=0, description="Steps between checkpoints; a crash loses at most one segment."
     )
     seed: int = Field(2022, ge=0, description="Random seed for velocities and the Langevin thermostat.")
+    cv_interval: int = Field(
+        1, ge=1,
+        description="Multiple time stepping: evaluate the CV/eABF force once every this many steps (1 = every "
+        "step). Must divide report_interval and segment_steps; the outer step must stay below a tenth of the "
+        "extended-variable period.",
+    )
 
     @model_validator(mode="after")
     def _segment_multiple(self) -> "MDConfig":
+        for name in ("report_interval", "segment_steps"):
+            if getattr(self, name) % self.cv_interval:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of cv_interval ({self.cv_interval})")
         if self.segment_steps % self.report_interval:
             raise ValueError(
                 f"segment_steps ({self.segment_steps}) must be a multiple of "
@@ -189,7 +198,9 @@ class EABFConfig(_Section):
     full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
     min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(
-        10000.0, gt=0, description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2."
+        3000.0, gt=0,
+        description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
+        "(10 kappa; stiffer walls shorten the extended period and limit md.cv_interval).",
     )
 
     @model_validator(mode="after")

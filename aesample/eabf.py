@@ -964,7 +964,8 @@ class ExtendedABF:
         if dt > limit * (1.0 + 1e-12):
             raise EABFError(
                 f"outer time step {dt * 1000:.3g} fs for the eABF force group is too long for the extended system: "
-                f"its shortest period is {self.shortestPeriod() * 1000:.3g} fs (lambda mass {list(self.extendedMass)}, "
-                f"kappa {list(self.kappa)}, wallKappa {list(self.wallKappa)}) and the stability rule is outer step <= "
+                f"its shortest period is {self.shortestPeriod() * 1000:.3g} fs (lambda mass "
+                f"{[round(float(m), 4) for m in self.extendedMass]}, kappa {[float(k) for k in self.kappa]}, "
+                f"wallKappa {[float(k) for k in self.wallKappa]}) and the stability rule is outer step <= "
                 f"period / 10 = {limit * 1000:.3g} fs. Use a smaller CV interval, a longer extendedPeriod, or a "
-                "smaller wallKappa")
+                "smaller wallKappa.")

@@ -106,6 +106,7 @@ def _md_settings(driver: "LoopDriver", seed_offset: int):
         platform=cfg.system.platform,
         precision=cfg.system.precision,
         trajectory_format=cfg.output.trajectory_format,
+        cv_interval=cfg.md.cv_interval,
     )
 
 

@@ -29,7 +29,7 @@ def test_unknown_key_message():
         config_from_dict({"md": {"timestp": 1.0}}, source="run.yaml")
     assert str(exc.value) == (
         "run.yaml: unknown key 'md.timestp' (allowed keys in md: timestep, friction, minimize, "
-        "equilibration, report_interval, segment_steps, seed)"
+        "equilibration, report_interval, segment_steps, seed, cv_interval)"
     )
 
 
@@ -74,6 +74,8 @@ def test_literal_and_range_messages():
         config_from_dict({"cv": {"activation": "sigmoidish"}})
     with pytest.raises(ConfigError, match=r"eabf: grid_min \(1.0\) must be < grid_max \(-1.0\)"):
         config_from_dict({"eabf": {"grid_min": 1.0, "grid_max": -1.0}})
+    with pytest.raises(ConfigError, match=r"md: report_interval \(100\) must be a multiple of cv_interval \(3\)"):
+        config_from_dict({"md": {"cv_interval": 3}})
     with pytest.raises(ConfigError, match=r"md: segment_steps \(1001\) must be a multiple of report_interval \(100\)"):
         config_from_dict({"md": {"segment_steps": 1001}})
 
