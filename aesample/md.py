@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -468,7 +471,11 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=n_steps, initial=min(done, n_steps), unit="step", desc=description, leave=False)
+            # Progress in simulated ns (what users plan in), with ns/day and tqdm's ETA.
+            ns_per_step = md.timestep * 1e-3
+            bar = tqdm(total=n_steps * ns_per_step, initial=min(done, n_steps) * ns_per_step, desc=description,
+                       leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} ns "
+                       "[{elapsed}<{remaining}{postfix}]")
         except ImportError:  # pragma: no cover
             bar = None
     t_wall = time.perf_counter()
@@ -499,7 +506,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                 elapsed = time.perf_counter() - t_wall
                 ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
                 if bar is not None:
-                    bar.update(k)
+                    bar.update(k * ns_per_step)
                     bar.set_postfix_str(f"{ns_day:.1f} ns/day")
             # ---- end of segment: outputs, then checkpoint (checkpoint.json last = commit point) ----
             if frames:
@@ -580,6 +587,20 @@ def final_positions(out_dir) -> np.ndarray:
     return pos[:n_mol]
 
 
+@contextmanager
+def _quiet_native_stdout():
+    """Silence file descriptor 1 (output of native code such as VMD's molfile plugins) for the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @dataclass
 class RunOutputs:
     """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
@@ -613,7 +634,8 @@ class RunOutputs:
         files = [str(p) for p in self.trajectory_files()]
         if not files:
             raise FileNotFoundError(f"{self.out_dir}/traj: no trajectory segments")
-        return mdtraj.load(files, top=topology)
+        with _quiet_native_stdout():  # mdtraj's DCD plugin prints two lines per file from C
+            return mdtraj.load(files, top=topology)
 
     def colvar(self):
         fields, data = read_colvar(self.out_dir / "COLVAR")

@@ -10,11 +10,33 @@ were added. With ``setOutputsForces(True)`` it must return ``(energy, forces)``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = ["make_torch_force", "is_torch_force"]
+
+
+class _DropSimtkNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "simtk.openmm" not in record.getMessage()
+
+
+def _openmmtorch():
+    """Import openmm-torch (the package's only import of it).
+
+    openmmtorch 1.10 imports the deprecated ``simtk.openmm`` shim, which logs a deprecation
+    warning on the root logger; it says nothing to users of aesample, so it is filtered.
+    """
+    root = logging.getLogger()
+    notice = _DropSimtkNotice()
+    root.addFilter(notice)
+    try:
+        import openmmtorch
+    finally:
+        root.removeFilter(notice)
+    return openmmtorch
 
 
 def make_torch_force(
@@ -46,7 +68,7 @@ def make_torch_force(
     properties : dict, optional
         Extra properties for the force.
     """
-    import openmmtorch  # the only import of openmmtorch in the package
+    openmmtorch = _openmmtorch()
 
     if not isinstance(module, torch.jit.ScriptModule):
         module = torch.jit.script(module)
@@ -71,7 +93,7 @@ def make_torch_force(
 def is_torch_force(force) -> bool:
     """True when ``force`` is an openmm-torch force (after OpenMM's cast of System.getForce results)."""
     try:
-        import openmmtorch
+        openmmtorch = _openmmtorch()
     except ImportError:  # pragma: no cover - the pinned stack always has it
         return False
     return isinstance(force, openmmtorch.TorchForce)
