@@ -234,6 +234,15 @@ class _EABFCore(torch.nn.Module):
             self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
 
+    def compute(
+        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
+        chunk: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Energy and forces, or a read-out chunk; ``_forces``/``_readout`` come from the CV route subclass."""
+        if readout.item() > 0.5:
+            return self._readout(positions, box, chunk)
+        return self._forces(positions, box, sample)
+
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Accumulator rows (2,) and in-grid flags (2,) of the points v = [xi, lambda] (2, d), float64."""
         t = torch.addcmul(self.bin_origin, v, self.inv_width)  # (v - gridMin) / width, in bins
@@ -320,14 +329,6 @@ class _EABFCore(torch.nn.Module):
 class _EABFCoreJacobian(_EABFCore):
     """CV route through the CV's closed-form ``value_and_jacobian`` (no autograd at all)."""
 
-    def compute(
-        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
-        chunk: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if readout.item() > 0.5:
-            return self._readout(positions, box, chunk)
-        return self._forces(positions, box, sample)
-
     def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
         # no_grad: buffer writes with grad mode on leak memory every call inside an OpenMM Context (openmm-torch
@@ -353,14 +354,6 @@ class _EABFCoreJacobian(_EABFCore):
 
 class _EABFCoreAutograd(_EABFCore):
     """CV route through one autograd vector-Jacobian product (CVs without ``value_and_jacobian``)."""
-
-    def compute(
-        self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
-        chunk: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if readout.item() > 0.5:
-            return self._readout(positions, box, chunk)
-        return self._forces(positions, box, sample)
 
     def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
