@@ -20,7 +20,9 @@ Profiles (``--set section.key=value`` overrides either):
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
 xi_k against (cos, sin) of (phi, psi), Delta F = F(phi > 0) - F(phi < 0) from the iteration's reweighted frames,
-ns simulated (and cumulative), ns/day of the MD stage, training seconds.
+ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
+frames were: how many have phi > 0, how many are in the C7ax basin (0.3 < phi < 2 rad), the reweighted mass at
+phi > 0, the effective sample size 1/sum(w^2) of the normalised weights and the largest single weight.
 
 Accuracy (``--reference``: an .npz from ``benchmarks/reference_fes.py`` or a phi-only .npy): F(phi) of the last
 iteration = ``aesample.estimators.reweighted_free_energy`` of phi with that iteration's weights, 72 bins on
@@ -137,6 +139,25 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
               f"| {_fmt(m.get('ns_per_day'), '.0f')} | {_fmt(m.get('training_seconds'), '.1f')} "
               f"| {_fmt(m.get('training_epochs'), 'd')} |")
     print(f"\nfinished: {state.get('finished')}, converged (R2 >= {threshold}): {state.get('converged')}")
+
+
+def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
+    """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy."""
+    out = []
+    print("\n| iter | frames | frames phi > 0 | of which C7ax (0.3 < phi < 2) | reweighted mass phi > 0 "
+          "| effective sample size | largest weight |")
+    print("|---|---|---|---|---|---|---|")
+    for m in rows:
+        k = m["iteration"]
+        phi, w, _ = iteration_phi_weights(run_dir, k)
+        w = w / w.sum()
+        c7ax = (phi > 0.3) & (phi < 2.0)
+        r = {"iteration": k, "frames": int(len(phi)), "phi_pos": int((phi > 0).sum()), "c7ax": int(c7ax.sum()),
+             "mass_phi_pos": float(w[phi > 0].sum()), "ess": float(1.0 / np.sum(w**2)), "max_weight": float(w.max())}
+        out.append(r)
+        print(f"| {k} | {r['frames']} | {r['phi_pos']} | {r['c7ax']} | {r['mass_phi_pos']:.4f} | {r['ess']:.0f} "
+              f"| {r['max_weight']:.3f} |")
+    return out
 
 
 def accuracy(run_dir: Path, k: int, ref: dict) -> dict:
@@ -273,6 +294,8 @@ def main(argv=None) -> int:
     rows, state = loop_history(run_dir)
     print_table(rows, state, threshold)
     report = {"run": str(run_dir), "rows": rows, "state": {k: state[k] for k in ("finished", "converged")}}
+    if rows and not a.water:
+        report["coverage"] = coverage(run_dir, rows)
     if a.reference is not None and rows:
         from reference_fes import load_reference
 
@@ -282,7 +305,10 @@ def main(argv=None) -> int:
         report["accuracy"] = accuracy(run_dir, rows[-1]["iteration"], ref)
         if a.efficiency:
             report["efficiency"] = efficiency(a.out, ref, a.eff_ns, a.tolerance, rows)
-    (a.out / "benchmark.json").write_text(json.dumps(report, indent=1, default=float))
+    path = a.out / "benchmark.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous.update(report)  # a --report-only call keeps an earlier efficiency result
+    path.write_text(json.dumps(previous, indent=1, default=float))
     return 0
 
 
