@@ -328,6 +328,8 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         "training_epochs": train_meta.get("epochs"),
         "best_val_loss": train_meta.get("best_val_loss"),
         "regression_score": None,
+        # Kish effective sample size of the reweighted frames: how many frames the weights really use.
+        "effective_sample_size": float(1.0 / np.sum((weights / weights.sum()) ** 2)),
     }
     results = [md.load_result(d) for d in _md_dirs(driver, k)]
     timing = json.loads((out / "md_timing.json").read_text())
@@ -408,6 +410,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
+    if m.get("effective_sample_size") is not None:
+        parts.append(f"ESS={m['effective_sample_size']:.0f}/{m['frames']}")
     parts.append(f"{m.get('ns', 0):.3f} ns")
     if m.get("ns_per_day"):
         parts.append(f"{m['ns_per_day']:.1f} ns/day")

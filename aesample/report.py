@@ -23,6 +23,7 @@ _COLUMNS = [
     ("ns", "ns", "{:.3f}"),
     ("ns_per_day", "ns/day", "{:.1f}"),
     ("training_seconds", "training (s)", "{:.1f}"),
+    ("effective_sample_size", "ESS", "{:.0f}"),
     ("frames", "frames", "{}"),
 ]
 

@@ -60,6 +60,9 @@ def test_loop_outputs(uninterrupted):
         assert -1.0 <= m["regression_score"] <= 1.0
         assert 0.0 <= m["dihedral_score"] <= 1.0
         assert (uninterrupted / f"iter_{k:03d}" / "md_0" / "COLVAR").is_file()
+        w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
+        assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
+        assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
     # eABF iterations reweight: the weights are not uniform.
     w1 = np.load(uninterrupted / "iter_001" / "weights.npy")
     assert w1.max() / w1.min() > 1.01
