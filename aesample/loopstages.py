@@ -27,11 +27,10 @@ log = logging.getLogger("aesample")
 
 __all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress"]
 
-_KB = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
-
-
 def _kT(driver: "LoopDriver") -> float:
-    return _KB * driver.config.system.temperature
+    from .estimators import kT
+
+    return kT(driver.config.system.temperature)
 
 
 def _steps(ns: float, timestep_fs: float, multiple: int) -> int:
