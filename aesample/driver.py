@@ -30,10 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 
 from .config import Config, ConfigError, load_config, save_config
-from .io import atomic_path, atomic_write_json
+from .io import atomic_write_json
 
 __all__ = ["LoopDriver", "LoopState", "RunDirectoryError"]
 
@@ -219,7 +218,7 @@ class LoopDriver:
         lines = [
             f"run {self.run_dir} ({self.config.system.name})",
             f"  state: {'finished' if st.finished else 'in progress'}"
-            + (f", converged" if st.converged else "")
+            + (", converged" if st.converged else "")
             + (f"; next: iteration {st.iteration}, stage {st.stage}" if not st.finished else ""),
         ]
         from .loopstages import format_metrics, md_progress

@@ -51,7 +51,7 @@ values and first derivatives (tested against each other and finite differences):
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -129,7 +129,6 @@ def _eabf_settings(driver: "LoopDriver", d: int):
 def run_md_stage(driver: "LoopDriver", k: int, progress: bool = True) -> None:
     """Iteration 0: unbiased MD from each starting structure; k >= 1: eABF along xi_{k-1}."""
     from . import md
-    from .export import load_cv
 
     cfg = driver.config
     dirs = _md_dirs(driver, k)

@@ -15,7 +15,7 @@ Alanine dipeptide seed: ``AutoEncoder(24, hidden=(40,), n_cv=2, activation="tanh
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

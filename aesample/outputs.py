@@ -22,11 +22,11 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .io import atomic_path, atomic_write_text
+from .io import atomic_write_text
 
 __all__ = ["ColvarWriter", "ColvarReporter", "write_grid", "read_grid", "write_eabf_grids", "read_colvar",
            "GRID_SUFFIXES"]

@@ -48,7 +48,7 @@ FOLDED, UNFOLDED = 0.2, 0.4  # nm, C-alpha RMSD to 5AWL
 def hot_start(out: Path, ps: float, temperature: float = 600.0, seed: int = 11) -> Path:
     """Unbiased MD at ``temperature`` for ``ps`` from the folded structure; returns the last frame as a PDB."""
     import openmm
-    from openmm import app, unit
+    from openmm import app
 
     from aesample.systems import build_system
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from aesample.export import build_cv_module
-from aesample.features import ALIGNMENT_METHODS, AlignedPositions, default_selection, select_atoms, spanning_tree_parents
+from aesample.features import AlignedPositions, default_selection, select_atoms, spanning_tree_parents
 from aesample.models import ModelSpec, AutoEncoder
 from aesample.training import CVScaling
 

@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from aesample.models import ModelSpec
 from aesample.training import TrainingOptions, fit_autoencoder

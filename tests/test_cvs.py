@@ -1,5 +1,4 @@
 """Tests of aesample.cvs: values against mdtraj, periodic images, gradients, spec parsing."""
-import math
 
 import mdtraj
 import numpy as np

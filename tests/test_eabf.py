@@ -8,7 +8,6 @@ import torch
 from openmm import app, unit
 
 from aesample import cvs
-from aesample import estimators as est
 from aesample.eabf import EABFError, EABFState, ExtendedABF, decode_readout, encode_readout_numpy
 
 PDB = "systems/alanine_dipeptide_vacuum.pdb"
