@@ -506,8 +506,9 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                 elapsed = time.perf_counter() - t_wall
                 ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
                 if bar is not None:
-                    bar.update(k * ns_per_step)
-                    bar.set_postfix_str(f"{ns_day:.1f} ns/day")
+                    # set n from the integer step count: summing float increments overshoots the total
+                    bar.n = done * ns_per_step
+                    bar.set_postfix_str(f"{ns_day:.1f} ns/day")  # also redraws the bar
             # ---- end of segment: outputs, then checkpoint (checkpoint.json last = commit point) ----
             if frames:
                 path = out / "traj" / f"seg_{seg:05d}.{fmt}"
