@@ -87,7 +87,7 @@ def plot_dihedral_scatter(angles: np.ndarray, cv: np.ndarray, path: Path, title:
     cv = np.asarray(cv)
     cv = cv[:, None] if cv.ndim == 1 else cv
     d = cv.shape[1]
-    fig, axes = plt.subplots(1, d, figsize=(4.5 * d, 4), squeeze=False)
+    fig, axes = plt.subplots(1, d, figsize=(4.8 * d, 4), squeeze=False, constrained_layout=True)
     for k in range(d):
         ax = axes[0, k]
         sc = ax.scatter(angles[:, 0], angles[:, 1], c=cv[:, k], s=3, cmap="coolwarm")
