@@ -40,6 +40,26 @@ def trained(tmp_path_factory):
     return dict(feat=feat, model=model, scaling=scaling, path=path, module=module, frames=frames, x0=x0, sel=sel, idx=idx)
 
 
+def _torchforce_state(module_path, positions, masses, box=None, outputs_forces=False):
+    """Energy (kJ/mol) and forces of one TorchForce loaded from ``module_path``, Reference platform."""
+    import openmm as mm
+    from openmmtorch import TorchForce
+
+    system = mm.System()
+    if box is not None:
+        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
+    for m in masses:
+        system.addParticle(m)
+    force = TorchForce(str(module_path))
+    force.setUsesPeriodicBoundaryConditions(box is not None)
+    force.setOutputsForces(outputs_forces)
+    system.addForce(force)
+    ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(positions)
+    st = ctx.getState(getEnergy=True, getForces=True)
+    return st.getPotentialEnergy()._value, np.asarray(st.getForces(asNumpy=True)._value)
+
+
 def test_contract_attributes_and_metadata(trained):
     cv, meta = load_cv(trained["path"])
     assert cv.cv_dim == 2 and list(cv.periodic) == [False, False]
@@ -108,26 +128,15 @@ class _Energy(torch.nn.Module):
 
 
 def test_openmm_torchforce_matches(trained, tmp_path):
-    import openmm as mm
-    from openmmtorch import TorchForce
-
     cv, _ = load_cv(trained["path"])
     coef = [3.0, -2.0]  # kJ/mol per CV unit
     energy = torch.jit.script(_Energy(cv, coef))
     path = tmp_path / "energy.pt"
     energy.save(str(path))
     n = 22
-    system = mm.System()
-    for _ in range(n):
-        system.addParticle(12.0)
-    system.addParticle(1.0)  # an extra particle (as eABF adds): must be ignored by the CV
-    system.addForce(TorchForce(str(path)))
-    ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    # one extra particle (as eABF adds): must be ignored by the CV
     x = np.vstack([trained["frames"][11], [[5.0, 5.0, 5.0]]])
-    ctx.setPositions(x)
-    st = ctx.getState(getEnergy=True, getForces=True)
-    e_omm = st.getPotentialEnergy().value_in_unit(mm.unit.kilojoule_per_mole)
-    f_omm = np.asarray(st.getForces(asNumpy=True).value_in_unit(mm.unit.kilojoule_per_mole / mm.unit.nanometer))
+    e_omm, f_omm = _torchforce_state(path, x, [12.0] * n + [1.0])
     ref = CVPipeline(trained["feat"], trained["model"], trained["scaling"])
     p = torch.tensor(x, requires_grad=True)
     xi = ref(p, torch.zeros(3, 3, dtype=torch.float64))
@@ -154,8 +163,6 @@ class _PeriodicEnergy(torch.nn.Module):
 
 def test_openmm_periodic_wrapped_positions(trained, tmp_path):
     """With periodic boundaries the TorchForce gets the box; wrapped coordinates give the same forces."""
-    import openmm as mm
-    from openmmtorch import TorchForce
 
     cv, _ = load_cv(trained["path"])
     energy = torch.jit.script(_PeriodicEnergy(cv))
@@ -165,17 +172,7 @@ def test_openmm_periodic_wrapped_positions(trained, tmp_path):
     results = []
     x = trained["frames"][5] - trained["frames"][5].mean(0) + np.array([1.55, 1.65, 0.9])  # straddles x and y faces
     for positions in (x, x - np.floor(x / np.diag(box)) * np.diag(box)):
-        system = mm.System()
-        system.setDefaultPeriodicBoxVectors(*[mm.Vec3(*row) for row in box])
-        for _ in range(22):
-            system.addParticle(12.0)
-        force = TorchForce(str(path))
-        force.setUsesPeriodicBoundaryConditions(True)
-        system.addForce(force)
-        ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-        ctx.setPositions(positions)
-        st = ctx.getState(getEnergy=True, getForces=True)
-        results.append((st.getPotentialEnergy()._value, np.asarray(st.getForces(asNumpy=True)._value)))
+        results.append(_torchforce_state(path, positions, [12.0] * 22, box=box))
     assert np.abs(x - (x - np.floor(x / np.diag(box)) * np.diag(box))).max() > 1.0
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-8)
     assert np.abs(results[0][1] - results[1][1]).max() < 1e-6
@@ -257,8 +254,6 @@ class _EnergyWithForces(torch.nn.Module):
 
 
 def test_openmm_outputs_forces_route(trained, tmp_path):
-    import openmm as mm
-    from openmmtorch import TorchForce
 
     cv, _ = load_cv(trained["path"])
     results = []
@@ -266,15 +261,6 @@ def test_openmm_outputs_forces_route(trained, tmp_path):
         module = torch.jit.script(_EnergyWithForces(cv, [3.0, -2.0]) if with_forces else _Energy(cv, [3.0, -2.0]))
         path = tmp_path / f"e{int(with_forces)}.pt"
         module.save(str(path))
-        system = mm.System()
-        for _ in range(22):
-            system.addParticle(12.0)
-        force = TorchForce(str(path))
-        force.setOutputsForces(with_forces)
-        system.addForce(force)
-        ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
-        ctx.setPositions(trained["frames"][13])
-        st = ctx.getState(getEnergy=True, getForces=True)
-        results.append((st.getPotentialEnergy()._value, np.asarray(st.getForces(asNumpy=True)._value)))
+        results.append(_torchforce_state(path, trained["frames"][13], [12.0] * 22, outputs_forces=with_forces))
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-8)
     assert np.abs(results[0][1] - results[1][1]).max() < 1e-6
