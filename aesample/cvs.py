@@ -182,46 +182,41 @@ class Distance(torch.nn.Module):
         return r, torch.cat([-u, u]).unsqueeze(0)
 
 
-class PositionX(torch.nn.Module):
+class _ParticleCoordinates(torch.nn.Module):
+    """The first ``n`` Cartesian coordinates (nm) of one particle (not periodic-aware): CVs for analytic tests."""
+
+    def __init__(self, atom: int, n: int):
+        super().__init__()
+        if int(atom) < 0:
+            raise ValueError(f"{type(self).__name__} needs a non-negative particle index, got atom={atom}")
+        self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
+        # d(x_k)/d(position) is row k of the identity: a constant (n, 1, 3) Jacobian
+        self.register_buffer("jac", torch.eye(3, dtype=torch.float64)[:n].unsqueeze(1).clone())
+        self.n: int = int(n)
+        self.cv_dim: int = int(n)
+        self.periodic: List[bool] = [False] * int(n)
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return positions.index_select(-2, self.atom_indices)[..., 0, 0:self.n]
+
+    @torch.jit.export
+    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The coordinates (n,) and their constant Jacobian (n, 1, 3)."""
+        return positions.index_select(0, self.atom_indices)[0, 0:self.n], self.jac.to(positions.dtype)
+
+
+class PositionX(_ParticleCoordinates):
     """x coordinate (nm) of one particle. Meant for analytic test potentials (not periodic-aware)."""
 
     def __init__(self, atom: int):
-        super().__init__()
-        if int(atom) < 0:
-            raise ValueError(f"PositionX needs a non-negative particle index, got atom={atom}")
-        self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
-        self.register_buffer("jac", torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64))
-        self.cv_dim: int = 1
-        self.periodic: List[bool] = [False]
-
-    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        return positions.index_select(-2, self.atom_indices)[..., 0, 0:1]
-
-    @torch.jit.export
-    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x (1,) and its (constant) Jacobian (1, 1, 3)."""
-        return positions.index_select(0, self.atom_indices)[0, 0:1], self.jac.to(positions.dtype)
+        super().__init__(atom, 1)
 
 
-class PositionXY(torch.nn.Module):
+class PositionXY(_ParticleCoordinates):
     """(x, y) coordinates (nm) of one particle: a 2D CV for analytic tests."""
 
     def __init__(self, atom: int):
-        super().__init__()
-        if int(atom) < 0:
-            raise ValueError(f"PositionXY needs a non-negative particle index, got atom={atom}")
-        self.register_buffer("atom_indices", torch.tensor([int(atom)], dtype=torch.long))
-        self.register_buffer("jac", torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]], dtype=torch.float64))
-        self.cv_dim: int = 2
-        self.periodic: List[bool] = [False, False]
-
-    def forward(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        return positions.index_select(-2, self.atom_indices)[..., 0, 0:2]
-
-    @torch.jit.export
-    def value_and_jacobian(self, positions: torch.Tensor, box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) (2,) and their (constant) Jacobian (2, 1, 3)."""
-        return positions.index_select(0, self.atom_indices)[0, 0:2], self.jac.to(positions.dtype)
+        super().__init__(atom, 2)
 
 
 class Stack(torch.nn.Module):
