@@ -140,7 +140,8 @@ class CVConfig(_Section):
     selection: Optional[str] = Field(
         None,
         description="mdtraj selection of the input atoms. Default per system: alanine dipeptide "
-        "'backbone' (8 heavy backbone atoms, 24 inputs), chignolin 'name CA' (10 atoms, 30 inputs).",
+        "'backbone' (8 heavy backbone atoms, 24 inputs), chignolin 'name CA' (10 atoms, 30 inputs); custom PDB: "
+        "heavy backbone atoms for <= 4 protein residues, else 'name CA'.",
     )
     model: Literal["autoencoder", "vae"] = Field(
         "autoencoder", description="'autoencoder' (deterministic) or 'vae' (variational; CV = code mean)."
@@ -432,7 +433,8 @@ def effective_config(config: Config) -> Config:
 
     spec = SYSTEMS.get(config.system.name)
     temperature = config.system.temperature or (spec.temperature if spec else 300.0)
-    selection = config.cv.selection or (spec.selection if spec else "backbone")
+    # A custom system's default depends on its topology: the driver fills it once the system is built.
+    selection = config.cv.selection or (spec.selection if spec else None)
     data = config_to_dict(config)
     data["system"]["temperature"] = temperature
     data["cv"]["selection"] = selection

@@ -104,16 +104,23 @@ class LoopDriver:
                 f"run directory {run_dir} already exists and is not empty: "
                 f"continue it with `aesample resume {run_dir}` or choose another --out"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from .config import config_from_dict
+        from .systems import system_from_config
+
+        # Built before anything is written: a bad PDB leaves no half-made run directory behind.
+        system = system_from_config(config.system)
         data = config.model_dump(mode="json")
         data["output"]["directory"] = str(run_dir)
-        from .config import config_from_dict
-
+        if data["cv"]["selection"] is None:  # custom system: its default depends on the topology
+            data["cv"]["selection"] = system.selection
         config = config_from_dict(data)
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "run.yaml")
         state = LoopState()
         state.save(run_dir / "state.json")
-        return cls(run_dir, config, state)
+        driver = cls(run_dir, config, state)
+        driver._system = system
+        return driver
 
     @classmethod
     def open(cls, run_dir: Path) -> "LoopDriver":

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .selection import default_selection
 from .selection import select_atoms as _select_atoms
 
 __all__ = [
@@ -539,17 +540,6 @@ class AlignedPositions(nn.Module):
 # ---------------------------------------------------------------------------------
 # helpers: selection, trees, validation
 # ---------------------------------------------------------------------------------
-def default_selection(topology) -> str:
-    """Default mdtraj DSL selection for a topology.
-
-    Small peptides (<= 4 residues, e.g. alanine dipeptide): the heavy backbone atoms,
-    ``"backbone and not element H"`` (8 atoms = 24 inputs for alanine dipeptide, as in
-    the seed network).  Larger proteins: the alpha carbons, ``"name CA"``.
-    """
-    n_res = topology.n_residues
-    return "backbone and not element H" if n_res <= 4 else "name CA"
-
-
 def select_atoms(topology, selection: str, what: str = "selection") -> np.ndarray:
     """Atom indices matching an mdtraj DSL ``selection`` (mdtraj or OpenMM topology).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mdtraj
 import numpy as np
 
-__all__ = ["SelectionError", "select_atoms"]
+__all__ = ["SelectionError", "default_selection", "select_atoms"]
 
 
 class SelectionError(ValueError):
@@ -39,3 +39,14 @@ def select_atoms(topology: mdtraj.Topology, selection: str, what: str = "selecti
             f"(topology has {topology.n_atoms} atoms in {topology.n_residues} residues)"
         )
     return np.asarray(indices, dtype=np.int64)
+
+
+def default_selection(topology: mdtraj.Topology) -> str:
+    """Default CV input atoms for a topology (mdtraj DSL).
+
+    Small peptides (<= 4 protein residues, e.g. alanine dipeptide): the heavy backbone atoms,
+    ``"backbone and not element H"`` (8 atoms = 24 inputs for alanine dipeptide, the seed network).
+    Larger proteins: the alpha carbons, ``"name CA"``. Water and ions do not count as residues here.
+    """
+    n_protein = sum(1 for residue in topology.residues if residue.is_protein)
+    return "backbone and not element H" if n_protein <= 4 else "name CA"

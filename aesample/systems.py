@@ -16,6 +16,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from .selection import default_selection
+
 __all__ = ["SYSTEMS", "SystemSpec", "MolecularSystem", "SystemError", "build_system", "systems_dir"]
 
 
@@ -194,7 +196,7 @@ def build_system(
             raise SystemError(f"system.pdb: file not found: {path}")
         spec = SystemSpec(
             pdb=str(path), forcefield=tuple(forcefield or ("amber14-all.xml",)), solvent=solvent or "vacuum",
-            temperature=300.0, selection="backbone", description=f"custom system from {path}",
+            temperature=300.0, selection="", description=f"custom system from {path}",
             implicit_model=implicit_model,
         )
         name = "custom"
@@ -252,11 +254,14 @@ def build_system(
         vectors = modeller.topology.getPeriodicBoxVectors()
         box = np.array([v.value_in_unit(unit.nanometer) for v in vectors], dtype=np.float64)
         system.setDefaultPeriodicBoxVectors(*vectors)
-    return MolecularSystem(
+    ms = MolecularSystem(
         name=name, system=system, topology=modeller.topology, positions=pos,
         temperature=float(temperature if temperature is not None else spec.temperature),
         periodic=periodic, box=box, selection=spec.selection, source=path, solvent=spec.solvent,
     )
+    if pdb is not None:  # a custom structure: choose the CV atoms by its size
+        ms.selection = default_selection(ms.mdtraj_topology)
+    return ms
 
 
 def system_from_config(cfg) -> MolecularSystem:

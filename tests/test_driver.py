@@ -209,3 +209,16 @@ def test_chignolin_starts_checkpoints_and_resumes(tmp_path):
     metrics = state["history"][1]
     assert 0.0 <= metrics["rmsd_ca_mean"] < 0.3  # the hairpin is intact in so short a run
     assert metrics["regression_score"] is not None
+
+
+def test_custom_pdb_selection_follows_its_size(tmp_path):
+    from aesample.config import config_from_dict, effective_config
+    from aesample.driver import LoopDriver
+    from aesample.systems import systems_dir
+
+    pdb = systems_dir() / "chignolin_cln025_5awl.pdb"
+    cfg = effective_config(config_from_dict({"system": {"pdb": str(pdb), "solvent": "implicit"}}))
+    assert cfg.cv.selection is None  # not knowable before the structure is read
+    driver = LoopDriver.create(cfg, tmp_path / "custom")
+    assert driver.config.cv.selection == "name CA"  # 10 residues: alpha carbons
+    assert LoopDriver.open(tmp_path / "custom").config.cv.selection == "name CA"  # saved in run.yaml
