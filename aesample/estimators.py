@@ -7,7 +7,7 @@ first component slowest); gradient arrays add a last axis of length d. Energies 
 * :func:`czar_gradient`: ``dA/dz = -kT d ln rho~(z)/dz + <kappa (lambda - z)>~_z`` (CZAR, Lesage et al. JPCB 2017).
 * :func:`integrate_1d` (cumulative trapezoid) and :func:`integrate_2d` (least-squares / Poisson solve of
   ``grad A = g`` on the grid, periodic or not, with scipy.sparse).
-* :func:`reweighting_weights`: per-frame ``w ∝ exp(beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022), and
+* :func:`reweighting_weights`: per-frame ``w ∝ exp(-beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022), and
   :func:`reweighted_free_energy` (weighted histogram -> free energy).
 """
 from __future__ import annotations
@@ -282,17 +282,21 @@ def reweighting_weights(
     temperature: float,
     periodic: Sequence[bool],
 ) -> np.ndarray:
-    """Per-frame weights ``w_t ∝ exp(beta F_kappa(lambda_t))``, normalised to sum 1.
+    """Per-frame Boltzmann weights ``w_t ∝ exp(-beta F_kappa(lambda_t))``, normalised to sum 1.
 
-    ``f_kappa`` is the integrated naive estimator on the lambda grid (kJ/mol); it is interpolated linearly at each
-    frame's lambda (``lambdas`` shape (T, d) or (T,)).
+    ``f_kappa`` is the free energy of the extended variable, the integrated naive estimator on the lambda grid
+    (kJ/mol); it is interpolated linearly at each frame's lambda (``lambdas`` shape (T, d) or (T,)). The ABF bias
+    potential on lambda is ``-F_kappa``, so the biased density carries a factor ``exp(+beta F_kappa)`` that the
+    weight removes. (Written ``exp(beta F_kappa)`` where ``F_kappa`` names that bias potential, as in
+    Belkacemi et al. JCTC 2022; with the free energy itself the sign is minus. The old ``+`` sign here turned
+    reweighted free energies upside down.)
     """
     lam = np.asarray(lambdas, dtype=np.float64)
     f = np.asarray(f_kappa, dtype=np.float64)
     if lam.ndim == 1:
         lam = lam[:, None]
     fk = interpolate_on_grid(f, grid_min, width, lam, periodic)
-    x = fk / kT(temperature)
+    x = -fk / kT(temperature)
     x -= x.max()
     w = np.exp(x)
     return w / w.sum()

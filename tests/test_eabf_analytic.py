@@ -31,7 +31,8 @@ def _particle_system(expr, params):
     return system
 
 
-def _run_particle(system, cv, start, gmin, gmax, bins, kappa, nsteps, seed):
+def _run_particle(system, cv, start, gmin, gmax, bins, kappa, nsteps, seed, record_every=0):
+    """eABF on one particle; with ``record_every`` also (positions (n, 3), lambdas (n, d)) every that many steps."""
     e = ExtendedABF(system, cv, gmin, gmax, bins, kappa, extendedPeriod=0.2, fullSamples=200,
                     positions=np.zeros((1, 3)))
     integ = openmm.LangevinMiddleIntegrator(T, 10.0, 0.005)
@@ -39,8 +40,15 @@ def _run_particle(system, cv, start, gmin, gmax, bins, kappa, nsteps, seed):
     ctx = openmm.Context(system, integ, REF)
     ctx.setPositions(e.extendPositions(np.array([start])))
     ctx.setVelocitiesToTemperature(T, seed)
-    integ.step(nsteps)
-    return e.getState(ctx)
+    if not record_every:
+        integ.step(nsteps)
+        return e.getState(ctx)
+    xs, lams = [], []
+    for _ in range(nsteps // record_every):  # same trajectory as one step(nsteps) call
+        integ.step(record_every)
+        xs.append(ctx.getState(getPositions=True).getPositions(asNumpy=True)._value[0])
+        lams.append(e.getLambda(ctx))
+    return e.getState(ctx), np.array(xs), np.array(lams)
 
 
 @pytest.mark.slow
@@ -49,7 +57,8 @@ def test_1d_double_well_czar_matches_exact():
     system = _particle_system("h*((x/x0)^2-1)^2 + 0.5*kc*(y^2+z^2)", {"h": h, "x0": x0, "kc": 1000.0})
     # 150k steps: at 60k steps the worst edge bin's deviation varied from 0.15 to 0.69 kT between seeds (measured
     # 2026-11-21 for seeds 7-11), i.e. the test sat at its noise limit; the longer run keeps it well inside.
-    s = _run_particle(system, cvs.PositionX(0), [-0.5, 0, 0], -0.9, 0.9, 36, 1000.0, 150000, seed=7)
+    s, xs, lams = _run_particle(system, cvs.PositionX(0), [-0.5, 0, 0], -0.9, 0.9, 36, 1000.0, 150000, seed=7,
+                                record_every=25)
     c = s.centers()[0]
     A = est.integrate_1d(est.czar_gradient(s.czar, s.zcount, s.bin_width, T, s.periodic)[:, 0], s.bin_width[0])
     exact = h * ((c / x0) ** 2 - 1) ** 2  # y, z integrals are constants
@@ -62,6 +71,18 @@ def test_1d_double_well_czar_matches_exact():
     fk = est.integrate_1d(s.naive_gradient()[:, 0], s.bin_width[0])
     mid = np.argmin(np.abs(c))
     assert fk[mid] - np.nanmin(fk) > 2.5 * KT
+    # Reweighting the biased frames with the final F_kappa(lambda) gives back the Boltzmann histogram of x
+    # (the loop trains on exactly these weights). A sign error here returns -F: wells and barrier swapped.
+    w = est.reweighting_weights(lams[:, 0], fk, s.grid_min, s.bin_width, T, s.periodic)
+    F, edges = est.reweighted_free_energy(xs[:, 0], w, 18, T, range_=[(-0.9, 0.9)])
+    cx = 0.5 * (edges[0][1:] + edges[0][:-1])
+    ref = h * ((cx / x0) ** 2 - 1) ** 2
+    ok = np.isfinite(F) & (ref < 6 * KT)  # both wells and the barrier top
+    assert ok.sum() >= 12, ok
+    dev = F[ok] - ref[ok]
+    dev -= dev.mean()
+    assert np.abs(dev).max() < 0.5 * KT, np.round(dev / KT, 2)
+    assert 1.0 / np.sum(w ** 2) > 0.3 * len(w)  # the weights are not degenerate
 
 
 @pytest.mark.slow

@@ -106,13 +106,13 @@ def test_reweighting_weights_and_histogram():
     wts = est.reweighting_weights(lam, fk, [gmin], [w], T, [False])
     assert wts.shape == lam.shape and wts.sum() == pytest.approx(1.0)
     assert np.all(wts > 0)
-    # the weight ratio is exp(beta dF) (linear interpolation between centres)
+    # the weight ratio is exp(-beta dF) (linear interpolation between centres)
     i, j = np.argmin(np.abs(lam - c[5])), np.argmin(np.abs(lam - c[15]))
-    assert wts[i] / wts[j] == pytest.approx(np.exp((5.0 * lam[i] ** 2 - 5.0 * lam[j] ** 2) / KT), rel=0.05)
-    # flat sampling x exp(+beta F) reweights... the histogram of -kT ln(p) gives -F back (up to a constant)
+    assert wts[i] / wts[j] == pytest.approx(np.exp(-(5.0 * lam[i] ** 2 - 5.0 * lam[j] ** 2) / KT), rel=0.05)
+    # flat (fully biased) sampling reweighted by exp(-beta F): the histogram's -kT ln(p) is F (up to a constant)
     F, edges = est.reweighted_free_energy(lam, wts, 10, T, range_=[(-1, 1)])
     cc = 0.5 * (edges[0][1:] + edges[0][:-1])
-    ref = -5.0 * cc ** 2
+    ref = 5.0 * cc ** 2
     ref -= ref.min()
     np.testing.assert_allclose(F, ref, atol=0.3)
 
