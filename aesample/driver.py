@@ -4,7 +4,7 @@ Method of Belkacemi, Gkeka, Lelievre & Stoltz, JCTC 18 (2022):
 
 * iteration 0: unbiased MD from one or several structures, then train the first autoencoder;
 * iteration k >= 1: eABF along xi_{k-1}; frames reweighted to the Boltzmann measure with
-  w ∝ exp(beta F_kappa(lambda)); retrain (warm start) -> xi_k;
+  w ∝ exp(-beta F_kappa(lambda)); retrain (warm start) -> xi_k;
 * convergence: R^2 of the linear regression of xi_k on xi_{k-1} over iteration k's frames.
 
 Run directory (one concept per file, all written atomically)::

@@ -190,7 +190,7 @@ def md_progress(driver: "LoopDriver", k: int) -> tuple[int, int]:
 def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Optional[np.ndarray]]:
     """Trajectory frames of iteration ``k`` (molecule only), their weights and lambdas.
 
-    Weights: uniform at iteration 0; w ∝ exp(beta F_kappa(lambda)) for eABF iterations.
+    Weights: uniform at iteration 0; w ∝ exp(-beta F_kappa(lambda)) for eABF iterations.
     """
     from . import md
 

@@ -660,7 +660,7 @@ class RunOutputs:
         return integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
 
     def reweighting_weights(self, lambdas: Optional[np.ndarray] = None) -> np.ndarray:
-        """w ∝ exp(beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given)."""
+        """w ∝ exp(-beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given)."""
         from .estimators import reweighting_weights
 
         st = self.state
