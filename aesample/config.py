@@ -140,8 +140,8 @@ class CVConfig(_Section):
     selection: Optional[str] = Field(
         None,
         description="mdtraj selection of the input atoms. Default per system: alanine dipeptide "
-        "'backbone' (8 heavy backbone atoms, 24 inputs), chignolin 'name CA' (10 atoms, 30 inputs); custom PDB: "
-        "heavy backbone atoms for <= 4 protein residues, else 'name CA'.",
+        "'protein and not element H' (10 heavy atoms, 30 inputs), chignolin 'name CA' (10 atoms, 30 inputs); "
+        "custom PDB: the peptide's heavy atoms for <= 4 protein residues, else 'name CA'.",
     )
     model: Literal["autoencoder", "vae"] = Field(
         "autoencoder", description="'autoencoder' (deterministic) or 'vae' (variational; CV = code mean)."
@@ -182,9 +182,12 @@ class CVConfig(_Section):
 class EABFConfig(_Section):
     """Extended-system adaptive biasing force along the learned CV (CV units: scaled, dimensionless)."""
 
-    grid_min: float = Field(-1.2, description="Lower edge of the ABF grid in every CV dimension, CV units.")
-    grid_max: float = Field(1.2, description="Upper edge of the ABF grid in every CV dimension, CV units.")
-    bins: int = Field(24, gt=0, description="Grid bins per CV dimension (24 over [-1.2, 1.2]: width 0.1, about the coupling width).")
+    grid_min: float = Field(
+        -1.5, description="Lower edge of the ABF grid in every CV dimension, CV units. The training data span "
+        "cv.scale_range; the margin beyond it lets eABF push the system past the states it was trained on.",
+    )
+    grid_max: float = Field(1.5, description="Upper edge of the ABF grid in every CV dimension, CV units.")
+    bins: int = Field(30, gt=0, description="Grid bins per CV dimension (30 over [-1.5, 1.5]: width 0.1, about the coupling width).")
     kappa: float = Field(
         300.0, gt=0,
         description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2 "

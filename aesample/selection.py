@@ -5,7 +5,13 @@ from __future__ import annotations
 import mdtraj
 import numpy as np
 
-__all__ = ["SelectionError", "default_selection", "select_atoms"]
+__all__ = ["HEAVY_PEPTIDE", "SelectionError", "default_selection", "select_atoms"]
+
+#: All heavy atoms of the peptide (10 atoms = 30 inputs for alanine dipeptide). The side chain and
+#: carbonyl oxygens make the C7ax basin (phi > 0) distinct from C7eq in the code of an autoencoder
+#: trained on C7eq/C5 frames only; with the 8 backbone heavy atoms it overlaps C7eq and eABF along
+#: the learned CV never reaches it (benchmarks/LOOP_RESULTS.md).
+HEAVY_PEPTIDE = "protein and not element H"
 
 
 class SelectionError(ValueError):
@@ -44,9 +50,9 @@ def select_atoms(topology: mdtraj.Topology, selection: str, what: str = "selecti
 def default_selection(topology: mdtraj.Topology) -> str:
     """Default CV input atoms for a topology (mdtraj DSL).
 
-    Small peptides (<= 4 protein residues, e.g. alanine dipeptide): the heavy backbone atoms,
-    ``"backbone and not element H"`` (8 atoms = 24 inputs for alanine dipeptide, the seed network).
+    Small peptides (<= 4 protein residues, e.g. alanine dipeptide): all heavy atoms of the peptide,
+    :data:`HEAVY_PEPTIDE` (10 atoms = 30 inputs for alanine dipeptide, the seed network 30-40-2-40-30).
     Larger proteins: the alpha carbons, ``"name CA"``. Water and ions do not count as residues here.
     """
     n_protein = sum(1 for residue in topology.residues if residue.is_protein)
-    return "backbone and not element H" if n_protein <= 4 else "name CA"
+    return HEAVY_PEPTIDE if n_protein <= 4 else "name CA"

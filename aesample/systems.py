@@ -16,7 +16,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from .selection import default_selection
+from .selection import HEAVY_PEPTIDE, default_selection
 
 __all__ = ["SYSTEMS", "SystemSpec", "MolecularSystem", "SystemError", "build_system", "systems_dir"]
 
@@ -45,11 +45,11 @@ class SystemSpec:
 
 SYSTEMS: dict[str, SystemSpec] = {
     "alanine-dipeptide": SystemSpec(
-        "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml",), "vacuum", 300.0, "backbone",
+        "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml",), "vacuum", 300.0, HEAVY_PEPTIDE,
         "ACE-ALA-NME, Amber ff14SB, vacuum, no cutoff, HBonds, 300 K",
     ),
     "alanine-dipeptide-water": SystemSpec(
-        "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml", "amber14/tip3p.xml"), "explicit", 300.0, "backbone",
+        "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml", "amber14/tip3p.xml"), "explicit", 300.0, HEAVY_PEPTIDE,
         "ACE-ALA-NME, Amber ff14SB, TIP3P cubic box (1 nm padding), PME, HBonds, 300 K",
     ),
     "chignolin": SystemSpec(

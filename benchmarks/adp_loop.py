@@ -8,14 +8,16 @@
     python benchmarks/adp_loop.py --out runs/adp_cpu --efficiency --eff-ns 5 --reference REF.npz
 
 The loop is aesample's own driver (:class:`aesample.driver.LoopDriver`, the code behind ``aesample run``), with
-the seed network of the default configuration (backbone heavy atoms, 24-40-2-40-24, tanh). The configuration
+the seed network of the default configuration (the 10 heavy atoms, 30-40-2-40-30, tanh). The configuration
 is written to ``<out>/loop_config.yaml`` and the run lives in ``<out>/loop`` (``aesample status <out>/loop``
 works on it; ``--resume`` continues it, as ``aesample resume`` would).
 
 Profiles (``--set section.key=value`` overrides either):
 
-* ``cpu``: 0.2 ns unbiased MD, then up to 4 eABF iterations of 0.6 ns (vacuum; 2.6 ns in all, 20-35 min on a
-  loaded 2-core VM at 100-200 ns/day eABF, fewer when the driver's criterion stops it early). ``--water``: 0.02 ns each (TIP3P runs ~6 ns/day on 2 cores).
+* ``cpu``: 1 ns unbiased MD (cheap: ~4000 ns/day without the CV force), then up to 4 eABF iterations of 2 ns
+  with the CV force every 2 steps (md.cv_interval = 2; vacuum; 9 ns in all, about 20-30 min on 2 idle cores at
+  ~500 ns/day eABF, fewer when the driver's criterion stops it early). ``--water``: 0.02 ns each (TIP3P runs
+  ~6 ns/day on 2 cores).
 * ``gpu``: 10 ns unbiased MD, then up to 8 eABF iterations of 10 ns, frames every 1 ps (the paper's lengths).
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
@@ -52,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PROFILES = {
     "cpu": {
-        "loop.initial_md": 0.2, "loop.eabf_per_iteration": 0.6, "loop.max_iterations": 4,
-        "md.report_interval": 100, "md.segment_steps": 25000,
+        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 2.0, "loop.max_iterations": 4,
+        "md.report_interval": 100, "md.segment_steps": 25000, "md.cv_interval": 2,
     },
     "cpu-water": {
         "loop.initial_md": 0.02, "loop.eabf_per_iteration": 0.02, "loop.max_iterations": 4,
@@ -99,7 +101,7 @@ def run_loop(out: Path, profile: str, water: bool, overrides: list[str], resume:
 
 # ------------------------------------------------------------------------------ analysis
 def iteration_phi_weights(run_dir: Path, k: int):
-    """(phi per frame (rad), weights) of iteration k: uniform at k = 0, w ∝ exp(beta F_kappa(lambda)) after."""
+    """(phi per frame (rad), weights) of iteration k: uniform at k = 0, w ∝ exp(-beta F_kappa(lambda)) after."""
     from aesample import md
     from aesample.analysis import phi_psi
     from aesample.driver import LoopDriver

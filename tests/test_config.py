@@ -20,7 +20,7 @@ def test_defaults_are_alanine_dipeptide():
     cfg = effective_config(Config())
     assert cfg.system.name == "alanine-dipeptide"
     assert cfg.system.temperature == 300.0
-    assert cfg.cv.selection == "backbone"
+    assert cfg.cv.selection == "protein and not element H"
     assert cfg.cv.hidden_layers == [40] and cfg.cv.dimension == 2 and cfg.cv.activation == "tanh"
 
 

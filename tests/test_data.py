@@ -50,7 +50,7 @@ def test_featurize_trajectories_reads_selected_atoms_and_carries_weights(trajs):
     f, wt = featurize_trajectories(feat, paths, str(PDB), weights=w, chunk_size=8)
     xyz, _ = load_frames(paths, str(PDB))
     expected = featurize_frames(feat, xyz)
-    assert f.shape == (62, 24) and f.dtype == torch.float32
+    assert f.shape == (62, 30) and f.dtype == torch.float32
     assert (f.double() - expected).abs().max().item() < 1e-5
     assert np.array_equal(wt.numpy(), w)
     # unsorted selection order is preserved

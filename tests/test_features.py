@@ -44,10 +44,11 @@ def random_rotation(rng):
     )
 
 
-def test_default_selection_is_24_inputs(ala):
+def test_default_selection_is_30_inputs(ala):
     _, top, idx, parents = ala
-    assert len(idx) == 8
-    assert parents[0] == -1 and np.all(parents[1:] >= 0) and np.all(parents[1:] < np.arange(1, 8))
+    assert len(idx) == 10 and "CB" in {top.atom(i).name for i in idx}
+    assert not any(top.atom(i).element.symbol == "H" for i in idx)
+    assert parents[0] == -1 and np.all(parents[1:] >= 0) and np.all(parents[1:] < np.arange(1, 10))
 
 
 @pytest.mark.parametrize("method", ALIGNMENT_METHODS)
@@ -72,7 +73,7 @@ def test_alignment_matches_kabsch_and_is_invariant(ala, method):
     assert f32.dtype == torch.float32 and (f32.double() - f2).abs().max().item() < 1e-5
     # batched == unbatched
     fb = feat(torch.tensor(np.stack([x, moved])), torch.zeros(2, 3, 3, dtype=torch.float64))
-    assert fb.shape == (2, 24) and (fb[1] - f2).abs().max().item() < 1e-12
+    assert fb.shape == (2, 3 * len(idx)) and (fb[1] - f2).abs().max().item() < 1e-12
 
 
 def test_reflection_gives_proper_rotation(ala):
@@ -96,7 +97,7 @@ def test_gradients_match_finite_differences(ala, method):
     rng = np.random.default_rng(1)
     feat = AlignedPositions(idx, x0[idx], parents, method=method)
     x = x0 + rng.normal(scale=0.03, size=x0.shape)
-    c = torch.tensor(rng.normal(size=24))
+    c = torch.tensor(rng.normal(size=3 * len(idx)))
     zero = torch.zeros(3, 3, dtype=torch.float64)
     p = torch.tensor(x, requires_grad=True)
     (g,) = torch.autograd.grad((feat(p, zero) * c).sum(), p)
@@ -128,7 +129,7 @@ def test_net_force_and_torque_vanish(ala):
     x0, top, idx, parents = ala
     rng = np.random.default_rng(2)
     feat = AlignedPositions(idx, x0[idx], parents)
-    c = torch.tensor(rng.normal(size=24))
+    c = torch.tensor(rng.normal(size=3 * len(idx)))
     x = x0 + rng.normal(scale=0.05, size=x0.shape)
     p = torch.tensor(x, requires_grad=True)
     (g,) = torch.autograd.grad((feat(p, torch.zeros(3, 3, dtype=torch.float64)) * c).sum(), p)
@@ -181,7 +182,7 @@ def test_empty_selection_error_names_string(ala):
 
 def test_reference_atom_count_mismatch(ala):
     x0, top, idx, parents = ala
-    with pytest.raises(FeatureError, match=r"reference has 7 atoms but the selection has 8 atoms"):
+    with pytest.raises(FeatureError, match=r"reference has 7 atoms but the selection has 10 atoms"):
         AlignedPositions(idx, x0[idx[:7]], parents)
 
 

@@ -113,7 +113,7 @@ def test_empty_selection_shows_string(adp):
     )
     with pytest.raises(SelectionError, match=r"cv.selection: cannot parse atom selection 'name CA and and'"):
         select_atoms(adp.mdtraj_topology, "name CA and and", what="cv.selection")
-    assert len(select_atoms(adp.mdtraj_topology, "backbone")) == 8  # the seed's 24 inputs
+    assert len(select_atoms(adp.mdtraj_topology, SYSTEMS["alanine-dipeptide"].selection)) == 10  # the seed's 30 inputs
 
 
 def test_platform_rules():
