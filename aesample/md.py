@@ -475,7 +475,9 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             ns_per_step = md.timestep * 1e-3
             bar = tqdm(total=n_steps * ns_per_step, initial=min(done, n_steps) * ns_per_step, desc=description,
                        leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} ns "
-                       "[{elapsed}<{remaining}{postfix}]")
+                       "[{elapsed}<{remaining}{postfix}]",
+                       # Redirected to a file, every redraw is kept: one line every 30 s, not per report.
+                       mininterval=0.1 if sys.stderr.isatty() else 30.0)
         except ImportError:  # pragma: no cover
             bar = None
     t_wall = time.perf_counter()
