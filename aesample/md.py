@@ -510,7 +510,8 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                 if bar is not None:
                     # set n from the integer step count: summing float increments overshoots the total
                     bar.n = done * ns_per_step
-                    bar.set_postfix_str(f"{ns_day:.1f} ns/day")  # also redraws the bar
+                    bar.set_postfix_str(f"{ns_day:.1f} ns/day", refresh=False)
+                    bar.update(0)  # redraws at most every mininterval
             # ---- end of segment: outputs, then checkpoint (checkpoint.json last = commit point) ----
             if frames:
                 path = out / "traj" / f"seg_{seg:05d}.{fmt}"
