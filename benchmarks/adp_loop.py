@@ -1,9 +1,10 @@
 """Alanine dipeptide: the full autoencoder-CV / eABF loop, its per-iteration table, and accuracy vs a reference.
 
     python benchmarks/adp_loop.py --out runs/adp_cpu --profile cpu \\
-        --reference runs/adp_cpu/reference_phi_precomputed_metad_phi_20ns.npz     # < 1 h on 2 CPU cores
+        --reference benchmarks/data/reference_phi_metad_20ns.npz                  # < 1 h on 2 CPU cores
     python benchmarks/adp_loop.py --out runs/adp_cpu --resume ...                 # continue an interrupted run
     python benchmarks/adp_loop.py --out runs/adp_gpu --profile gpu --reference REF.npz   # 10 ns iterations
+    (REF.npz: benchmarks/data/reference_phi_metad_20ns.npz, 20 ns metadynamics on phi, or reference_fes.py output)
     python benchmarks/adp_loop.py --out runs/adp_cpu --report-only --reference REF.npz   # table only
     python benchmarks/adp_loop.py --out runs/adp_cpu --efficiency --eff-ns 5 --reference REF.npz
 
