@@ -287,9 +287,9 @@ def reweighting_weights(
     ``f_kappa`` is the free energy of the extended variable, the integrated naive estimator on the lambda grid
     (kJ/mol); it is interpolated linearly at each frame's lambda (``lambdas`` shape (T, d) or (T,)). The ABF bias
     potential on lambda is ``-F_kappa``, so the biased density carries a factor ``exp(+beta F_kappa)`` that the
-    weight removes. (Written ``exp(beta F_kappa)`` where ``F_kappa`` names that bias potential, as in
-    Belkacemi et al. JCTC 2022; with the free energy itself the sign is minus. The old ``+`` sign here turned
-    reweighted free energies upside down.)
+    weight removes. (The form ``exp(+beta F_kappa)`` is right only where ``F_kappa`` denotes that bias
+    potential; with the free energy, as here, the sign is minus. The old ``+`` sign here turned reweighted
+    free energies upside down.)
     """
     lam = np.asarray(lambdas, dtype=np.float64)
     f = np.asarray(f_kappa, dtype=np.float64)
