@@ -186,8 +186,7 @@ class LoopDriver:
             if self.state.stage == "analyse":
                 metrics = loopstages.run_analyse_stage(self, k)
                 self.state.history = [h for h in self.state.history if h["iteration"] != k] + [metrics]
-                score = metrics.get("regression_score")
-                converged = score is not None and score >= cfg.loop.convergence_threshold
+                converged = loopstages.is_converged(metrics, cfg.loop)
                 if progress:
                     print(loopstages.format_metrics(metrics), flush=True)
                 if converged or k >= cfg.loop.max_iterations:

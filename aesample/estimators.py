@@ -9,6 +9,7 @@ first component slowest); gradient arrays add a last axis of length d. Energies 
   ``grad A = g`` on the grid, periodic or not, with scipy.sparse).
 * :func:`reweighting_weights`: per-frame ``w ∝ exp(-beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022), and
   :func:`reweighted_free_energy` (weighted histogram -> free energy).
+* :func:`free_energy_drift`: RMS change of a grid free energy between two times, where the frames are.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ __all__ = [
     "reweighting_weights",
     "reweighted_free_energy",
     "interpolate_on_grid",
+    "free_energy_drift",
 ]
 
 
@@ -300,6 +302,49 @@ def reweighting_weights(
     x -= x.max()
     w = np.exp(x)
     return w / w.sum()
+
+
+def free_energy_drift(
+    f_early: np.ndarray, f_late: np.ndarray, lambdas: np.ndarray, grid_min: Sequence[float], width: Sequence[float],
+    periodic: Sequence[bool],
+) -> Tuple[float, float]:
+    """RMS change between two estimates of the same grid free energy, at the frames' lambda (kJ/mol).
+
+    Both grids are read in the bin of each frame's lambda (shape (T, d) or (T,)); frames whose bin is empty in
+    either grid are left out; the mean difference over the rest is removed (free energies are defined up to a
+    constant). Averaging over frames weights the grid where the run actually went. With F_kappa at half time
+    and at the end of one eABF run, this is how much the free energy -- hence every frame's reweighting weight
+    -- still moved in the second half: a value well below kT says F_kappa settled.
+
+    Returns
+    -------
+    rms : float
+        NaN when no frame is in a bin estimated by both grids.
+    fraction : float
+        Fraction of the frames compared.
+    """
+    a = np.asarray(f_early, dtype=np.float64)
+    b = np.asarray(f_late, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"free_energy_drift: grids differ in shape ({a.shape} vs {b.shape})")
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if lam.ndim == 1:
+        lam = lam[:, None]
+    d = a.ndim
+    gmin = np.asarray(grid_min, dtype=np.float64).reshape(d)
+    w = np.asarray(width, dtype=np.float64).reshape(d)
+    idx = np.floor((lam - gmin) / w).astype(int)
+    for k in range(d):
+        n = a.shape[k]
+        idx[:, k] = np.mod(idx[:, k], n) if periodic[k] else np.clip(idx[:, k], 0, n - 1)
+    both = np.isfinite(a) & np.isfinite(b)
+    use = both[tuple(idx.T)]
+    if not use.any():
+        return float("nan"), 0.0
+    cells = tuple(idx[use].T)
+    diff = b[cells] - a[cells]
+    diff -= diff.mean()
+    return float(np.sqrt(np.mean(diff**2))), float(use.mean())
 
 
 def reweighted_free_energy(

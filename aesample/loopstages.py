@@ -314,7 +314,7 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
 
     cfg = driver.config
     out = driver.iteration_dir(k)
-    traj, weights, _ = _frames(driver, k)
+    traj, weights, lambdas = _frames(driver, k)
     box = _box(traj)
     cv_k, _ = load_cv(out / "cv.pt")
     xi_k = compute_cv(cv_k, traj.xyz.astype(np.float64), box=box)
@@ -338,6 +338,10 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         xi_prev = compute_cv(prev, traj.xyz.astype(np.float64), box=box)
         metrics["regression_score"] = analysis.regression_score(xi_k, xi_prev)
     kT = _kT(driver)
+    # Free-energy convergence of this iteration's eABF run (the R^2 above only says the CV stopped changing).
+    drift = results[0].f_kappa_drift(lambdas) if k > 0 else None
+    metrics["f_kappa_drift"] = None if drift is None else drift["rms"]
+    metrics["f_kappa_drift_frames"] = None if drift is None else drift["frames"]
     plotting = cfg.output.plots
     if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
         angles = analysis.phi_psi(traj)
@@ -346,6 +350,13 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
             metrics["delta_f_phi"] = analysis.basin_free_energy_difference(angles[:, 0], weights, kT)
         except ValueError:
             metrics["delta_f_phi"] = None
+        metrics["delta_f_phi_half"] = None
+        if drift is not None:  # the same frames weighted with F_kappa at half time
+            half_w = results[0].reweighting_weights(lambdas, results[0].half_state)
+            try:
+                metrics["delta_f_phi_half"] = analysis.basin_free_energy_difference(angles[:, 0], half_w, kT)
+            except ValueError:
+                pass
         if plotting:
             from .estimators import reweighted_free_energy
 
@@ -392,6 +403,18 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     return metrics
 
 
+def is_converged(metrics: dict[str, Any], loop) -> bool:
+    """The driver's criterion: R^2(xi_k ~ xi_k-1) >= ``loop.convergence_threshold`` and, when
+    ``loop.free_energy_tolerance`` is set, an F_kappa drift at most that (a missing drift does not pass)."""
+    score = metrics.get("regression_score")
+    if score is None or score < loop.convergence_threshold:
+        return False
+    if loop.free_energy_tolerance is None:
+        return True
+    drift = metrics.get("f_kappa_drift")
+    return drift is not None and bool(np.isfinite(drift)) and drift <= loop.free_energy_tolerance
+
+
 def _is_dipeptide(driver: "LoopDriver") -> bool:
     names = [r.name for r in driver.system.mdtraj_topology.residues if r.is_protein]
     return names == ["ACE", "ALA", "NME"]
@@ -406,6 +429,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
     if m.get("delta_f_phi") is not None:
         parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol")
+    if m.get("f_kappa_drift") is not None:
+        parts.append(f"F_kappa drift={m['f_kappa_drift']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

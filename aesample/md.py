@@ -17,6 +17,9 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
   resume on the same platform is bit-reproducible on Reference), ``checkpoint/seg_N.xml`` (portable XML State),
   ``checkpoint/seg_N.eabf.npz`` (:class:`~aesample.eabf.EABFState`), and last ``checkpoint.json`` (segment index,
   step, time, file names). ``checkpoint.json`` is the commit point; files of older segments are removed after it.
+* ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
+  written once; comparing F_kappa from it with the final one shows how much the free energy still moves
+  (:meth:`RunOutputs.f_kappa_drift`).
 
 ``run_eabf(..., resume=True)`` rebuilds the System with the saved accumulators baked in, loads the checkpoint
 (falls back to the XML State on a different platform), drops COLVAR rows past the checkpoint and continues until
@@ -24,7 +27,7 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 
 :func:`run_md` is the same machinery without bias (iteration 0 of the loop). Reading back:
 :func:`load_result` -> :class:`RunOutputs` (``load_trajectory``, ``colvar_lambda``, ``colvar_xi``, ``f_kappa``,
-``reweighting_weights``, ``czar_pmf``, ``state``), :func:`steps_done`, :func:`final_positions`. Also written:
+``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``f_kappa_drift``), :func:`steps_done`, :func:`final_positions`. Also written:
 ``run.json`` (settings, solute indices) and ``final_positions.npy`` (molecule positions at the end).
 """
 from __future__ import annotations
@@ -44,6 +47,8 @@ import numpy as np
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
+
+HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "RunOutputs", "run_eabf", "run_md", "load_result",
            "steps_done", "final_positions", "copy_system", "make_integrator", "mts_langevin_integrator"]
@@ -442,6 +447,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         done = 0
         for old in (out / "traj").glob("seg_*"):  # fresh run: stale segments would be mixed in
             old.unlink()
+        (out / HALF_STATE).unlink(missing_ok=True)
         writer = ColvarWriter(colvar_path, eabf.d, append=False) if biased else None
         atomic_write_json(out / "run.json", {
             "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
@@ -526,6 +532,9 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                 write_eabf_grids(out / "eabf", state, temperature, cv_units)
                 names["eabf"] = f"seg_{seg:05d}.eabf.npz"
                 state.save(out / "checkpoint" / names["eabf"])
+                # Written once: after a crash the redone segment reproduces it, so an existing file stays valid.
+                if 2 * done >= n_steps and done < n_steps and not (out / HALF_STATE).exists():
+                    state.save(out / HALF_STATE)
             with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
                 tmp.write_bytes(context.createCheckpoint())
             xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
@@ -654,21 +663,45 @@ class RunOutputs:
         fields, data = self.colvar()
         return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
 
-    def f_kappa(self) -> np.ndarray:
-        """Integrated naive estimate F_kappa on the lambda grid (kJ/mol)."""
+    @property
+    def half_state(self) -> Optional[EABFState]:
+        """eABF state at the first checkpoint past half of the run (None: unbiased, or a single segment)."""
+        p = self.out_dir / HALF_STATE
+        return EABFState.load(p) if p.is_file() else None
+
+    def f_kappa(self, state: Optional[EABFState] = None) -> np.ndarray:
+        """Integrated naive estimate F_kappa on the lambda grid (kJ/mol), of ``state`` (default: the final one)."""
         from .estimators import integrate_gradient
 
-        st = self.state
+        st = self.state if state is None else state
         g = st.naive_gradient()
         return integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
 
-    def reweighting_weights(self, lambdas: Optional[np.ndarray] = None) -> np.ndarray:
-        """w ∝ exp(-beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given)."""
-        from .estimators import reweighting_weights
+    def f_kappa_drift(self, lambdas: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
+        """How much F_kappa moved over the second half of the run, where the run went.
 
+        Returns ``{"rms": kJ/mol, "frames": fraction of frames compared}`` from
+        :func:`aesample.estimators.free_energy_drift` (F_kappa at half time vs at the end, at the frames'
+        lambda), or None when there is no half-time state.
+        """
+        from .estimators import free_energy_drift
+
+        half = self.half_state
+        if half is None:
+            return None
         st = self.state
         lam = self.colvar_lambda() if lambdas is None else lambdas
-        return reweighting_weights(lam, self.f_kappa(), st.grid_min, st.bin_width, self.temperature, st.periodic)
+        rms, frac = free_energy_drift(self.f_kappa(half), self.f_kappa(), lam, st.grid_min, st.bin_width, st.periodic)
+        return {"rms": rms, "frames": frac}
+
+    def reweighting_weights(self, lambdas: Optional[np.ndarray] = None, state: Optional[EABFState] = None) -> np.ndarray:
+        """w ∝ exp(-beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given; F_kappa of
+        ``state``, default the final one)."""
+        from .estimators import reweighting_weights
+
+        st = self.state if state is None else state
+        lam = self.colvar_lambda() if lambdas is None else lambdas
+        return reweighting_weights(lam, self.f_kappa(st), st.grid_min, st.bin_width, self.temperature, st.periodic)
 
     def czar_pmf(self):
         """(centres per dimension, CZAR free energy on the xi grid, kJ/mol)."""

@@ -18,6 +18,8 @@ _COLUMNS = [
     ("regression_score", "R² ξk~ξk-1", "{:.4f}"),
     ("dihedral_score", "R² ξ~(φ,ψ)", "{:.3f}"),
     ("delta_f_phi", "ΔF φ>0−φ<0 (kJ/mol)", "{:.2f}"),
+    ("delta_f_phi_half", "same, F_κ at half time", "{:.2f}"),
+    ("f_kappa_drift", "F_κ drift (kJ/mol)", "{:.2f}"),
     ("rmsd_ca_mean", "⟨RMSD CA⟩ (nm)", "{:.3f}"),
     ("folded_fraction", "folded", "{:.2f}"),
     ("ns", "ns", "{:.3f}"),

@@ -62,6 +62,9 @@ def test_loop_outputs(uninterrupted):
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
         assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
+        # F_kappa moved between half time (step 2000 of 4000) and the end; delta_f_phi_half uses the former
+        assert m["f_kappa_drift"] > 0 and 0 < m["f_kappa_drift_frames"] <= 1
+        assert "delta_f_phi_half" in m
     # eABF iterations reweight: the weights are not uniform.
     w1 = np.load(uninterrupted / "iter_001" / "weights.npy")
     assert w1.max() / w1.min() > 1.01
@@ -109,7 +112,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrup
         for key in ("frames", "best_val_loss", "ns"):
             assert a.get(key) == b.get(key), f"iteration {k}: {key} differs ({a.get(key)} vs {b.get(key)})"
         # Scores go through LAPACK, whose summation order may differ between processes: round-off only.
-        for key in ("regression_score", "dihedral_score"):
+        for key in ("regression_score", "dihedral_score", "f_kappa_drift"):
             if a.get(key) is None:
                 assert b.get(key) is None
             else:
@@ -121,6 +124,21 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrup
         for name in sa:
             assert torch.equal(sa[name], sb[name]), f"iteration {k}: parameter {name} differs"
     assert (run / "iter_001" / "md_0" / "COLVAR").read_text() == (uninterrupted / "iter_001" / "md_0" / "COLVAR").read_text()
+
+
+def test_convergence_criterion_with_free_energy_tolerance():
+    from aesample.config import LoopConfig
+    from aesample.loopstages import is_converged
+
+    plain = LoopConfig(convergence_threshold=0.99)
+    strict = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=1.0)
+    settled = {"regression_score": 0.995, "f_kappa_drift": 0.4}
+    moving = {"regression_score": 0.995, "f_kappa_drift": 2.5}
+    assert is_converged(settled, plain) and is_converged(moving, plain)
+    assert is_converged(settled, strict) and not is_converged(moving, strict)
+    assert not is_converged({"regression_score": 0.995, "f_kappa_drift": None}, strict)
+    assert not is_converged({"regression_score": 0.98, "f_kappa_drift": 0.1}, strict)
+    assert not is_converged({"regression_score": None}, plain)
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_config):

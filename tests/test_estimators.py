@@ -117,6 +117,34 @@ def test_reweighting_weights_and_histogram():
     np.testing.assert_allclose(F, ref, atol=0.3)
 
 
+def test_free_energy_drift():
+    rng = np.random.default_rng(2)
+    gmin, w = [-1.0, -1.0], [0.1, 0.1]
+    c = -1.0 + 0.1 * (np.arange(20) + 0.5)
+    X, Y = np.meshgrid(c, c, indexing="ij")
+    f = 3.0 * X**2 + Y
+    lam = rng.uniform(-0.95, 0.95, (5000, 2))
+    # a constant offset is no drift
+    rms, frac = est.free_energy_drift(f, f + 7.0, lam, gmin, w, [False, False])
+    assert rms == pytest.approx(0.0, abs=1e-12) and frac == 1.0
+    # a tilt of 2 kJ/mol per unit along the first axis: RMS = 2 * std(bin centre of lambda_0)
+    rms, _ = est.free_energy_drift(f, f + 2.0 * X, lam, gmin, w, [False, False])
+    assert rms == pytest.approx(2.0 * c[np.floor((lam[:, 0] + 1.0) / 0.1).astype(int)].std(), rel=1e-9)
+    # bins empty in the early estimate are left out, not filled with a large value
+    early = f.copy()
+    early[:10] = np.nan
+    late = f + np.where(X < 0, 50.0, 0.0)
+    rms, frac = est.free_energy_drift(early, late, lam, gmin, w, [False, False])
+    assert rms == pytest.approx(0.0, abs=1e-9)
+    assert frac == pytest.approx(np.mean(lam[:, 0] >= 0.0))
+    # periodic components wrap the frames' lambda into the grid
+    lam_p = np.concatenate([lam, lam + [2.0, 0.0]])
+    r1, f1 = est.free_energy_drift(early, late, lam_p, gmin, w, [True, False])
+    assert f1 == pytest.approx(frac) and r1 == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        est.free_energy_drift(f, f[:5], lam, gmin, w, [False, False])
+
+
 def test_grid_files_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     v = rng.normal(size=(6, 4, 2))

@@ -71,6 +71,17 @@ def test_resume_reproduces_continuous_run(tmp_path):
     assert per.tolist() == [True, True]
     for suffix in (".grad", ".pmf", ".czar.grad", ".czar.pmf", ".zcount"):
         assert (tmp_path / "split" / ("eabf" + suffix)).is_file()
+    # the half-time eABF state: the checkpoint at step 200 of 300 (first at or past half), strictly before the end
+    from aesample.md import load_result
+
+    half = load_result(tmp_path / "cont").half_state
+    assert half is not None and 0 < half.n_samples < cont.state.n_samples
+    assert abs(3 * half.n_samples - 2 * cont.state.n_samples) <= 3
+    drift = load_result(tmp_path / "cont").f_kappa_drift()
+    assert drift["rms"] > 0 and 0 < drift["frames"] <= 1
+    # the split run never had a segment past half of its then-requested length before the end: no state, no drift
+    assert load_result(tmp_path / "split").half_state is None
+    assert load_result(tmp_path / "split").f_kappa_drift() is None
 
 
 def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
