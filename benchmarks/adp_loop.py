@@ -23,9 +23,11 @@ Profiles (``--set section.key=value`` overrides either):
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
 xi_k against (cos, sin) of (phi, psi), Delta F = F(phi > 0) - F(phi < 0) from the iteration's reweighted frames,
-ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
+the same Delta F with the frames weighted by F_kappa at half time of the eABF run and the F_kappa drift (RMS
+change of F_kappa over the second half, at the frames' lambda; both from runs made after 2026-11-22), ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
 frames were: how many have phi > 0, how many are in the C7ax basin (0.3 < phi < 2 rad), the reweighted mass at
-phi > 0, the effective sample size 1/sum(w^2) of the normalised weights and the largest single weight.
+phi > 0, the effective sample size 1/sum(w^2) of the normalised weights, the largest single weight, the number of
+committed C7eq/C5 <-> C7ax transitions and Delta F from each half of the frames (with the final weights).
 
 Accuracy (``--reference``: an .npz from ``benchmarks/reference_fes.py`` or a phi-only .npy): F(phi) of the last
 iteration = ``aesample.estimators.reweighted_free_energy`` of phi with that iteration's weights, 72 bins on
@@ -132,34 +134,66 @@ def _fmt(x, spec):
 
 
 def print_table(rows: list[dict], state: dict, threshold: float) -> None:
-    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | ns | cumulative ns | ns/day | train s | epochs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | dF, F_kappa at half time "
+          "| F_kappa drift kJ/mol | ns | cumulative ns | ns/day | train s | epochs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     cum = 0.0
     for m in rows:
         cum += m.get("ns") or 0.0
         print(f"| {m['iteration']} | {_fmt(m.get('regression_score'), '.4f')} | {_fmt(m.get('dihedral_score'), '.3f')} "
-              f"| {_fmt(m.get('delta_f_phi'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
+              f"| {_fmt(m.get('delta_f_phi'), '.2f')} | {_fmt(m.get('delta_f_phi_half'), '.2f')} "
+              f"| {_fmt(m.get('f_kappa_drift'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
               f"| {_fmt(m.get('ns_per_day'), '.0f')} | {_fmt(m.get('training_seconds'), '.1f')} "
               f"| {_fmt(m.get('training_epochs'), 'd')} |")
     print(f"\nfinished: {state.get('finished')}, converged (R2 >= {threshold}): {state.get('converged')}")
 
 
+def basin_transitions(phi: np.ndarray) -> int:
+    """Committed transitions between phi < -0.5 rad (C7eq/C5 side) and C7ax (0.3 < phi < 2 rad) in a frame series.
+
+    Frames in neither region (the barriers) keep the last committed state, so recrossings of the barrier top
+    without reaching the other basin are not counted.
+    """
+    state = np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
+    committed = state[state >= 0]
+    return int(np.count_nonzero(committed[1:] != committed[:-1]))
+
+
+def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[float, float]:
+    """Delta F(phi) from the first and the second half of the frames, each with its own share of the weights."""
+    from aesample.analysis import basin_free_energy_difference
+    from aesample.estimators import kT
+
+    out = []
+    h = len(phi) // 2
+    for sl in (slice(0, h), slice(h, None)):
+        try:
+            out.append(basin_free_energy_difference(phi[sl], w[sl], kT(temperature)))
+        except ValueError:
+            out.append(float("nan"))
+    return out[0], out[1]
+
+
 def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
-    """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy."""
+    """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy,
+    the number of basin transitions and Delta F from each half of the frames (a spread far above 1 kJ/mol says
+    the iteration's Delta F rests on too few transitions to be trusted at that level)."""
     out = []
     print("\n| iter | frames | frames phi > 0 | of which C7ax (0.3 < phi < 2) | reweighted mass phi > 0 "
-          "| effective sample size | largest weight |")
-    print("|---|---|---|---|---|---|---|")
+          "| effective sample size | largest weight | transitions | dF 1st half | dF 2nd half |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m in rows:
         k = m["iteration"]
-        phi, w, _ = iteration_phi_weights(run_dir, k)
+        phi, w, temperature = iteration_phi_weights(run_dir, k)
         w = w / w.sum()
         c7ax = (phi > 0.3) & (phi < 2.0)
+        h1, h2 = _half_delta_f(phi, w, temperature)
         r = {"iteration": k, "frames": int(len(phi)), "phi_pos": int((phi > 0).sum()), "c7ax": int(c7ax.sum()),
-             "mass_phi_pos": float(w[phi > 0].sum()), "ess": float(1.0 / np.sum(w**2)), "max_weight": float(w.max())}
+             "mass_phi_pos": float(w[phi > 0].sum()), "ess": float(1.0 / np.sum(w**2)), "max_weight": float(w.max()),
+             "transitions": basin_transitions(phi), "delta_f_first_half": h1, "delta_f_second_half": h2}
         out.append(r)
         print(f"| {k} | {r['frames']} | {r['phi_pos']} | {r['c7ax']} | {r['mass_phi_pos']:.4f} | {r['ess']:.0f} "
-              f"| {r['max_weight']:.3f} |")
+              f"| {r['max_weight']:.3f} | {r['transitions']} | {h1:.2f} | {h2:.2f} |")
     return out
 
 
