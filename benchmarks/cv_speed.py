@@ -2,7 +2,7 @@
 
 The CV is the MD hot path: openmm-torch evaluates it every step, unbatched, on the CPU
 here, and eABF needs d(xi)/d(positions).  This benchmark times the exported TorchScript
-CV (selection of the 8 heavy backbone atoms, alignment, 24-40-2 tanh encoder, scaling)
+CV (the default selection: the 10 heavy atoms, alignment, 30-40-2 tanh encoder, scaling)
 for each alignment method, in float64 and float32, directly in torch
 (``xi = cv(pos, box); grad(E = xi.sum(), pos)``) and, for the default method, inside an
 OpenMM TorchForce on the Reference platform.  One run, printed as microseconds per
@@ -86,7 +86,7 @@ def main():
     scaling = CVScaling(factor=[0.7, 1.3], shift=[0.1, -0.2])
     rng = np.random.default_rng(0)
     pos0 = traj.xyz[0].astype(np.float64) + rng.normal(scale=0.01, size=traj.xyz[0].shape)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(idx)} atoms -> {3 * len(idx)} features, encoder 24-40-2 tanh")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(idx)} atoms -> {3 * len(idx)} features, encoder {3 * len(idx)}-40-2 tanh")
     # all variants are timed in interleaved rounds (min over rounds): on a shared machine the
     # load changes during the run, and interleaving keeps the ratios meaningful
     variants = {}
