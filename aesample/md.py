@@ -269,12 +269,27 @@ def _write_traj(path: Path, xyz: np.ndarray, topology, times: np.ndarray, boxes:
             traj.save_dcd(str(tmp), force_overwrite=True)
 
 
-def _truncate_colvar(path: Path, t_max: float) -> None:
-    """Drop COLVAR rows after the checkpoint time (written before a crash that preceded the checkpoint)."""
+def _truncate_colvar(path: Path, n_rows: int) -> None:
+    """Keep the header and the first ``n_rows`` data rows of COLVAR (those up to the checkpoint); later rows were
+    written before a crash that preceded the next checkpoint.
+
+    Counting rows, not comparing times: the checkpoint time is a sum of float steps and the COLVAR time is printed
+    to 10 digits, so after ~10^6 steps a row at the checkpoint time may print a hair above it (seen: 3100 ps vs
+    3099.9999... ps dropped the row and left the frames one ahead of COLVAR).
+    """
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [ln for ln in lines if ln.startswith("#") or not ln.strip() or float(ln.split()[0]) <= t_max + 1e-9]
+    keep, rows = [], 0
+    for ln in lines:
+        if ln.startswith("#") or not ln.strip():
+            keep.append(ln)
+        elif rows < n_rows:
+            keep.append(ln)
+            rows += 1
+    if rows < n_rows:
+        raise RuntimeError(f"{path}: {rows} data rows, but the checkpoint needs {n_rows}; COLVAR was truncated "
+                           f"outside aesample")
     if len(keep) != len(lines):
         atomic_write_text(path, "".join(keep))
 
@@ -394,10 +409,14 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     ckpt_json = out / "checkpoint.json"
     ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
     if ck is not None and (out / "run.json").exists():
-        started = int(json.loads((out / "run.json").read_text()).get("cv_interval", 1))
+        run_info = json.loads((out / "run.json").read_text())
+        started = int(run_info.get("cv_interval", 1))
         if started != cv_interval:
             raise ValueError(f"{out} was started with cv_interval={started}; resume it with the same value, "
                              f"got cv_interval={cv_interval}")
+        if int(run_info["report_interval"]) != md.report_interval:  # frames and COLVAR rows must stay in step
+            raise ValueError(f"{out} was started with report_interval={run_info['report_interval']}; resume it with "
+                             f"the same value, got report_interval={md.report_interval}")
     if ck is not None and biased:
         initial_state = EABFState.load(out / "checkpoint" / ck["eabf"])
 
@@ -466,7 +485,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         seg = int(ck["segment"]) + 1
         done = int(ck["step"])
         if biased:
-            _truncate_colvar(colvar_path, float(ck["time"]))
+            _truncate_colvar(colvar_path, int(ck["step"]) // md.report_interval)  # one row per report_interval
         writer = ColvarWriter(colvar_path, eabf.d, append=True) if biased else None
         log(f"resuming {out} at step {done} (segment {seg})")
 

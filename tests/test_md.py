@@ -97,6 +97,31 @@ def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
     np.testing.assert_allclose(c[:, 0], 0.05 * np.arange(1, 9))
 
 
+def test_resume_keeps_the_row_at_the_checkpoint_whatever_its_printed_time(tmp_path):
+    # After ~10^6 steps the checkpoint time (a float sum of steps) and the 10-digit COLVAR time can differ in the
+    # last digits; a time comparison then dropped the row at the checkpoint and left frames one ahead of COLVAR.
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi", ms.topology)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
+    _, md = _settings()
+    run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    lines = (tmp_path / "COLVAR").read_text().splitlines(keepends=True)
+    assert lines[-1].split()[0] == "0.2"
+    lines[-1] = lines[-1].replace("0.2", "0.200000002", 1)  # printed a hair above the checkpoint time
+    (tmp_path / "COLVAR").write_text("".join(lines))
+    res = run_eabf(ms, cv, es, md, tmp_path, 200, resume=True, log=None)
+    _, c = read_colvar(res.colvar)
+    assert c.shape[0] == 8
+    import mdtraj
+
+    t = mdtraj.load([str(p) for p in res.trajectories], top=mdtraj.Topology.from_openmm(ms.topology))
+    assert t.n_frames == c.shape[0]
+    # resuming with another report interval would put frames and rows out of step: refused
+    md.report_interval = 50
+    with pytest.raises(ValueError, match="report_interval=25"):
+        run_eabf(ms, cv, es, md, tmp_path, 300, resume=True, log=None)
+
+
 def test_bad_md_settings(tmp_path):
     ms = _alanine()
     cv = cvs.parse_cv_spec("phi", ms.topology)
