@@ -84,12 +84,18 @@ def test_resume_reproduces_continuous_run(tmp_path):
     assert load_result(tmp_path / "split").f_kappa_drift() is None
 
 
-def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
+def _phi_run_100_steps(out):
+    """A 100-step eABF run along phi (one segment, COLVAR rows at 0.05 ... 0.2 ps); returns what resumes it."""
     ms = _alanine()
     cv = cvs.parse_cv_spec("phi", ms.topology)
     es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
     _, md = _settings()
-    run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    run_eabf(ms, cv, es, md, out, 100, log=None)
+    return ms, cv, es, md
+
+
+def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
+    ms, cv, es, md = _phi_run_100_steps(tmp_path)
     with open(tmp_path / "COLVAR", "a") as fh:  # rows of a segment that crashed before its checkpoint
         fh.write("0.25 1 1 0\n0.3 1 1 0\n")
     res = run_eabf(ms, cv, es, md, tmp_path, 200, resume=True, log=None)
@@ -100,11 +106,7 @@ def test_resume_drops_colvar_rows_after_checkpoint(tmp_path):
 def test_resume_keeps_the_row_at_the_checkpoint_whatever_its_printed_time(tmp_path):
     # After ~10^6 steps the checkpoint time (a float sum of steps) and the 10-digit COLVAR time can differ in the
     # last digits; a time comparison then dropped the row at the checkpoint and left frames one ahead of COLVAR.
-    ms = _alanine()
-    cv = cvs.parse_cv_spec("phi", ms.topology)
-    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
-    _, md = _settings()
-    run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
+    ms, cv, es, md = _phi_run_100_steps(tmp_path)
     lines = (tmp_path / "COLVAR").read_text().splitlines(keepends=True)
     assert lines[-1].split()[0] == "0.2"
     lines[-1] = lines[-1].replace("0.2", "0.200000002", 1)  # printed a hair above the checkpoint time
