@@ -187,11 +187,15 @@ class EABFConfig(_Section):
         "cv.scale_range; the margin beyond it lets eABF push the system past the states it was trained on.",
     )
     grid_max: float = Field(1.5, description="Upper edge of the ABF grid in every CV dimension, CV units.")
-    bins: int = Field(30, gt=0, description="Grid bins per CV dimension (30 over [-1.5, 1.5]: width 0.1, about the coupling width).")
+    bins: int = Field(30, gt=0, description="Grid bins per CV dimension (30 over [-1.5, 1.5]: width 0.1).")
     kappa: float = Field(
-        300.0, gt=0,
-        description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2 "
-        "(300: coupling width sqrt(kT/kappa) ~ 0.09 at 300 K, about one bin).",
+        3000.0, gt=0,
+        description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2. Tight: "
+        "coupling width sqrt(kT/kappa) ~ 0.03 at 300 K, a third of a bin, so that kappa exceeds the curvature of "
+        "the free energy on the barriers the learned CV compresses (with 300 the alanine dipeptide loop crossed "
+        "C7eq/C7ax about once per 2 ns and overestimated Delta F by 5-11 kJ/mol). Stiff: keep md.cv_interval 1 "
+        "(the CV spring on the atoms has a ~16 fs period for alanine dipeptide). Each iteration caps it so that "
+        "this period spans >= 8 (outer) time steps for its CV (logged; the value used is in metrics.json).",
     )
     extended_period: float = Field(
         0.2, gt=0, description="Oscillation period of the extended variable in its spring, ps (sets its mass)."
@@ -202,7 +206,7 @@ class EABFConfig(_Section):
     full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
     min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(
-        3000.0, gt=0,
+        30000.0, gt=0,
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
         "(10 kappa; stiffer walls shorten the extended period and limit md.cv_interval).",
     )

@@ -27,7 +27,7 @@ from .io import atomic_write_bytes
 from .models import AutoEncoder
 from .training import CVScaling
 
-__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv"]
+__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv", "cv_stiffness"]
 
 
 class CVPipeline(nn.Module):
@@ -341,3 +341,31 @@ def compute_cv(
     if not out:
         return np.zeros((0, int(getattr(cv, "cv_dim", 0))))
     return np.concatenate(out, axis=0)
+
+
+def cv_stiffness(cv: nn.Module, frames: np.ndarray, masses: np.ndarray, box: Optional[np.ndarray] = None) -> float:
+    """Largest ``sum_i |d xi_k / d x_i|^2 / m_i`` over frames and CV components, (CV unit)^2 / (nm^2 amu).
+
+    A coupling ``kappa/2 (xi - lambda)^2`` makes the atoms oscillate along ``grad xi`` with angular frequency
+    ``sqrt(kappa * stiffness)`` (1/ps for kappa in kJ/mol/(CV unit)^2): the fastest motion the CV force adds,
+    which the integrator's (outer) time step must resolve.
+
+    Parameters
+    ----------
+    cv : module following the CV contract
+    frames : array (T, N, 3), nm (all particles of the system, as the CV sees them in OpenMM)
+    masses : array (N,), amu (massless particles are skipped)
+    box : array (3, 3) or (T, 3, 3), nm, optional
+    """
+    x = torch.as_tensor(np.asarray(frames, dtype=np.float64)).clone().requires_grad_(True)
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    bt = torch.zeros(3, 3, dtype=torch.float64) if box is None else torch.as_tensor(np.asarray(box, dtype=np.float64))
+    xi = cv(x, bt)
+    m = torch.as_tensor(np.asarray(masses, dtype=np.float64))
+    inv_m = torch.where(m > 0, 1.0 / m.clamp(min=1e-12), torch.zeros_like(m))
+    worst = 0.0
+    for k in range(xi.shape[-1]):
+        (g,) = torch.autograd.grad(xi[:, k].sum(), x, retain_graph=k + 1 < xi.shape[-1])
+        worst = max(worst, float(((g**2).sum(dim=-1) * inv_m).sum(dim=-1).max()))
+    return worst

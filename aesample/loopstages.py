@@ -109,20 +109,50 @@ def _md_settings(driver: "LoopDriver", seed_offset: int):
     )
 
 
-def _eabf_settings(driver: "LoopDriver", d: int):
+# The fastest oscillation the CV spring adds to the atoms must span at least this many (outer) time steps.
+MIN_STEPS_PER_CV_PERIOD = 8
+
+
+def coupling_constant(driver: "LoopDriver", k: int, cv) -> tuple[float, float]:
+    """(kappa used by iteration k's eABF, the largest kappa the time step allows for this CV).
+
+    ``eabf.kappa`` is capped at ``(2 pi / (MIN_STEPS_PER_CV_PERIOD * outer step))^2 / stiffness``, the stiffness
+    (:func:`aesample.export.cv_stiffness`) taken over up to 200 of the frames the CV was trained on: a CV learned
+    from a narrow sample stretches it onto the scaled range and can be so steep that the configured spring would
+    blow the system up. Deterministic (files only), so a resume recomputes the same value.
+    """
+    from .export import cv_stiffness
+
+    cfg = driver.config
+    traj, _, _ = _frames(driver, k - 1)
+    frames = traj.xyz[:: max(1, traj.n_frames // 200)].astype(np.float64)
+    box = _box(traj)
+    if box is not None:
+        box = box[:: max(1, traj.n_frames // 200)]
+    system = driver.system.system
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(traj.n_atoms)])
+    stiffness = cv_stiffness(cv, frames, masses, box)
+    outer = cfg.md.timestep * 1e-3 * cfg.md.cv_interval  # ps
+    kappa_max = (2 * np.pi / (MIN_STEPS_PER_CV_PERIOD * outer)) ** 2 / max(stiffness, 1e-300)
+    return min(cfg.eabf.kappa, kappa_max), kappa_max
+
+
+def _eabf_settings(driver: "LoopDriver", d: int, kappa: Optional[float] = None):
     from .md import EABFSettings
 
     e = driver.config.eabf
+    kappa = e.kappa if kappa is None else kappa
     return EABFSettings(
         grid_min=[e.grid_min] * d,
         grid_max=[e.grid_max] * d,
         bins=[e.bins] * d,
-        kappa=[e.kappa] * d,
+        kappa=[kappa] * d,
         extended_period=e.extended_period,
         extended_temperature=e.extended_temperature,
         full_samples=e.full_samples,
         min_samples=e.min_samples,
-        wall_kappa=[e.wall_kappa] * d,
+        # walls scale with the spring: their period relative to the extended period stays the same
+        wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
     )
 
 
@@ -166,8 +196,13 @@ def _run_md_runs(driver: "LoopDriver", k: int, dirs: list[Path], progress: bool)
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
     cv, meta = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
     start = md.final_positions(_md_dirs(driver, k - 1)[0])
+    kappa, kappa_max = coupling_constant(driver, k, cv)
+    if kappa < cfg.eabf.kappa:
+        log.warning("iteration %d: eabf.kappa %.4g capped at %.4g: the CV is steep enough that the configured spring "
+                    "would oscillate faster than %d time steps of %.2g fs", k, cfg.eabf.kappa, kappa,
+                    MIN_STEPS_PER_CV_PERIOD, cfg.md.timestep * cfg.md.cv_interval)
     md.run_eabf(
-        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension))), dirs[0], steps,
+        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), dirs[0], steps,
         _md_settings(driver, 1000 * k), positions=start, progress=progress, description=f"iter {k} eABF",
         resume=True, log=log.info,
     )
@@ -338,6 +373,7 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         xi_prev = compute_cv(prev, traj.xyz.astype(np.float64), box=box)
         metrics["regression_score"] = analysis.regression_score(xi_k, xi_prev)
     kT = _kT(driver)
+    metrics["kappa"] = float(np.ravel(results[0].state.kappa)[0]) if k > 0 else None  # after any cap
     # Free-energy convergence of this iteration's eABF run (the R^2 above only says the CV stopped changing).
     drift = results[0].f_kappa_drift(lambdas) if k > 0 else None
     metrics["f_kappa_drift"] = None if drift is None else drift["rms"]

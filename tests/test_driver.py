@@ -65,6 +65,19 @@ def test_loop_outputs(uninterrupted):
         # F_kappa moved between half time (step 2000 of 4000) and the end; delta_f_phi_half uses the former
         assert m["f_kappa_drift"] > 0 and 0 < m["f_kappa_drift_frames"] <= 1
         assert "delta_f_phi_half" in m
+        # kappa: the configured one capped by the CV's steepness; the CV spring period spans >= 8 steps of 2 fs
+        from aesample.driver import LoopDriver
+        from aesample.export import cv_stiffness, load_cv
+        from aesample.loopstages import MIN_STEPS_PER_CV_PERIOD, _frames, coupling_constant
+
+        driver = LoopDriver.open(uninterrupted)
+        cv, _ = load_cv(uninterrupted / f"iter_{k - 1:03d}" / "cv.pt")
+        kappa, kappa_max = coupling_constant(driver, k, cv)
+        assert m["kappa"] == pytest.approx(kappa) and kappa <= driver.config.eabf.kappa
+        traj = _frames(driver, k - 1)[0]
+        masses = np.array([a.element.mass for a in traj.topology.atoms])
+        period = 2 * np.pi / np.sqrt(kappa * cv_stiffness(cv, traj.xyz[::5].astype(np.float64), masses))
+        assert period >= MIN_STEPS_PER_CV_PERIOD * 0.002 * 0.99
     # eABF iterations reweight: the weights are not uniform.
     w1 = np.load(uninterrupted / "iter_001" / "weights.npy")
     assert w1.max() / w1.min() > 1.01

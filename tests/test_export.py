@@ -264,3 +264,27 @@ def test_openmm_outputs_forces_route(trained, tmp_path):
         results.append(_torchforce_state(path, trained["frames"][13], [12.0] * 22, outputs_forces=with_forces))
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-8)
     assert np.abs(results[0][1] - results[1][1]).max() < 1e-6
+
+
+def test_cv_stiffness_of_known_gradients(trained):
+    from aesample import cvs
+    from aesample.export import cv_stiffness
+
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(7, 3, 3))
+    masses = np.array([4.0, 1.0, 0.0])  # a massless (virtual) site is skipped
+    # xi = (x_1, y_1): |d xi_k/d x|^2 = 1 on particle 1 only -> 1 / m_1
+    assert cv_stiffness(cvs.PositionXY(1), frames, masses) == pytest.approx(1.0)
+    assert cv_stiffness(cvs.PositionX(0), frames, masses) == pytest.approx(0.25)
+    # the learned CV: agrees with the closed-form Jacobian, frame by frame and component by component
+    cv, _ = load_cv(trained["path"])
+    frames = trained["frames"][:20]
+    import mdtraj as md
+
+    m = np.array([a.element.mass for a in md.load(str(PDB)).topology.atoms])
+    expected = 0.0
+    for x in frames:
+        _, jac = cv.value_and_jacobian(torch.tensor(x), torch.zeros(3, 3, dtype=torch.float64))
+        per = (jac.numpy() ** 2).sum(axis=2) / m[trained["idx"]][None]  # (d, n_sel)
+        expected = max(expected, float(per.sum(axis=1).max()))
+    assert cv_stiffness(cv, frames, m) == pytest.approx(expected, rel=1e-9)
