@@ -3,6 +3,7 @@
     python benchmarks/reference_fes.py runs/reference --ns 20                  # (phi, psi), cached result
     python benchmarks/reference_fes.py runs/reference --cvs phi --ns 20        # phi only
     python benchmarks/reference_fes.py runs/reference --precomputed /work/val_phi/metad_phi_20ns.npy
+    python benchmarks/reference_fes.py runs/reference --unbiased --ns 100 --blocks 10   # plain MD, see below
 
 Method: OpenMM's own ``app.Metadynamics`` (not aesample's eABF code, only the system from
 ``aesample.systems.build_system``), well-tempered, bias factor 8, Gaussian height 1 kJ/mol every 250 steps,
@@ -152,6 +153,63 @@ def run_metadynamics(cvs: str, ns: float, seed: int, blocks: int, platform_name:
     }
 
 
+def run_unbiased(ns: float, seed: int, blocks: int, platform_name: str = "Reference", every: int = 250) -> dict:
+    """Plain MD (no bias at all): Delta F from counting frames, F(phi) from their histogram on the 72-point grid.
+
+    The brute-force check of the biased references, and its limit: without a CV force alanine dipeptide runs
+    ~10^4 ns/day, but at 300 K in vacuum it does not reach C7ax on that scale (measured 2026-11-22: 100 ns, seed 2,
+    not one frame with 0 < phi < 2.9 rad; its "phi > 0" frames are C5 frames past phi = +pi). It checks F(phi) in
+    the phi < 0 basin; its Delta F is no reference. ``block_delta_f`` holds Delta F of each of ``blocks``
+    consecutive blocks.
+    """
+    import mdtraj
+    import openmm
+    from openmm import app, unit
+
+    from aesample.systems import build_system
+
+    ms = build_system("alanine-dipeptide")
+    idx = mdtraj.compute_phi(mdtraj.Trajectory(ms.positions[None], ms.mdtraj_topology))[0][0]
+    integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE, 1.0, 0.002)
+    integrator.setRandomNumberSeed(seed)
+    sim = app.Simulation(ms.topology, ms.system, integrator, openmm.Platform.getPlatformByName(platform_name))
+    sim.context.setPositions(ms.positions)
+    sim.minimizeEnergy()
+    sim.context.setVelocitiesToTemperature(TEMPERATURE, seed)
+    sim.step(5000)  # 10 ps equilibration
+    total = int(round(ns * 5e5)) // every
+    phis = np.empty(total)
+    t0 = time.perf_counter()
+    for i in range(total):
+        sim.step(every)
+        x = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        phis[i] = mdtraj.compute_dihedrals(mdtraj.Trajectory(np.asarray(x)[None], ms.mdtraj_topology), [idx])[0, 0]
+        if (i + 1) % max(1, total // blocks) == 0:
+            print(f"  unbiased {(i + 1) * every * 2e-6:8.3f} ns ({time.perf_counter() - t0:.0f} s)", flush=True)
+    wall = time.perf_counter() - t0
+
+    def df(p):
+        pos, neg = np.count_nonzero(p > 0), np.count_nonzero(p <= 0)
+        return float(-kT() * math.log(pos / neg)) if pos and neg else float("nan")
+
+    grid = np.linspace(-np.pi, np.pi, GRID)
+    # histogram bins centred on the grid points (periodic: the first and last point are the same angle)
+    h = np.bincount(np.round((phis + np.pi) / (2 * np.pi) * (GRID - 1)).astype(int) % (GRID - 1),
+                    minlength=GRID - 1).astype(float)
+    with np.errstate(divide="ignore"):
+        f = -kT() * np.log(h / h.max())
+    f = np.append(f, f[0])
+    f[~np.isfinite(f)] = np.nanmax(f[np.isfinite(f)]) + 10.0  # unvisited: above everything visited
+    n_block = total // blocks
+    return {
+        "cvs": "phi", "grid": grid, "fes": f, "phi": grid, "f_phi": f - f.min(), "delta_f": df(phis), "ns": ns,
+        "seed": seed, "wall_seconds": wall, "ns_per_day": ns / wall * 86400.0,
+        "block_ns": np.full(blocks, ns / blocks),
+        "block_delta_f": np.array([df(phis[b * n_block:(b + 1) * n_block]) for b in range(blocks)]),
+        "frames_phi": phis,
+    }
+
+
 def print_reference(ref: dict, every: int = 3) -> None:
     print(f"reference: {ref.get('source', '')} ({ref['cvs']}, {ref['ns']:g} ns)")
     if "wall_seconds" in ref and np.isfinite(float(ref["wall_seconds"])):
@@ -169,6 +227,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output folder (the .npz cache lives there)")
     p.add_argument("--cvs", default="phi,psi", choices=["phi", "phi,psi"], help="biased dihedrals")
+    p.add_argument("--unbiased", action="store_true",
+                   help="plain MD instead of metadynamics (F(phi) by counting frames; C7ax is not reached in 100 ns)")
     p.add_argument("--ns", type=float, default=20.0, help="metadynamics length, ns (with --precomputed: its length)")
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--blocks", type=int, default=4, help="print/store Delta F this many times during the run")
@@ -182,6 +242,15 @@ def main(argv=None) -> int:
                   delta_f=ref["delta_f"], ns=a.ns, seed=-1, wall_seconds=float("nan"),
                   ns_per_day=float("nan"))
         ref = load_reference(a.out / name)
+    elif a.unbiased:
+        cache = a.out / f"reference_unbiased_{a.ns:g}ns_seed{a.seed}.npz"
+        if not cache.exists():
+            _save_npz(cache, **run_unbiased(a.ns, a.seed, a.blocks, a.platform))
+        ref = load_reference(cache)
+        b = np.asarray(ref["block_delta_f"], dtype=float)
+        print(f"unbiased MD: Delta F {ref['delta_f']:.2f} kJ/mol; per block ({len(b)} x {a.ns / len(b):g} ns): "
+              + ", ".join(f"{x:.2f}" for x in b)
+              + f"; standard error of the block mean {b.std(ddof=1) / math.sqrt(len(b)):.2f} kJ/mol")
     else:
         cache = a.out / f"reference_{a.cvs.replace(',', '-')}_{a.ns:g}ns_seed{a.seed}.npz"
         if not cache.exists():
