@@ -246,9 +246,10 @@ class LoopConfig(_Section):
         0.99, gt=0, le=1, description="Stop when the regression score R^2 of xi_k on xi_(k-1) reaches this."
     )
     free_energy_tolerance: Optional[float] = Field(
-        None, gt=0, description="Also require the F_kappa drift of the iteration's eABF run (RMS change of F_kappa "
-        "between half time and the end, at the sampled lambda) to be at most this for convergence, kJ/mol. "
-        "null: the regression score alone decides.",
+        1.0, gt=0, description="Also require the F_kappa drift of the iteration's eABF run (RMS change of F_kappa "
+        "between half time and the end, at the sampled lambda) to be at most this for convergence, kJ/mol "
+        "(a CV that stopped changing does not make its free energy converged; a drift that stays above it asks "
+        "for longer loop.eabf_per_iteration). null: the regression score alone decides.",
     )
     pool_iterations: bool = Field(False, description="Train on the reweighted frames of all iterations so far.")
     initial_structures: list[Path] = Field(

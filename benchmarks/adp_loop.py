@@ -146,7 +146,8 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
               f"| {_fmt(m.get('f_kappa_drift'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
               f"| {_fmt(m.get('ns_per_day'), '.0f')} | {_fmt(m.get('training_seconds'), '.1f')} "
               f"| {_fmt(m.get('training_epochs'), 'd')} |")
-    print(f"\nfinished: {state.get('finished')}, converged (R2 >= {threshold}): {state.get('converged')}")
+    print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} and, when "
+          f"loop.free_energy_tolerance is set, F_kappa drift within it): {state.get('converged')}")
 
 
 def basin_transitions(phi: np.ndarray) -> int:

@@ -143,8 +143,9 @@ def test_convergence_criterion_with_free_energy_tolerance():
     from aesample.config import LoopConfig
     from aesample.loopstages import is_converged
 
-    plain = LoopConfig(convergence_threshold=0.99)
+    plain = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=None)
     strict = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=1.0)
+    assert LoopConfig().free_energy_tolerance == 1.0  # on by default
     settled = {"regression_score": 0.995, "f_kappa_drift": 0.4}
     moving = {"regression_score": 0.995, "f_kappa_drift": 2.5}
     assert is_converged(settled, plain) and is_converged(moving, plain)
