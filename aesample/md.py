@@ -711,7 +711,7 @@ class RunOutputs:
             return None
         st = self.state
         lam = self.colvar_lambda() if lambdas is None else lambdas
-        rms, frac = free_energy_drift(self.f_kappa(half), self.f_kappa(), lam, st.grid_min, st.bin_width, st.periodic)
+        rms, frac = free_energy_drift(self.f_kappa(half), self.f_kappa(st), lam, st.grid_min, st.bin_width, st.periodic)
         return {"rms": rms, "frames": frac}
 
     def reweighting_weights(self, lambdas: Optional[np.ndarray] = None, state: Optional[EABFState] = None) -> np.ndarray:

@@ -161,19 +161,21 @@ def basin_transitions(phi: np.ndarray) -> int:
     return int(np.count_nonzero(committed[1:] != committed[:-1]))
 
 
-def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[float, float]:
-    """Delta F(phi) from the first and the second half of the frames, each with its own share of the weights."""
+def delta_f_or_nan(phi: np.ndarray, w: np.ndarray, temperature: float) -> float:
+    """``aesample.analysis.basin_free_energy_difference`` (kJ/mol), NaN where a basin has no weight."""
     from aesample.analysis import basin_free_energy_difference
     from aesample.estimators import kT
 
-    out = []
+    try:
+        return basin_free_energy_difference(phi, w, kT(temperature))
+    except ValueError:
+        return float("nan")
+
+
+def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[float, float]:
+    """Delta F(phi) from the first and the second half of the frames, each with its own share of the weights."""
     h = len(phi) // 2
-    for sl in (slice(0, h), slice(h, None)):
-        try:
-            out.append(basin_free_energy_difference(phi[sl], w[sl], kT(temperature)))
-        except ValueError:
-            out.append(float("nan"))
-    return out[0], out[1]
+    return delta_f_or_nan(phi[:h], w[:h], temperature), delta_f_or_nan(phi[h:], w[h:], temperature)
 
 
 def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
@@ -211,13 +213,7 @@ def accuracy(run_dir: Path, k: int, ref: dict) -> dict:
     seen = low & np.isfinite(fes)
     offset = float(np.mean(fes[seen] - r[seen])) if seen.any() else float("nan")
     dev = fes - r - offset
-    from aesample.analysis import basin_free_energy_difference
-    from aesample.estimators import kT
-
-    try:
-        df = basin_free_energy_difference(phi, w, kT(temperature))
-    except ValueError:
-        df = float("nan")
+    df = delta_f_or_nan(phi, w, temperature)
     out = {
         "iteration": k, "bins_compared": int(seen.sum()), "bins_below_cutoff": int(low.sum()),
         "bins_unvisited": int((low & ~np.isfinite(fes)).sum()),
@@ -241,18 +237,9 @@ def accuracy(run_dir: Path, k: int, ref: dict) -> dict:
 
 # ------------------------------------------------------------------------------ efficiency
 def _prefix_delta_f(phi, w, temperature, ns_total, points=20):
-    from aesample.analysis import basin_free_energy_difference
-    from aesample.estimators import kT
-
-    out = []
     n = len(phi)
-    for j in range(1, points + 1):
-        m = max(2, int(n * j / points))
-        try:
-            out.append((ns_total * m / n, basin_free_energy_difference(phi[:m], w[:m], kT(temperature))))
-        except ValueError:
-            out.append((ns_total * m / n, float("nan")))
-    return out
+    ms = [max(2, int(n * j / points)) for j in range(1, points + 1)]
+    return [(ns_total * m / n, delta_f_or_nan(phi[:m], w[:m], temperature)) for m in ms]
 
 
 def ns_to_tolerance(series, ref_df, tol):

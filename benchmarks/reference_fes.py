@@ -188,9 +188,13 @@ def run_unbiased(ns: float, seed: int, blocks: int, platform_name: str = "Refere
             print(f"  unbiased {(i + 1) * every * 2e-6:8.3f} ns ({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
 
-    def df(p):
-        pos, neg = np.count_nonzero(p > 0), np.count_nonzero(p <= 0)
-        return float(-kT() * math.log(pos / neg)) if pos and neg else float("nan")
+    from aesample.analysis import basin_free_energy_difference
+
+    def df(p):  # unweighted frames; NaN when a basin was never visited
+        try:
+            return basin_free_energy_difference(p, np.ones(len(p)), kT())
+        except ValueError:
+            return float("nan")
 
     grid = np.linspace(-np.pi, np.pi, GRID)
     # histogram bins centred on the grid points (periodic: the first and last point are the same angle)
