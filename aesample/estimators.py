@@ -7,8 +7,9 @@ first component slowest); gradient arrays add a last axis of length d. Energies 
 * :func:`czar_gradient`: ``dA/dz = -kT d ln rho~(z)/dz + <kappa (lambda - z)>~_z`` (CZAR, Lesage et al. JPCB 2017).
 * :func:`integrate_1d` (cumulative trapezoid) and :func:`integrate_2d` (least-squares / Poisson solve of
   ``grad A = g`` on the grid, periodic or not, with scipy.sparse).
-* :func:`reweighting_weights`: per-frame ``w ∝ exp(-beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022), and
-  :func:`reweighted_free_energy` (weighted histogram -> free energy).
+* :func:`reweighting_weights`: per-frame ``w ∝ exp(-beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022);
+  :func:`czar_reweighting_weights`: per-frame ``w ∝ exp(-beta A(xi)) / n(xi)`` from the CZAR free energy and the
+  biased histogram of xi; :func:`reweighted_free_energy` (weighted histogram -> free energy).
 * :func:`free_energy_drift`: RMS change of a grid free energy between two times, where the frames are.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "integrate_2d",
     "integrate_gradient",
     "reweighting_weights",
+    "czar_reweighting_weights",
     "reweighted_free_energy",
     "interpolate_on_grid",
     "free_energy_drift",
@@ -304,17 +306,81 @@ def reweighting_weights(
     return w / w.sum()
 
 
+def _bin_index(points: np.ndarray, grid_min: Sequence[float], width: Sequence[float], shape: Sequence[int],
+               periodic: Sequence[bool]) -> Tuple[np.ndarray, np.ndarray]:
+    """Bin indices (M, d) of points (M, d), wrapped on periodic and clipped on open components, and a flag per
+    point that it lies inside the grid (always true on periodic components)."""
+    d = len(shape)
+    gmin = np.asarray(grid_min, dtype=np.float64).reshape(d)
+    w = np.asarray(width, dtype=np.float64).reshape(d)
+    idx = np.floor((np.asarray(points, dtype=np.float64).reshape(-1, d) - gmin) / w).astype(int)
+    inside = np.ones(len(idx), dtype=bool)
+    for k in range(d):
+        n = int(shape[k])
+        if periodic[k]:
+            idx[:, k] = np.mod(idx[:, k], n)
+        else:
+            inside &= (idx[:, k] >= 0) & (idx[:, k] < n)
+            idx[:, k] = np.clip(idx[:, k], 0, n - 1)
+    return idx, inside
+
+
+def czar_reweighting_weights(
+    xis: np.ndarray,
+    free_energy: np.ndarray,
+    zcount: np.ndarray,
+    grid_min: Sequence[float],
+    width: Sequence[float],
+    temperature: float,
+    periodic: Sequence[bool],
+) -> np.ndarray:
+    """Per-frame Boltzmann weights from the CZAR free energy of xi: ``w_t ∝ exp(-beta A(xi_t)) / n(xi_t)``.
+
+    ``A`` is the CZAR free energy on the z = xi grid and ``n`` the biased histogram of xi accumulated during the
+    same run (``zcount``), both read in the bin of each frame's xi (``xis`` shape (T, d) or (T,)). The frames of
+    a bin then carry, together, that bin's unbiased probability ``exp(-beta A)``. The eABF bias acts on the atoms
+    only through xi, so this is exact once xi's conditional distributions are sampled, whatever the bias on
+    lambda was and however fast it changed -- unlike ``exp(-beta F_kappa(lambda))`` (:func:`reweighting_weights`),
+    which also needs the atoms to have relaxed at each lambda (CZAR's point, Lesage et al. JPCB 2017).
+
+    Frames whose xi lies off the grid, in a bin without samples or where ``A`` is undefined get weight 0 (their
+    biased density is unknown). Normalised to sum 1.
+
+    Raises
+    ------
+    ValueError
+        If no frame can be weighted.
+    """
+    z = np.asarray(xis, dtype=np.float64)
+    if z.ndim == 1:
+        z = z[:, None]
+    a = np.asarray(free_energy, dtype=np.float64)
+    n = np.asarray(zcount, dtype=np.float64).reshape(a.shape)
+    if z.shape[1] != a.ndim:
+        raise ValueError(f"czar_reweighting_weights: xis have {z.shape[1]} components, the grid has {a.ndim}")
+    idx, inside = _bin_index(z, grid_min, width, a.shape, periodic)
+    cells = tuple(idx.T)
+    ok = inside & np.isfinite(a[cells]) & (n[cells] > 0)
+    if not ok.any():
+        raise ValueError("czar_reweighting_weights: no frame lies in a sampled bin of the CZAR free energy")
+    x = np.full(len(z), -np.inf)
+    x[ok] = -a[cells][ok] / kT(temperature) - np.log(n[cells][ok])
+    x -= x[ok].max()
+    w = np.exp(x)
+    return w / w.sum()
+
+
 def free_energy_drift(
-    f_early: np.ndarray, f_late: np.ndarray, lambdas: np.ndarray, grid_min: Sequence[float], width: Sequence[float],
+    f_early: np.ndarray, f_late: np.ndarray, points: np.ndarray, grid_min: Sequence[float], width: Sequence[float],
     periodic: Sequence[bool],
 ) -> Tuple[float, float]:
-    """RMS change between two estimates of the same grid free energy, at the frames' lambda (kJ/mol).
+    """RMS change between two estimates of the same grid free energy, at the frames' grid points (kJ/mol).
 
-    Both grids are read in the bin of each frame's lambda (shape (T, d) or (T,)); frames whose bin is empty in
-    either grid are left out; the mean difference over the rest is removed (free energies are defined up to a
-    constant). Averaging over frames weights the grid where the run actually went. With F_kappa at half time
-    and at the end of one eABF run, this is how much the free energy -- hence every frame's reweighting weight
-    -- still moved in the second half: a value well below kT says F_kappa settled.
+    Both grids are read in the bin of each frame's point (shape (T, d) or (T,): lambda for F_kappa, xi for the
+    CZAR free energy); frames whose bin is empty in either grid are left out; the mean difference over the rest is
+    removed (free energies are defined up to a constant). Averaging over frames weights the grid where the run
+    actually went. With the free energy at half time and at the end of one eABF run, this is how much it -- hence
+    every frame's reweighting weight -- still moved in the second half: a value well below kT says it settled.
 
     Returns
     -------
@@ -327,16 +393,10 @@ def free_energy_drift(
     b = np.asarray(f_late, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"free_energy_drift: grids differ in shape ({a.shape} vs {b.shape})")
-    lam = np.asarray(lambdas, dtype=np.float64)
-    if lam.ndim == 1:
-        lam = lam[:, None]
-    d = a.ndim
-    gmin = np.asarray(grid_min, dtype=np.float64).reshape(d)
-    w = np.asarray(width, dtype=np.float64).reshape(d)
-    idx = np.floor((lam - gmin) / w).astype(int)
-    for k in range(d):
-        n = a.shape[k]
-        idx[:, k] = np.mod(idx[:, k], n) if periodic[k] else np.clip(idx[:, k], 0, n - 1)
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim == 1:
+        pts = pts[:, None]
+    idx, _ = _bin_index(pts, grid_min, width, a.shape, periodic)
     both = np.isfinite(a) & np.isfinite(b)
     use = both[tuple(idx.T)]
     if not use.any():

@@ -225,23 +225,26 @@ def md_progress(driver: "LoopDriver", k: int) -> tuple[int, int]:
 def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Optional[np.ndarray]]:
     """Trajectory frames of iteration ``k`` (molecule only), their weights and lambdas.
 
-    Weights: uniform at iteration 0; w ∝ exp(-beta F_kappa(lambda)) for eABF iterations.
+    Weights: uniform at iteration 0; for eABF iterations from ``eabf.estimator`` (CZAR: exp(-beta A(xi)) / n(xi);
+    naive: exp(-beta F_kappa(lambda))).
     """
     from . import md
 
-    trajs, lambdas = [], []
+    trajs, lambdas, xis = [], [], []
     for out in _md_dirs(driver, k):
         result = md.load_result(out)
         trajs.append(result.load_trajectory(driver.system.mdtraj_topology))
         if k > 0:
             lambdas.append(result.colvar_lambda())
+            xis.append(result.colvar_xi())
     traj = mdtraj.join(trajs) if len(trajs) > 1 else trajs[0]
     if k == 0:
         return traj, np.full(traj.n_frames, 1.0 / traj.n_frames), None
     lam = np.concatenate(lambdas)
     if len(lam) != traj.n_frames:
         raise RuntimeError(f"iteration {k}: {traj.n_frames} frames but {len(lam)} COLVAR rows")
-    weights = md.load_result(_md_dirs(driver, k)[0]).reweighting_weights(lam)
+    weights = md.load_result(_md_dirs(driver, k)[0]).reweighting_weights(
+        driver.config.eabf.estimator, lambdas=lam, xis=np.concatenate(xis))
     return traj, weights, lam
 
 
@@ -363,6 +366,9 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         "regression_score": None,
         # Kish effective sample size of the reweighted frames: how many frames the weights really use.
         "effective_sample_size": float(1.0 / np.sum((weights / weights.sum()) ** 2)),
+        # frames the estimator cannot weight (CZAR: xi in a bin without a free-energy estimate, at the sampled
+        # fringe), weight 0: a few percent is normal, much more means the run is too short for its grid
+        "unweighted_fraction": float(np.mean(weights == 0)),
     }
     results = [md.load_result(d) for d in _md_dirs(driver, k)]
     timing = json.loads((out / "md_timing.json").read_text())
@@ -374,10 +380,12 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         metrics["regression_score"] = analysis.regression_score(xi_k, xi_prev)
     kT = _kT(driver)
     metrics["kappa"] = float(np.ravel(results[0].state.kappa)[0]) if k > 0 else None  # after any cap
+    estimator = cfg.eabf.estimator
+    metrics["estimator"] = estimator if k > 0 else None
     # Free-energy convergence of this iteration's eABF run (the R^2 above only says the CV stopped changing).
-    drift = results[0].f_kappa_drift(lambdas) if k > 0 else None
-    metrics["f_kappa_drift"] = None if drift is None else drift["rms"]
-    metrics["f_kappa_drift_frames"] = None if drift is None else drift["frames"]
+    drift = results[0].free_energy_drift(estimator, lambdas=lambdas) if k > 0 else None
+    metrics["free_energy_drift"] = None if drift is None else drift["rms"]
+    metrics["free_energy_drift_frames"] = None if drift is None else drift["frames"]
     plotting = cfg.output.plots
     if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
         angles = analysis.phi_psi(traj)
@@ -387,8 +395,8 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         except ValueError:
             metrics["delta_f_phi"] = None
         metrics["delta_f_phi_half"] = None
-        if drift is not None:  # the same frames weighted with F_kappa at half time
-            half_w = results[0].reweighting_weights(lambdas, results[0].half_state)
+        if drift is not None:  # the same frames weighted with the free energy at half time
+            half_w = results[0].reweighting_weights(estimator, results[0].half_state, lambdas=lambdas)
             try:
                 metrics["delta_f_phi_half"] = analysis.basin_free_energy_difference(angles[:, 0], half_w, kT)
             except ValueError:
@@ -441,13 +449,13 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
     """The driver's criterion: R^2(xi_k ~ xi_k-1) >= ``loop.convergence_threshold`` and, when
-    ``loop.free_energy_tolerance`` is set, an F_kappa drift at most that (a missing drift does not pass)."""
+    ``loop.free_energy_tolerance`` is set, a free-energy drift at most that (a missing drift does not pass)."""
     score = metrics.get("regression_score")
     if score is None or score < loop.convergence_threshold:
         return False
     if loop.free_energy_tolerance is None:
         return True
-    drift = metrics.get("f_kappa_drift")
+    drift = metrics.get("free_energy_drift")
     return drift is not None and bool(np.isfinite(drift)) and drift <= loop.free_energy_tolerance
 
 
@@ -465,8 +473,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
     if m.get("delta_f_phi") is not None:
         parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol")
-    if m.get("f_kappa_drift") is not None:
-        parts.append(f"F_kappa drift={m['f_kappa_drift']:.2f} kJ/mol")
+    if m.get("free_energy_drift") is not None:
+        parts.append(f"F drift={m['free_energy_drift']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

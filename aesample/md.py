@@ -18,8 +18,8 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
   ``checkpoint/seg_N.eabf.npz`` (:class:`~aesample.eabf.EABFState`), and last ``checkpoint.json`` (segment index,
   step, time, file names). ``checkpoint.json`` is the commit point; files of older segments are removed after it.
 * ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
-  written once; comparing F_kappa from it with the final one shows how much the free energy still moves
-  (:meth:`RunOutputs.f_kappa_drift`).
+  written once; comparing the free energy from it with the final one shows how much it still moves
+  (:meth:`RunOutputs.free_energy_drift`).
 
 ``run_eabf(..., resume=True)`` rebuilds the System with the saved accumulators baked in, loads the checkpoint
 (falls back to the XML State on a different platform), drops COLVAR rows past the checkpoint and continues until
@@ -27,7 +27,7 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 
 :func:`run_md` is the same machinery without bias (iteration 0 of the loop). Reading back:
 :func:`load_result` -> :class:`RunOutputs` (``load_trajectory``, ``colvar_lambda``, ``colvar_xi``, ``f_kappa``,
-``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``f_kappa_drift``), :func:`steps_done`,
+``free_energy``, ``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``free_energy_drift``), :func:`steps_done`,
 :func:`final_positions`. Also written: ``run.json`` (settings, solute indices) and ``final_positions.npy``
 (molecule positions at the end).
 """
@@ -697,39 +697,71 @@ class RunOutputs:
         g = st.naive_gradient()
         return integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
 
-    def f_kappa_drift(self, lambdas: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
-        """How much F_kappa moved over the second half of the run, where the run went.
+    def czar_pmf(self, state: Optional[EABFState] = None):
+        """(centres per dimension, CZAR free energy on the xi grid, kJ/mol), of ``state`` (default: the final one)."""
+        from .estimators import czar_gradient, integrate_gradient
+
+        st = self.state if state is None else state
+        g = czar_gradient(st.czar, st.zcount, st.bin_width, self.temperature, st.periodic)
+        return st.centers(), integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+
+    def free_energy(self, estimator: str = "czar", state: Optional[EABFState] = None) -> np.ndarray:
+        """Grid free energy of an estimator (kJ/mol): ``"czar"``, A(xi) on the xi grid; ``"naive"``, F_kappa(lambda)."""
+        _check_estimator(estimator)
+        return self.czar_pmf(state)[1] if estimator == "czar" else self.f_kappa(state)
+
+    def _points(self, estimator: str, lambdas: Optional[np.ndarray], xis: Optional[np.ndarray]) -> np.ndarray:
+        """Where each frame reads the estimator's grid: xi for CZAR, lambda for F_kappa (COLVAR when not given)."""
+        if estimator == "czar":
+            return self.colvar_xi() if xis is None else xis
+        return self.colvar_lambda() if lambdas is None else lambdas
+
+    def free_energy_drift(self, estimator: str = "czar", lambdas: Optional[np.ndarray] = None,
+                          xis: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
+        """How much the estimator's free energy moved over the second half of the run, where the run went.
 
         Returns ``{"rms": kJ/mol, "frames": fraction of frames compared}`` from
-        :func:`aesample.estimators.free_energy_drift` (F_kappa at half time vs at the end, at the frames'
-        lambda), or None when there is no half-time state.
+        :func:`aesample.estimators.free_energy_drift` (the free energy at half time vs at the end, at the frames'
+        xi for CZAR or lambda for F_kappa), or None when there is no half-time state.
         """
         from .estimators import free_energy_drift
 
+        _check_estimator(estimator)
         half = self.half_state
         if half is None:
             return None
         st = self.state
-        lam = self.colvar_lambda() if lambdas is None else lambdas
-        rms, frac = free_energy_drift(self.f_kappa(half), self.f_kappa(st), lam, st.grid_min, st.bin_width, st.periodic)
+        pts = self._points(estimator, lambdas, xis)
+        rms, frac = free_energy_drift(self.free_energy(estimator, half), self.free_energy(estimator, st), pts,
+                                      st.grid_min, st.bin_width, st.periodic)
         return {"rms": rms, "frames": frac}
 
-    def reweighting_weights(self, lambdas: Optional[np.ndarray] = None, state: Optional[EABFState] = None) -> np.ndarray:
-        """w ∝ exp(-beta F_kappa(lambda)) per frame, normalised (lambda from COLVAR when not given; F_kappa of
-        ``state``, default the final one)."""
-        from .estimators import reweighting_weights
+    def reweighting_weights(self, estimator: str = "czar", state: Optional[EABFState] = None,
+                            lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per-frame Boltzmann weights, normalised, from ``state`` (default: the final one).
 
+        ``estimator="czar"`` (default): ``w ∝ exp(-beta A(xi)) / n(xi)``
+        (:func:`aesample.estimators.czar_reweighting_weights`); ``"naive"``: ``w ∝ exp(-beta F_kappa(lambda))``
+        (:func:`aesample.estimators.reweighting_weights`). Frame values from COLVAR unless given.
+        """
+        from .estimators import czar_reweighting_weights, reweighting_weights
+
+        _check_estimator(estimator)
         st = self.state if state is None else state
-        lam = self.colvar_lambda() if lambdas is None else lambdas
-        return reweighting_weights(lam, self.f_kappa(st), st.grid_min, st.bin_width, self.temperature, st.periodic)
+        pts = self._points(estimator, lambdas, xis)
+        if estimator == "naive":
+            return reweighting_weights(pts, self.f_kappa(st), st.grid_min, st.bin_width, self.temperature, st.periodic)
+        return czar_reweighting_weights(pts, self.czar_pmf(st)[1], st.zcount, st.grid_min, st.bin_width,
+                                        self.temperature, st.periodic)
 
-    def czar_pmf(self):
-        """(centres per dimension, CZAR free energy on the xi grid, kJ/mol)."""
-        from .estimators import czar_gradient, integrate_gradient
 
-        st = self.state
-        g = czar_gradient(st.czar, st.zcount, st.bin_width, self.temperature, st.periodic)
-        return st.centers(), integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+ESTIMATORS = ("czar", "naive")
+
+
+def _check_estimator(estimator: str) -> None:
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        got = repr(estimator) if isinstance(estimator, str) else f"a {type(estimator).__name__}"
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {got} (frame values go by keyword: lambdas=, xis=)")
 
 
 def load_result(out_dir) -> RunOutputs:

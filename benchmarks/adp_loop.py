@@ -118,7 +118,8 @@ def iteration_phi_weights(run_dir: Path, k: int):
         res = md.load_result(d)
         traj = res.load_trajectory(driver.system.mdtraj_topology)
         phis.append(phi_psi(traj)[:, 0])
-        weights.append(np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0 else res.reweighting_weights())
+        weights.append(np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0
+                       else res.reweighting_weights(driver.config.eabf.estimator))
     return np.concatenate(phis), np.concatenate(weights) / len(weights), float(driver.config.system.temperature)
 
 

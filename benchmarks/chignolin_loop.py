@@ -130,7 +130,8 @@ def evaluate(run_dir: Path) -> dict:
             box = None if traj.unitcell_vectors is None else np.asarray(traj.unitcell_vectors, dtype=np.float64)
             xs.append(compute_cv(cv, traj.xyz.astype(np.float64), box=box))
             rs.append(analysis.chignolin_observables(traj, folded)["rmsd_ca"])
-            w = np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0 else res.reweighting_weights()
+            w = (np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0
+                 else res.reweighting_weights(driver.config.eabf.estimator))
             ws.append(w / w.sum() / len(dirs))
     xi, rmsd, w = np.concatenate(xs), np.concatenate(rs), np.concatenate(ws)
     out = {"iteration": last, "frames": int(len(rmsd)), "rmsd_min": float(rmsd.min()), "rmsd_max": float(rmsd.max()),

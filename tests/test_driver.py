@@ -53,7 +53,10 @@ def test_loop_outputs(uninterrupted):
         for name in ("cv.pt", "cv.json", "model.pt", "weights.npy", "metrics.json"):
             assert (it / name).is_file(), f"{it / name} missing"
         weights = np.load(it / "weights.npy")
-        assert weights.sum() == pytest.approx(1.0) and np.all(weights > 0)
+        # CZAR gives frames in bins without an estimate weight 0 (the tiny runs leave 8-16 % there)
+        assert weights.sum() == pytest.approx(1.0) and np.all(weights >= 0) and np.mean(weights > 0) > 0.75
+        m = json.loads((it / "metrics.json").read_text())
+        assert m["unweighted_fraction"] == pytest.approx(np.mean(weights == 0))
     for k in (1, 2):
         m = json.loads((uninterrupted / f"iter_{k:03d}" / "metrics.json").read_text())
         assert -1.0 <= m["regression_score"] <= 1.0
@@ -62,8 +65,9 @@ def test_loop_outputs(uninterrupted):
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
         assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
-        # F_kappa moved between half time (step 2000 of 4000) and the end; delta_f_phi_half uses the former
-        assert m["f_kappa_drift"] > 0 and 0 < m["f_kappa_drift_frames"] <= 1
+        # the CZAR free energy moved between half time (step 2000 of 4000) and the end; delta_f_phi_half uses the former
+        assert m["free_energy_drift"] > 0 and 0 < m["free_energy_drift_frames"] <= 1
+        assert m["estimator"] == "czar"
         assert "delta_f_phi_half" in m
         # kappa: the configured one capped by the CV's steepness; the CV spring period spans >= 8 steps of 2 fs
         from aesample.driver import LoopDriver
@@ -125,7 +129,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrup
         for key in ("frames", "best_val_loss", "ns"):
             assert a.get(key) == b.get(key), f"iteration {k}: {key} differs ({a.get(key)} vs {b.get(key)})"
         # Scores go through LAPACK, whose summation order may differ between processes: round-off only.
-        for key in ("regression_score", "dihedral_score", "f_kappa_drift"):
+        for key in ("regression_score", "dihedral_score", "free_energy_drift"):
             if a.get(key) is None:
                 assert b.get(key) is None
             else:
@@ -146,12 +150,12 @@ def test_convergence_criterion_with_free_energy_tolerance():
     plain = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=None)
     strict = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=1.0)
     assert LoopConfig().free_energy_tolerance == 1.0  # on by default
-    settled = {"regression_score": 0.995, "f_kappa_drift": 0.4}
-    moving = {"regression_score": 0.995, "f_kappa_drift": 2.5}
+    settled = {"regression_score": 0.995, "free_energy_drift": 0.4}
+    moving = {"regression_score": 0.995, "free_energy_drift": 2.5}
     assert is_converged(settled, plain) and is_converged(moving, plain)
     assert is_converged(settled, strict) and not is_converged(moving, strict)
-    assert not is_converged({"regression_score": 0.995, "f_kappa_drift": None}, strict)
-    assert not is_converged({"regression_score": 0.98, "f_kappa_drift": 0.1}, strict)
+    assert not is_converged({"regression_score": 0.995, "free_energy_drift": None}, strict)
+    assert not is_converged({"regression_score": 0.98, "free_energy_drift": 0.1}, strict)
     assert not is_converged({"regression_score": None}, plain)
 
 

@@ -117,6 +117,34 @@ def test_reweighting_weights_and_histogram():
     np.testing.assert_allclose(F, ref, atol=0.3)
 
 
+def test_czar_reweighting_weights_undo_a_non_flat_bias():
+    rng = np.random.default_rng(3)
+    gmin, w, nb = -1.5, 0.05, 60
+    c = gmin + w * (np.arange(nb) + 0.5)
+    k = 40.0  # unbiased F(x) = k x^2 / 2, <x^2> = kT / k
+    # biased samples: a wider Gaussian than the Boltzmann one, so the biased histogram n(x) is far from flat
+    x = rng.normal(0.0, 0.5, 400_000)
+    x = x[np.abs(x) < 1.4]
+    n = np.histogram(x, bins=nb, range=(gmin, gmin + nb * w))[0].astype(float)
+    A = 0.5 * k * c**2
+    wts = est.czar_reweighting_weights(x, A, n, [gmin], [w], T, [False])
+    assert wts.shape == x.shape and wts.sum() == pytest.approx(1.0) and np.all(wts > 0)
+    # bins are 0.05 wide: the bin-level weights give <x^2> within the binning error
+    assert np.sum(wts * x**2) == pytest.approx(KT / k, rel=0.03)
+    # without dividing by the biased histogram the biased density stays in: the product of two Gaussians, too narrow
+    naive = np.exp(-A[np.floor((x - gmin) / w).astype(int)] / KT)
+    assert np.sum(naive * x**2) / naive.sum() < 0.85 * KT / k
+    # frames off the grid or in an empty bin cannot be weighted: 0; none weighable: error
+    n_hole = n.copy()
+    n_hole[30] = 0.0
+    wh = est.czar_reweighting_weights(np.array([0.02, 1.6, -0.3]), A, n_hole, [gmin], [w], T, [False])
+    assert wh[0] == 0.0 and wh[1] == 0.0 and wh[2] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no frame"):
+        est.czar_reweighting_weights(np.array([2.0]), A, n, [gmin], [w], T, [False])
+    with pytest.raises(ValueError, match="components"):
+        est.czar_reweighting_weights(np.zeros((4, 2)), A, n, [gmin], [w], T, [False])
+
+
 def test_free_energy_drift():
     rng = np.random.default_rng(2)
     gmin, w = [-1.0, -1.0], [0.1, 0.1]
