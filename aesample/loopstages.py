@@ -448,8 +448,11 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
-    """The driver's criterion: R^2(xi_k ~ xi_k-1) >= ``loop.convergence_threshold`` and, when
-    ``loop.free_energy_tolerance`` is set, a free-energy drift at most that (a missing drift does not pass)."""
+    """The driver's criterion: iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
+    ``loop.convergence_threshold`` and, when ``loop.free_energy_tolerance`` is set, a free-energy drift at most
+    that (a missing drift does not pass)."""
+    if metrics.get("iteration", 0) < loop.min_iterations:
+        return False
     score = metrics.get("regression_score")
     if score is None or score < loop.convergence_threshold:
         return False

@@ -150,13 +150,17 @@ def test_convergence_criterion_with_free_energy_tolerance():
     plain = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=None)
     strict = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=1.0)
     assert LoopConfig().free_energy_tolerance == 1.0  # on by default
-    settled = {"regression_score": 0.995, "free_energy_drift": 0.4}
-    moving = {"regression_score": 0.995, "free_energy_drift": 2.5}
+    settled = {"iteration": 2, "regression_score": 0.995, "free_energy_drift": 0.4}
+    moving = {"iteration": 2, "regression_score": 0.995, "free_energy_drift": 2.5}
     assert is_converged(settled, plain) and is_converged(moving, plain)
     assert is_converged(settled, strict) and not is_converged(moving, strict)
-    assert not is_converged({"regression_score": 0.995, "free_energy_drift": None}, strict)
-    assert not is_converged({"regression_score": 0.98, "free_energy_drift": 0.1}, strict)
+    assert not is_converged({"iteration": 2, "regression_score": 0.995, "free_energy_drift": None}, strict)
+    assert not is_converged({"iteration": 2, "regression_score": 0.98, "free_energy_drift": 0.1}, strict)
     assert not is_converged({"regression_score": None}, plain)
+    # iteration 1 (along the CV of unbiased MD) never ends the loop by default, however settled it looks
+    assert LoopConfig().min_iterations == 2
+    assert not is_converged(dict(settled, iteration=1), plain) and not is_converged(dict(settled, iteration=1), strict)
+    assert is_converged(dict(settled, iteration=1), LoopConfig(min_iterations=1, free_energy_tolerance=None))
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_config):
