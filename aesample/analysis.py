@@ -106,6 +106,18 @@ def basin_free_energy_difference(phi: np.ndarray, weights: np.ndarray, kT: float
     return float(-kT * math.log(pos / neg))
 
 
+def basin_transitions(phi: np.ndarray) -> int:
+    """Committed transitions between phi < -0.5 rad (C7eq/C5 side) and C7ax (0.3 < phi < 2 rad) in a frame series.
+
+    Frames in neither region (the barriers) keep the last committed state, so recrossings of the barrier top
+    without reaching the other basin are not counted. The statistics of a reweighted Delta F between the two
+    basins rest on this number: a few transitions leave it several kJ/mol off whatever the weights.
+    """
+    state = np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
+    committed = state[state >= 0]
+    return int(np.count_nonzero(committed[1:] != committed[:-1]))
+
+
 def chignolin_observables(traj: mdtraj.Trajectory, folded: mdtraj.Trajectory) -> dict[str, np.ndarray]:
     """Folding observables of CLN025 (YYDPETGTWY) per frame.
 

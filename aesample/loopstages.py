@@ -390,6 +390,8 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
         angles = analysis.phi_psi(traj)
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
+        # C7eq <-> C7ax transitions behind delta_f_phi: with a handful, it is off by several kJ/mol
+        metrics["phi_transitions"] = analysis.basin_transitions(angles[:, 0])
         try:
             metrics["delta_f_phi"] = analysis.basin_free_energy_difference(angles[:, 0], weights, kT)
         except ValueError:
@@ -475,7 +477,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("dihedral_score") is not None:
         parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
     if m.get("delta_f_phi") is not None:
-        parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol")
+        parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol ({m.get('phi_transitions')} transitions)")
     if m.get("free_energy_drift") is not None:
         parts.append(f"F drift={m['free_energy_drift']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:

@@ -151,17 +151,6 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
           f"loop.free_energy_tolerance is set, F_kappa drift within it): {state.get('converged')}")
 
 
-def basin_transitions(phi: np.ndarray) -> int:
-    """Committed transitions between phi < -0.5 rad (C7eq/C5 side) and C7ax (0.3 < phi < 2 rad) in a frame series.
-
-    Frames in neither region (the barriers) keep the last committed state, so recrossings of the barrier top
-    without reaching the other basin are not counted.
-    """
-    state = np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
-    committed = state[state >= 0]
-    return int(np.count_nonzero(committed[1:] != committed[:-1]))
-
-
 def delta_f_or_nan(phi: np.ndarray, w: np.ndarray, temperature: float) -> float:
     """``aesample.analysis.basin_free_energy_difference`` (kJ/mol), NaN where a basin has no weight."""
     from aesample.analysis import basin_free_energy_difference
@@ -183,6 +172,8 @@ def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
     """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy,
     the number of basin transitions and Delta F from each half of the frames (a spread far above 1 kJ/mol says
     the iteration's Delta F rests on too few transitions to be trusted at that level)."""
+    from aesample.analysis import basin_transitions
+
     out = []
     print("\n| iter | frames | frames phi > 0 | of which C7ax (0.3 < phi < 2) | reweighted mass phi > 0 "
           "| effective sample size | largest weight | transitions | dF 1st half | dF 2nd half |")

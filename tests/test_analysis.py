@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from aesample.analysis import basin_free_energy_difference, dihedral_score, periodic_features, regression_score
+from aesample.analysis import (
+    basin_free_energy_difference,
+    basin_transitions,
+    dihedral_score,
+    periodic_features,
+    regression_score,
+)
 
 
 def test_regression_score_linear_and_noise():
@@ -72,3 +78,10 @@ def test_chignolin_observables_folded_vs_stretched():
     assert obs["hbond_d3n_t8o"][0] < 0.32  # the hairpin's Asp3 N-H ... O Thr8 hydrogen bond
     assert obs["hbond_d3n_t8o"][1] > obs["hbond_d3n_t8o"][0]
     assert obs["rg"][1] > obs["rg"][0]
+
+
+def test_basin_transitions_ignore_barrier_recrossings():
+    # C7eq -> barrier top -> back to C7eq is no transition; C7eq -> C7ax -> (barrier) -> C7eq is two
+    phi = np.array([-1.5, -0.2, 0.1, -0.2, -1.4, 0.2, 1.0, 0.9, 0.1, -0.1, -1.2, -2.8, 3.0])
+    assert basin_transitions(phi) == 2
+    assert basin_transitions(np.full(5, -1.5)) == 0

@@ -71,14 +71,6 @@ def test_auc_and_tolerance():
     assert adp.ns_to_tolerance(series[:3], 8.8, 1.0) is None
 
 
-def test_basin_transitions_ignore_barrier_recrossings():
-    adp = _load("adp_loop")
-    # C7eq -> barrier top -> back to C7eq is no transition; C7eq -> C7ax -> (barrier) -> C7eq is two
-    phi = np.array([-1.5, -0.2, 0.1, -0.2, -1.4, 0.2, 1.0, 0.9, 0.1, -0.1, -1.2, -2.8, 3.0])
-    assert adp.basin_transitions(phi) == 2
-    assert adp.basin_transitions(np.full(5, -1.5)) == 0
-
-
 def test_half_delta_f_uses_each_half():
     adp = _load("adp_loop")
     phi = np.array([-1.0, -1.0, 1.0, -1.0, 1.0, 1.0])

@@ -61,6 +61,13 @@ def test_loop_outputs(uninterrupted):
         m = json.loads((uninterrupted / f"iter_{k:03d}" / "metrics.json").read_text())
         assert -1.0 <= m["regression_score"] <= 1.0
         assert 0.0 <= m["dihedral_score"] <= 1.0
+        from aesample import md as md_mod
+        from aesample.analysis import basin_transitions, phi_psi
+        from aesample.driver import LoopDriver
+
+        frames = md_mod.load_result(uninterrupted / f"iter_{k:03d}" / "md_0").load_trajectory(
+            LoopDriver.open(uninterrupted).system.mdtraj_topology)
+        assert m["phi_transitions"] == basin_transitions(phi_psi(frames)[:, 0])
         assert (uninterrupted / f"iter_{k:03d}" / "md_0" / "COLVAR").is_file()
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
