@@ -134,6 +134,37 @@ class LoopDriver:
             raise RunDirectoryError(str(exc)) from None
         return cls(run_dir, config, LoopState.load(run_dir / "state.json"))
 
+    def extend(self, max_iterations: int) -> None:
+        """Raise ``loop.max_iterations`` of this run to ``max_iterations`` so that it continues.
+
+        A run that stopped at its iteration limit without converging is reopened at the next iteration's MD
+        stage; an unfinished run only gets the new limit. ``run.yaml`` is rewritten before ``state.json`` (both
+        atomically), so an interruption in between leaves a finished run that the same call extends again.
+
+        Raises
+        ------
+        RunDirectoryError
+            If the run converged, or ``max_iterations`` is not above the last iteration done.
+        """
+        from .config import config_from_dict, save_config
+
+        done = max((h["iteration"] for h in self.state.history), default=-1)
+        if self.state.converged:
+            raise RunDirectoryError(f"{self.run_dir}: converged at iteration {done}; start a new run to go on")
+        if max_iterations <= max(done, 0) or max_iterations < self.config.loop.max_iterations:
+            raise RunDirectoryError(
+                f"{self.run_dir}: --max-iterations {max_iterations} must be above the last iteration done ({done}) "
+                f"and not below loop.max_iterations ({self.config.loop.max_iterations})")
+        data = self.config.model_dump(mode="json")
+        data["loop"]["max_iterations"] = int(max_iterations)
+        self.config = config_from_dict(data)
+        save_config(self.config, self.run_dir / "run.yaml")
+        if self.state.finished:
+            self.state.finished = False
+            self.state.iteration = done + 1
+            self.state.stage = "md"
+            self._save_state()
+
     def _setup_logging(self) -> None:
         if any(getattr(h, "_aesample_run", None) == str(self.run_dir) for h in log.handlers):
             return

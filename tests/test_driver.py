@@ -269,3 +269,27 @@ def test_custom_pdb_selection_follows_its_size(tmp_path):
     driver = LoopDriver.create(cfg, tmp_path / "custom")
     assert driver.config.cv.selection == "name CA"  # 10 residues: alpha carbons
     assert LoopDriver.open(tmp_path / "custom").config.cv.selection == "name CA"  # saved in run.yaml
+
+
+def test_resume_extends_a_finished_run(tmp_path, uninterrupted):
+    import shutil
+
+    run = tmp_path / "more"
+    shutil.copytree(uninterrupted, run)
+    before = [json.loads((run / f"iter_{k:03d}" / "metrics.json").read_text()) for k in range(3)]
+    # not above the last iteration done: refused, nothing changed
+    bad = _cli("resume", run, "--max-iterations", "2", "--quiet", check=False)
+    assert bad.returncode != 0 and "--max-iterations 2" in bad.stderr + bad.stdout
+    assert "max_iterations: 2" in (run / "run.yaml").read_text()
+    _cli("resume", run, "--max-iterations", "3", "--quiet")
+    state = json.loads((run / "state.json").read_text())
+    assert state["finished"] and [h["iteration"] for h in state["history"]] == [0, 1, 2, 3]
+    assert "max_iterations: 3" in (run / "run.yaml").read_text()
+    assert (run / "iter_003" / "md_0" / "COLVAR").is_file() and (run / "iter_003" / "cv.pt").is_file()
+    for k in range(3):  # earlier iterations untouched
+        assert json.loads((run / f"iter_{k:03d}" / "metrics.json").read_text()) == before[k]
+    # a converged run is not reopened
+    state["converged"] = True
+    (run / "state.json").write_text(json.dumps(state))
+    refused = _cli("resume", run, "--max-iterations", "5", "--quiet", check=False)
+    assert refused.returncode != 0 and "converged at iteration 3" in refused.stderr + refused.stdout
