@@ -216,7 +216,7 @@ class EABFConfig(_Section):
         "'czar': w ~ exp(-beta A(xi)) / n(xi), the CZAR free energy of the CV over its biased histogram; needs "
         "only the fast extended variable to relax at fixed xi. 'naive': w ~ exp(-beta F_kappa(lambda)) (the "
         "paper's form); also needs the atoms to relax at fixed lambda, which the barrier bins rarely allow "
-        "(alanine dipeptide, 2 ns per iteration: CZAR 7.6-8.5 kJ/mol vs naive 3.8-10.5 for a reference 8.8).",
+        "(measured on alanine dipeptide in benchmarks/LOOP_RESULTS.md, fourth session).",
     )
 
     @model_validator(mode="after")

@@ -366,8 +366,8 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         "regression_score": None,
         # Kish effective sample size of the reweighted frames: how many frames the weights really use.
         "effective_sample_size": float(1.0 / np.sum((weights / weights.sum()) ** 2)),
-        # frames the estimator cannot weight (CZAR: xi in a bin without a free-energy estimate, at the sampled
-        # fringe), weight 0: a few percent is normal, much more means the run is too short for its grid
+        # frames the estimator cannot weight (CZAR: xi in an isolated sampled bin, without a free-energy
+        # estimate), weight 0: more than a few percent means the run is too short for its grid
         "unweighted_fraction": float(np.mean(weights == 0)),
     }
     results = [md.load_result(d) for d in _md_dirs(driver, k)]

@@ -199,3 +199,14 @@ def test_colvar_header_and_rows(tmp_path):
     fields, data = read_colvar(tmp_path / "COLVAR")
     assert (tmp_path / "COLVAR").read_text().startswith("#! FIELDS time xi_1 xi_2 lambda_1 lambda_2 fbias_1 fbias_2\n")
     np.testing.assert_array_equal(data, [[0.5, 1, 2, 3, 4, 5, 6]])
+
+
+def test_czar_density_gradient_is_one_sided_at_the_sampled_fringe():
+    # 1D histogram with a gap: bins 1..3 sampled, 4 empty, 5..6 sampled; width 0.5, no force (czar sums 0)
+    n = np.array([0.0, 10.0, 20.0, 40.0, 0.0, 8.0, 0.0])
+    g = est.czar_gradient(np.zeros((7, 1)), n, [0.5], T, [False])[:, 0]
+    lnn = np.log(np.where(n > 0, n, 1.0))
+    assert g[2] == pytest.approx(-KT * (lnn[3] - lnn[1]) / 1.0)  # central inside
+    assert g[1] == pytest.approx(-KT * (lnn[2] - lnn[1]) / 0.5)  # left neighbour empty: forward difference
+    assert g[3] == pytest.approx(-KT * (lnn[3] - lnn[2]) / 0.5)  # right neighbour empty: backward difference
+    assert np.isnan(g[5]) and np.isnan(g[0]) and np.isnan(g[4])  # isolated or empty bins: no estimate
