@@ -27,8 +27,8 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 
 :func:`run_md` is the same machinery without bias (iteration 0 of the loop). Reading back:
 :func:`load_result` -> :class:`RunOutputs` (``load_trajectory``, ``colvar_lambda``, ``colvar_xi``, ``f_kappa``,
-``free_energy``, ``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``free_energy_drift``), :func:`steps_done`,
-:func:`final_positions`. Also written: ``run.json`` (settings, solute indices) and ``final_positions.npy``
+``free_energy``, ``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``free_energy_drift``),
+:func:`steps_done`, :func:`final_positions`. Also written: ``run.json`` (settings, solute indices) and ``final_positions.npy``
 (molecule positions at the end).
 """
 from __future__ import annotations
@@ -761,7 +761,8 @@ ESTIMATORS = ("czar", "naive")
 def _check_estimator(estimator: str) -> None:
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         got = repr(estimator) if isinstance(estimator, str) else f"a {type(estimator).__name__}"
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {got} (frame values go by keyword: lambdas=, xis=)")
+        raise ValueError(
+            f"estimator must be one of {ESTIMATORS}, got {got} (frame values go by keyword: lambdas=, xis=)")
 
 
 def load_result(out_dir) -> RunOutputs:
