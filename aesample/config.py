@@ -252,8 +252,8 @@ class LoopConfig(_Section):
     max_iterations: int = Field(4, ge=1, description="Maximum number of eABF iterations after iteration 0.")
     min_iterations: int = Field(
         2, ge=1, description="First eABF iteration that may declare convergence. Iteration 1 runs along a CV learned "
-        "from unbiased MD, which only saw the starting basin: on alanine dipeptide its Delta F was 6-11 kJ/mol off "
-        "in all five runs measured, twice with R^2 >= 0.999 and a drift below 0.6 kJ/mol. Above max_iterations: the "
+        "from unbiased MD, which only saw the starting basin: on alanine dipeptide its Delta F was 5-10 kJ/mol high "
+        "in all four runs measured (either weighting), twice with R^2 >= 0.999 and a drift below 0.6 kJ/mol. Above max_iterations: the "
         "loop never declares convergence.",
     )
     convergence_threshold: float = Field(

@@ -28,8 +28,8 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 :func:`run_md` is the same machinery without bias (iteration 0 of the loop). Reading back:
 :func:`load_result` -> :class:`RunOutputs` (``load_trajectory``, ``colvar_lambda``, ``colvar_xi``, ``f_kappa``,
 ``free_energy``, ``reweighting_weights``, ``czar_pmf``, ``state``, ``half_state``, ``free_energy_drift``),
-:func:`steps_done`, :func:`final_positions`. Also written: ``run.json`` (settings, solute indices) and ``final_positions.npy``
-(molecule positions at the end).
+:func:`steps_done`, :func:`final_positions`. Also written: ``run.json`` (settings, solute indices) and
+``final_positions.npy`` (molecule positions at the end).
 """
 from __future__ import annotations
 

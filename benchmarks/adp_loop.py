@@ -24,8 +24,9 @@ Profiles (``--set section.key=value`` overrides either):
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
 xi_k against (cos, sin) of (phi, psi), Delta F = F(phi > 0) - F(phi < 0) from the iteration's reweighted frames,
-the same Delta F with the frames weighted by F_kappa at half time of the eABF run and the F_kappa drift (RMS
-change of F_kappa over the second half, at the frames' lambda; both from runs made after 2026-11-22), ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
+the same Delta F with the frames weighted by the free energy at half time of the eABF run and the free-energy
+drift (RMS change over the second half of the eabf.estimator's free energy, where the frames are; both from runs
+made after 2026-11-22), ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
 frames were: how many have phi > 0, how many are in the C7ax basin (0.3 < phi < 2 rad), the reweighted mass at
 phi > 0, the effective sample size 1/sum(w^2) of the normalised weights, the largest single weight, the number of
 committed C7eq/C5 <-> C7ax transitions and Delta F from each half of the frames (with the final weights).
@@ -55,6 +56,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_fes import delta_f_or_nan  # noqa: E402  (sibling script, found through the path set above)
 
 PROFILES = {
     "cpu": {
@@ -136,30 +139,19 @@ def _fmt(x, spec):
 
 
 def print_table(rows: list[dict], state: dict, threshold: float) -> None:
-    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | dF, F_kappa at half time "
-          "| F_kappa drift kJ/mol | ns | cumulative ns | ns/day | train s | epochs |")
+    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | dF, F at half time "
+          "| F drift kJ/mol | ns | cumulative ns | ns/day | train s | epochs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     cum = 0.0
     for m in rows:
         cum += m.get("ns") or 0.0
         print(f"| {m['iteration']} | {_fmt(m.get('regression_score'), '.4f')} | {_fmt(m.get('dihedral_score'), '.3f')} "
               f"| {_fmt(m.get('delta_f_phi'), '.2f')} | {_fmt(m.get('delta_f_phi_half'), '.2f')} "
-              f"| {_fmt(m.get('f_kappa_drift'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
+              f"| {_fmt(m.get('free_energy_drift'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
               f"| {_fmt(m.get('ns_per_day'), '.0f')} | {_fmt(m.get('training_seconds'), '.1f')} "
               f"| {_fmt(m.get('training_epochs'), 'd')} |")
-    print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} and, when "
-          f"loop.free_energy_tolerance is set, F_kappa drift within it): {state.get('converged')}")
-
-
-def delta_f_or_nan(phi: np.ndarray, w: np.ndarray, temperature: float) -> float:
-    """``aesample.analysis.basin_free_energy_difference`` (kJ/mol), NaN where a basin has no weight."""
-    from aesample.analysis import basin_free_energy_difference
-    from aesample.estimators import kT
-
-    try:
-        return basin_free_energy_difference(phi, w, kT(temperature))
-    except ValueError:
-        return float("nan")
+    print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} from "
+          f"loop.min_iterations on and, when loop.free_energy_tolerance is set, the drift within it): {state.get('converged')}")
 
 
 def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[float, float]:

@@ -47,6 +47,17 @@ def kT(temperature: float = TEMPERATURE) -> float:
     return KB * temperature
 
 
+def delta_f_or_nan(phi: np.ndarray, w: np.ndarray, temperature: float = TEMPERATURE) -> float:
+    """``aesample.analysis.basin_free_energy_difference`` (kJ/mol) of frames with weights ``w``, NaN where a basin
+    has no weight (never visited)."""
+    from aesample.analysis import basin_free_energy_difference
+
+    try:
+        return basin_free_energy_difference(phi, w, kT(temperature))
+    except ValueError:
+        return float("nan")
+
+
 def marginal_phi(fes: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:
     """F(phi) (min 0) from a 1D F(phi) or a 2D F[psi, phi] on the OpenMM grid (duplicate endpoint dropped)."""
     f = np.asarray(fes, dtype=np.float64)
@@ -188,13 +199,8 @@ def run_unbiased(ns: float, seed: int, blocks: int, platform_name: str = "Refere
             print(f"  unbiased {(i + 1) * every * 2e-6:8.3f} ns ({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
 
-    from aesample.analysis import basin_free_energy_difference
-
-    def df(p):  # unweighted frames; NaN when a basin was never visited
-        try:
-            return basin_free_energy_difference(p, np.ones(len(p)), kT())
-        except ValueError:
-            return float("nan")
+    def df(p):  # unweighted frames
+        return delta_f_or_nan(p, np.ones(len(p)))
 
     grid = np.linspace(-np.pi, np.pi, GRID)
     # histogram bins centred on the grid points (periodic: the first and last point are the same angle)
