@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -470,6 +470,36 @@ class EABFState:
                 kappa=z["kappa"], count=z["count"], grad=z["grad"], zcount=z["zcount"], czar=z["czar"],
                 last=z["last"], n_samples=int(z["n_samples"]), meta=meta,
             )
+
+    @classmethod
+    def pooled(cls, states: Sequence["EABFState"]) -> "EABFState":
+        """Accumulators of independent walkers summed into one state.
+
+        Valid for both estimators: the walkers' biases act on lambda only, so their pooled samples follow one
+        extended ensemble whose bias is a mixture of theirs, and the conditional averages that the naive and CZAR
+        gradients take are those of the unbiased system. ``last`` and ``meta`` come from the first state.
+
+        Raises
+        ------
+        EABFError
+            If the states do not share grid, periodicity and kappa (walkers of different runs).
+        """
+        states = list(states)
+        if not states:
+            raise EABFError("EABFState.pooled: no states to pool")
+        first = states[0]
+        for i, st in enumerate(states[1:], start=1):
+            for name in ("grid_min", "grid_max", "bins", "periodic", "kappa"):
+                a, b = np.asarray(getattr(first, name)), np.asarray(getattr(st, name))
+                if a.shape != b.shape or not np.allclose(a, b):
+                    raise EABFError(f"EABFState.pooled: state {i} has {name} {b.tolist()}, state 0 has {a.tolist()}")
+        return cls(
+            grid_min=first.grid_min, grid_max=first.grid_max, bins=first.bins, periodic=first.periodic,
+            kappa=first.kappa,
+            count=sum(st.count for st in states), grad=sum(st.grad for st in states),
+            zcount=sum(st.zcount for st in states), czar=sum(st.czar for st in states),
+            last=first.last, n_samples=sum(st.n_samples for st in states), meta=dict(first.meta),
+        )
 
     def naive_gradient(self) -> np.ndarray:
         """Naive eABF estimate of dF_kappa/dlambda per lambda bin (NaN where empty)."""

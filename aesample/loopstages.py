@@ -84,8 +84,9 @@ def check_finite_energy(ms, positions: np.ndarray, source: str) -> None:
 
 
 def _md_dirs(driver: "LoopDriver", k: int) -> list[Path]:
+    """Iteration 0: one unbiased run per starting structure; k >= 1: one eABF run per walker."""
     out = driver.iteration_dir(k)
-    n = len(driver.config.loop.initial_structures) + 1 if k == 0 else 1
+    n = len(driver.config.loop.initial_structures) + 1 if k == 0 else driver.config.loop.walkers
     return [out / f"md_{j}" for j in range(n)]
 
 
@@ -193,19 +194,115 @@ def _run_md_runs(driver: "LoopDriver", k: int, dirs: list[Path], progress: bool)
                 progress=progress, description=f"iter 0 MD {j}", resume=True, log=log.info,
             )
         return
-    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
-    cv, meta = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
-    start = md.final_positions(_md_dirs(driver, k - 1)[0])
+    cv, _ = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
     kappa, kappa_max = coupling_constant(driver, k, cv)
     if kappa < cfg.eabf.kappa:
         log.warning("iteration %d: eabf.kappa %.4g capped at %.4g: the CV is steep enough that the configured spring "
                     "would oscillate faster than %d time steps of %.2g fs", k, cfg.eabf.kappa, kappa,
                     MIN_STEPS_PER_CV_PERIOD, cfg.md.timestep * cfg.md.cv_interval)
+    n = len(dirs)
+    processes = min(n, cfg.loop.walker_processes or n)
+    if processes == 1:
+        for j in range(n):
+            run_eabf_walker(driver, k, j, kappa, progress=progress)
+        return
+    _run_walkers_in_processes(driver, k, kappa, processes, progress)
+
+
+def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress: bool = True,
+                    threads: Optional[int] = None) -> None:
+    """eABF walker ``j`` of iteration ``k`` along xi_{k-1} (resumes from its checkpoint).
+
+    It starts from the final structure of run ``j mod n`` of iteration k-1 and its seed is ``md.seed + 1000 k + j``
+    (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: OpenMM's own choice).
+    """
+    from . import md
+    from .export import load_cv
+
+    cfg = driver.config
+    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
+    cv, meta = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
+    prev = _md_dirs(driver, k - 1)
+    start = md.final_positions(prev[j % len(prev)])
+    settings = _md_settings(driver, 1000 * k + j)
+    if threads is not None and _platform_name(driver) == "CPU":
+        settings.platform_properties = {"Threads": str(threads)}
+    walkers = cfg.loop.walkers
     md.run_eabf(
-        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), dirs[0], steps,
-        _md_settings(driver, 1000 * k), positions=start, progress=progress, description=f"iter {k} eABF",
+        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa),
+        _md_dirs(driver, k)[j], steps, settings, positions=start, progress=progress,
+        description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
         resume=True, log=log.info,
     )
+
+
+def _platform_name(driver: "LoopDriver") -> str:
+    from .platforms import select_platform
+
+    cfg = driver.config
+    return select_platform(cfg.system.platform, driver.system.system.getNumParticles(), cfg.system.precision)[0].getName()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this walker process die with the driver (Linux): after a kill -9 of the driver, an orphaned walker
+    would go on writing into the directory that ``aesample resume`` hands to a new walker."""
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the driver died before the line above
+        os._exit(1)
+
+
+def _walker_process(run_dir: str, k: int, j: int, kappa: float, threads: int, progress: bool,
+                    parent_pid: int) -> None:
+    """Entry point of a walker process (spawned: nothing is inherited but the arguments and the environment)."""
+    from .driver import LoopDriver
+
+    _die_with_parent(parent_pid)
+    torch.set_num_threads(threads)
+    run_eabf_walker(LoopDriver.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
+
+
+def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, processes: int, progress: bool) -> None:
+    """Walkers of iteration ``k`` in ``processes`` spawned processes; the cores are divided among them.
+
+    Every walker is waited for (each keeps its checkpoints) before the first failure is raised, naming the walker.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    n = driver.config.loop.walkers
+    log.info("iteration %d: %d eABF walkers in %d processes, %d thread(s) each", k, n, processes, threads)
+    # OpenMM's CPU platform reads its default thread count when the plugin loads, before any argument arrives.
+    saved = {key: os.environ.get(key) for key in ("OPENMM_CPU_THREADS", "OMP_NUM_THREADS")}
+    for key in saved:
+        if saved[key] is None:
+            os.environ[key] = str(threads)
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_walker_process, str(driver.run_dir), k, j, kappa, threads, progress and j == 0,
+                                   os.getpid()) for j in range(n)]
+            errors = []
+            for j, fut in enumerate(futures):
+                try:
+                    fut.result()
+                except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
+                    errors.append((j, exc))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+    if errors:
+        j, exc = errors[0]
+        others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""
+        raise RuntimeError(f"iteration {k}: eABF walker {j} ({_md_dirs(driver, k)[j]}) failed: {exc}{others}") from exc
 
 
 def md_progress(driver: "LoopDriver", k: int) -> tuple[int, int]:
@@ -243,9 +340,16 @@ def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray
     lam = np.concatenate(lambdas)
     if len(lam) != traj.n_frames:
         raise RuntimeError(f"iteration {k}: {traj.n_frames} frames but {len(lam)} COLVAR rows")
-    weights = md.load_result(_md_dirs(driver, k)[0]).reweighting_weights(
-        driver.config.eabf.estimator, lambdas=lam, xis=np.concatenate(xis))
+    weights = _estimates(driver, k).reweighting_weights(driver.config.eabf.estimator, lambdas=lam,
+                                                          xis=np.concatenate(xis))
     return traj, weights, lam
+
+
+def _estimates(driver: "LoopDriver", k: int):
+    """Iteration ``k``'s eABF walkers pooled (:class:`aesample.md.PooledRuns`), frames in walker order."""
+    from . import md
+
+    return md.PooledRuns([md.load_result(d) for d in _md_dirs(driver, k)])
 
 
 def _training_set(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray]:
@@ -382,8 +486,9 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     metrics["kappa"] = float(np.ravel(results[0].state.kappa)[0]) if k > 0 else None  # after any cap
     estimator = cfg.eabf.estimator
     metrics["estimator"] = estimator if k > 0 else None
+    pooled = _estimates(driver, k) if k > 0 else None
     # Free-energy convergence of this iteration's eABF run (the R^2 above only says the CV stopped changing).
-    drift = results[0].free_energy_drift(estimator, lambdas=lambdas) if k > 0 else None
+    drift = pooled.free_energy_drift(estimator, lambdas=lambdas) if k > 0 else None
     metrics["free_energy_drift"] = None if drift is None else drift["rms"]
     metrics["free_energy_drift_frames"] = None if drift is None else drift["frames"]
     plotting = cfg.output.plots
@@ -398,11 +503,13 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
             metrics["delta_f_phi"] = None
         metrics["delta_f_phi_half"] = None
         if drift is not None:  # the same frames weighted with the free energy at half time
-            half_w = results[0].reweighting_weights(estimator, results[0].half_state, lambdas=lambdas)
+            half_w = pooled.reweighting_weights(estimator, pooled.half_state, lambdas=lambdas)
             try:
                 metrics["delta_f_phi_half"] = analysis.basin_free_energy_difference(angles[:, 0], half_w, kT)
             except ValueError:
                 pass
+        if k > 0 and len(results) > 1:
+            metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
         if plotting:
             from .estimators import reweighted_free_energy
 
@@ -426,7 +533,7 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         plots.plot_cv_histogram(xi_k, out / "cv_histogram.png", f"iteration {k}: sampled CV",
                                 ranges=[(lo, hi)] * xi_k.shape[1])
         if k > 0:
-            centers, pmf = results[0].czar_pmf()
+            centers, pmf = pooled.czar_pmf()
             plots.plot_free_energy(centers, pmf, out / "free_energy.png",
                                    f"iteration {k}: CZAR free energy along xi_{k - 1}", cv_label=f"xi_{k - 1}")
         else:
@@ -447,6 +554,28 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
             plots.plot_scores(its, scores, cfg.loop.convergence_threshold, out / "scores.png", extra)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[str, Any]:
+    """Each walker's own Delta F (its frames, its accumulators) and the standard error of their mean.
+
+    ``phi``: the pooled frames' phi in walker order. The pooled Delta F is not their mean, but its statistical
+    error is about that of the mean when the walkers are independent: SD / sqrt(n).
+    """
+    from . import analysis
+
+    values, offset = [], 0
+    for result in results:
+        n = len(result.colvar_xi())
+        try:
+            w = result.reweighting_weights(estimator)
+            values.append(analysis.basin_free_energy_difference(phi[offset:offset + n], w, kT))
+        except ValueError:  # a walker that never left its basin (or has no estimate where it went)
+            values.append(None)
+        offset += n
+    ok = [v for v in values if v is not None]
+    sem = float(np.std(ok, ddof=1) / np.sqrt(len(ok))) if len(ok) >= 2 else None
+    return {"delta_f_phi_walkers": values, "delta_f_phi_sem": sem}
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
@@ -477,7 +606,8 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("dihedral_score") is not None:
         parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
     if m.get("delta_f_phi") is not None:
-        parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f} kJ/mol ({m.get('phi_transitions')} transitions)")
+        sem = f" +- {m['delta_f_phi_sem']:.2f} (walkers' SEM)" if m.get("delta_f_phi_sem") is not None else ""
+        parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f}{sem} kJ/mol ({m.get('phi_transitions')} transitions)")
     if m.get("free_energy_drift") is not None:
         parts.append(f"F drift={m['free_energy_drift']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:

@@ -51,7 +51,7 @@ from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
 
-__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "RunOutputs", "run_eabf", "run_md", "load_result",
+__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns", "run_eabf", "run_md", "load_result",
            "steps_done", "final_positions", "copy_system", "make_integrator", "mts_langevin_integrator"]
 
 
@@ -634,60 +634,22 @@ def _quiet_native_stdout():
         os.close(saved)
 
 
-@dataclass
-class RunOutputs:
-    """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
+class FreeEnergyEstimates:
+    """Estimators on an eABF run's accumulators: naive F_kappa, CZAR A(xi), reweighting weights, drift.
 
-    out_dir: Path
-    run: Dict[str, Any]
-    checkpoint: Dict[str, Any]
+    Shared by one run directory (:class:`RunOutputs`) and independent walkers pooled (:class:`PooledRuns`);
+    subclasses provide ``temperature``, ``state``, ``half_state``, ``colvar_lambda()`` and ``colvar_xi()``.
+    """
 
-    @property
-    def temperature(self) -> float:
-        return float(self.run["temperature"])
+    temperature: float
+    state: Optional[EABFState]
+    half_state: Optional[EABFState]
 
-    @property
-    def state(self) -> Optional[EABFState]:
-        name = self.checkpoint.get("eabf")
-        return EABFState.load(self.out_dir / "checkpoint" / name) if name else None
+    def colvar_lambda(self) -> np.ndarray:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
 
-    def trajectory_files(self) -> List[Path]:
-        fmt = self.run.get("trajectory_format", "dcd")
-        return sorted((self.out_dir / "traj").glob(f"seg_*.{fmt}"))
-
-    def load_trajectory(self, topology=None):
-        """All segments joined (solute atoms). ``topology``: mdtraj topology of the solute or of the whole system."""
-        import mdtraj
-
-        solute = np.asarray(self.run["solute"], dtype=int)
-        if topology is None:
-            raise ValueError("load_trajectory needs the mdtraj topology of the system")
-        if topology.n_atoms != len(solute):
-            topology = topology.subset(solute)
-        files = [str(p) for p in self.trajectory_files()]
-        if not files:
-            raise FileNotFoundError(f"{self.out_dir}/traj: no trajectory segments")
-        with _quiet_native_stdout():  # mdtraj's DCD plugin prints two lines per file from C
-            return mdtraj.load(files, top=topology)
-
-    def colvar(self):
-        fields, data = read_colvar(self.out_dir / "COLVAR")
-        return fields, data
-
-    def colvar_lambda(self) -> np.ndarray:
-        """lambda per frame (T, d), aligned with the trajectory frames."""
-        fields, data = self.colvar()
-        return data[:, [i for i, f in enumerate(fields) if f.startswith("lambda_")]]
-
-    def colvar_xi(self) -> np.ndarray:
-        fields, data = self.colvar()
-        return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
-
-    @property
-    def half_state(self) -> Optional[EABFState]:
-        """eABF state at the first checkpoint past half of the run (None: unbiased, or a single segment)."""
-        p = self.out_dir / HALF_STATE
-        return EABFState.load(p) if p.is_file() else None
+    def colvar_xi(self) -> np.ndarray:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
 
     def f_kappa(self, state: Optional[EABFState] = None) -> np.ndarray:
         """Integrated naive estimate F_kappa on the lambda grid (kJ/mol), of ``state`` (default: the final one)."""
@@ -753,6 +715,106 @@ class RunOutputs:
             return reweighting_weights(pts, self.f_kappa(st), st.grid_min, st.bin_width, self.temperature, st.periodic)
         return czar_reweighting_weights(pts, self.czar_pmf(st)[1], st.zcount, st.grid_min, st.bin_width,
                                         self.temperature, st.periodic)
+
+
+@dataclass
+class RunOutputs(FreeEnergyEstimates):
+    """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
+
+    out_dir: Path
+    run: Dict[str, Any]
+    checkpoint: Dict[str, Any]
+
+    @property
+    def temperature(self) -> float:
+        return float(self.run["temperature"])
+
+    @property
+    def state(self) -> Optional[EABFState]:
+        name = self.checkpoint.get("eabf")
+        return EABFState.load(self.out_dir / "checkpoint" / name) if name else None
+
+    def trajectory_files(self) -> List[Path]:
+        fmt = self.run.get("trajectory_format", "dcd")
+        return sorted((self.out_dir / "traj").glob(f"seg_*.{fmt}"))
+
+    def load_trajectory(self, topology=None):
+        """All segments joined (solute atoms). ``topology``: mdtraj topology of the solute or of the whole system."""
+        import mdtraj
+
+        solute = np.asarray(self.run["solute"], dtype=int)
+        if topology is None:
+            raise ValueError("load_trajectory needs the mdtraj topology of the system")
+        if topology.n_atoms != len(solute):
+            topology = topology.subset(solute)
+        files = [str(p) for p in self.trajectory_files()]
+        if not files:
+            raise FileNotFoundError(f"{self.out_dir}/traj: no trajectory segments")
+        with _quiet_native_stdout():  # mdtraj's DCD plugin prints two lines per file from C
+            return mdtraj.load(files, top=topology)
+
+    def colvar(self):
+        fields, data = read_colvar(self.out_dir / "COLVAR")
+        return fields, data
+
+    def colvar_lambda(self) -> np.ndarray:
+        """lambda per frame (T, d), aligned with the trajectory frames."""
+        fields, data = self.colvar()
+        return data[:, [i for i, f in enumerate(fields) if f.startswith("lambda_")]]
+
+    def colvar_xi(self) -> np.ndarray:
+        fields, data = self.colvar()
+        return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
+
+    @property
+    def half_state(self) -> Optional[EABFState]:
+        """eABF state at the first checkpoint past half of the run (None: unbiased, or a single segment)."""
+        p = self.out_dir / HALF_STATE
+        return EABFState.load(p) if p.is_file() else None
+
+
+@dataclass
+class PooledRuns(FreeEnergyEstimates):
+    """Independent eABF walkers along the same CV and grid, read as one sample.
+
+    The accumulators are summed (:meth:`aesample.eabf.EABFState.pooled`), COLVAR rows and frames are
+    concatenated in walker order, so the estimators of :class:`FreeEnergyEstimates` use every walker's samples.
+    The half-time state (for the drift) is the sum of the walkers' half-time states, None if one lacks it.
+    """
+
+    runs: List[RunOutputs]
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ValueError("PooledRuns: no runs")
+        temps = {r.temperature for r in self.runs}
+        if len(temps) > 1:
+            raise ValueError(f"PooledRuns: walkers at different temperatures {sorted(temps)} "
+                             f"({', '.join(str(r.out_dir) for r in self.runs)})")
+
+    @property
+    def temperature(self) -> float:
+        return self.runs[0].temperature
+
+    @property
+    def state(self) -> Optional[EABFState]:
+        states = [r.state for r in self.runs]
+        if any(st is None for st in states):
+            return None
+        return EABFState.pooled(states)
+
+    @property
+    def half_state(self) -> Optional[EABFState]:
+        states = [r.half_state for r in self.runs]
+        if any(st is None for st in states):
+            return None
+        return EABFState.pooled(states)
+
+    def colvar_lambda(self) -> np.ndarray:
+        return np.concatenate([r.colvar_lambda() for r in self.runs])
+
+    def colvar_xi(self) -> np.ndarray:
+        return np.concatenate([r.colvar_xi() for r in self.runs])
 
 
 ESTIMATORS = ("czar", "naive")

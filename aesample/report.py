@@ -19,6 +19,7 @@ _COLUMNS = [
     ("dihedral_score", "R² ξ~(φ,ψ)", "{:.3f}"),
     ("delta_f_phi", "ΔF φ>0−φ<0 (kJ/mol)", "{:.2f}"),
     ("delta_f_phi_half", "same, F at half time", "{:.2f}"),
+    ("delta_f_phi_sem", "± walkers' SEM", "{:.2f}"),
     ("phi_transitions", "C7eq↔C7ax transitions", "{}"),
     ("free_energy_drift", "F drift (kJ/mol)", "{:.2f}"),
     ("rmsd_ca_mean", "⟨RMSD CA⟩ (nm)", "{:.3f}"),

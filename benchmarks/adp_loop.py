@@ -15,9 +15,10 @@ works on it; ``--resume`` continues it, as ``aesample resume`` would).
 
 Profiles (``--set section.key=value`` overrides either):
 
-* ``cpu``: 1 ns unbiased MD (cheap: ~10^4 ns/day without the CV force), then up to 4 eABF iterations of 2 ns
-  (vacuum; 9 ns in all, 11 min per iteration on a free core at ~260 ns/day, fewer iterations when the driver's
-  criterion stops it early). The CV force is evaluated every step: with the tight default coupling
+* ``cpu``: 1 ns unbiased MD (cheap: ~10^4 ns/day without the CV force), then up to 4 eABF iterations of
+  4 walkers x 1.25 ns (vacuum; 21 ns in all, ~14 min per iteration on 2 free cores at ~260 ns/day each, fewer
+  iterations when the driver's criterion stops it early). One 1-2 ns walker's Delta F scatters by ~3 kJ/mol;
+  four pooled walkers halve that and give the spread (``delta_f_phi_sem``). The CV force is evaluated every step: with the tight default coupling
   (eabf.kappa 3000) the CV spring on the atoms oscillates with a ~16 fs period, too fast for md.cv_interval 2. ``--water``: 0.02 ns each (TIP3P runs
   ~6 ns/day on 2 cores).
 * ``gpu``: 10 ns unbiased MD, then up to 8 eABF iterations of 10 ns, frames every 1 ps (the paper's lengths).
@@ -61,7 +62,7 @@ from reference_fes import delta_f_or_nan  # noqa: E402  (sibling script, found t
 
 PROFILES = {
     "cpu": {
-        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 2.0, "loop.max_iterations": 4,
+        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 1.25, "loop.walkers": 4, "loop.max_iterations": 4,
         "md.report_interval": 100, "md.segment_steps": 25000,
     },
     "cpu-water": {
@@ -108,22 +109,23 @@ def run_loop(out: Path, profile: str, water: bool, overrides: list[str], resume:
 
 # ------------------------------------------------------------------------------ analysis
 def iteration_phi_weights(run_dir: Path, k: int):
-    """(phi per frame (rad), weights) of iteration k: uniform at k = 0, w ∝ exp(-beta F_kappa(lambda)) after."""
+    """(phi per frame (rad), weights) of iteration k: uniform at k = 0, after that the eabf.estimator's weights
+    of the walkers pooled (as the driver trains on)."""
     from aesample import md
     from aesample.analysis import phi_psi
     from aesample.driver import LoopDriver
 
     driver = LoopDriver.open(run_dir)
     it = run_dir / f"iter_{k:03d}"
-    dirs = sorted(p for p in it.glob("md_*") if p.is_dir())
-    phis, weights = [], []
-    for d in dirs:
-        res = md.load_result(d)
-        traj = res.load_trajectory(driver.system.mdtraj_topology)
-        phis.append(phi_psi(traj)[:, 0])
-        weights.append(np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0
-                       else res.reweighting_weights(driver.config.eabf.estimator))
-    return np.concatenate(phis), np.concatenate(weights) / len(weights), float(driver.config.system.temperature)
+    # md_0, md_1, ... in the driver's order (walkers of one iteration are pooled in that order)
+    dirs = sorted((p for p in it.glob("md_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    results = [md.load_result(d) for d in dirs]
+    phi = np.concatenate([phi_psi(r.load_trajectory(driver.system.mdtraj_topology))[:, 0] for r in results])
+    if k == 0:
+        weights = np.full(len(phi), 1.0 / len(phi))
+    else:
+        weights = md.PooledRuns(results).reweighting_weights(driver.config.eabf.estimator)
+    return phi, weights, float(driver.config.system.temperature)
 
 
 def loop_history(run_dir: Path) -> tuple[list[dict], dict]:

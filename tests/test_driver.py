@@ -293,3 +293,101 @@ def test_resume_extends_a_finished_run(tmp_path, uninterrupted):
     (run / "state.json").write_text(json.dumps(state))
     refused = _cli("resume", run, "--max-iterations", "5", "--quiet", check=False)
     assert refused.returncode != 0 and "converged at iteration 3" in refused.stderr + refused.stdout
+
+
+def _walkers_config(tmp_path, processes):
+    path = tmp_path / f"walkers{processes}.yaml"
+    path.write_text(TINY.replace("max_iterations: 2,", f"max_iterations: 1, walkers: 2, walker_processes: {processes},"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def walkers_parallel(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("walkers")
+    run = tmp / "parallel"
+    _cli("run", _walkers_config(tmp, 2), "--out", run, "--quiet")
+    return run
+
+
+def _pooled_czar_weights(it):
+    """Iteration weights recomputed by hand: both walkers' accumulators summed, COLVAR rows concatenated."""
+    from aesample import estimators as est
+    from aesample.md import load_result
+
+    runs = [load_result(it / f"md_{j}") for j in range(2)]
+    states = [r.state for r in runs]
+    czar = states[0].czar + states[1].czar
+    zcount = states[0].zcount + states[1].zcount
+    st = states[0]
+    g = est.czar_gradient(czar, zcount, st.bin_width, runs[0].temperature, st.periodic)
+    A = est.integrate_gradient(g, st.bin_width, st.periodic)
+    xi = np.concatenate([r.colvar_xi() for r in runs])
+    return est.czar_reweighting_weights(xi, A, zcount, st.grid_min, st.bin_width, runs[0].temperature, st.periodic)
+
+
+def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uninterrupted):
+    it = walkers_parallel / "iter_001"
+    colvars = [(it / f"md_{j}" / "COLVAR").read_text() for j in range(2)]
+    # walker 0 is the single-walker run (same start, seed, CV); walker 1 has its own seed
+    assert colvars[0] == (uninterrupted / "iter_001" / "md_0" / "COLVAR").read_text()
+    assert colvars[1] != colvars[0]
+    m = json.loads((it / "metrics.json").read_text())
+    single = json.loads((uninterrupted / "iter_001" / "metrics.json").read_text())
+    assert m["frames"] == 2 * single["frames"] and m["ns"] == pytest.approx(2 * 0.008)
+    # training weights: the CZAR estimate of the pooled accumulators on the pooled frames, not walker 0's alone
+    weights = np.load(it / "weights.npy")
+    np.testing.assert_allclose(weights, _pooled_czar_weights(it), rtol=1e-12, atol=0)
+    alone = np.load(uninterrupted / "iter_001" / "weights.npy")
+    assert not np.allclose(weights[: len(alone)] / weights[: len(alone)].sum(), alone)
+    assert "delta_f_phi_walkers" in m and len(m["delta_f_phi_walkers"]) == 2
+    # the same walkers one after another in the driver's process: identical trajectories
+    run = tmp_path / "sequential"
+    _cli("run", _walkers_config(tmp_path, 1), "--out", run, "--quiet")
+    for j in range(2):
+        assert (run / "iter_001" / f"md_{j}" / "COLVAR").read_text() == colvars[j]
+    np.testing.assert_array_equal(np.load(run / "iter_001" / "weights.npy"), weights)
+
+
+def test_killed_driver_takes_its_walkers_along_and_resumes(tmp_path, walkers_parallel):
+    run = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(_walkers_config(tmp_path, 2)), "--out",
+                             str(run), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    checkpoints = [run / "iter_001" / f"md_{j}" / "checkpoint.json" for j in range(2)]
+
+    def steps():
+        out = []
+        for c in checkpoints:
+            try:
+                out.append(json.loads(c.read_text())["step"])
+            except (OSError, json.JSONDecodeError, KeyError):
+                out.append(0)
+        return out
+
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:  # both walkers past their first segment
+            if min(steps()) >= 1000:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.02)
+        else:
+            pytest.fail("the walkers never reached their second checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the walker processes died with the driver: nothing moves any more (a segment takes well under a second)
+    time.sleep(2.0)
+    before = steps(), [(c.parent / "COLVAR").stat().st_size for c in checkpoints]
+    time.sleep(3.0)
+    assert (steps(), [(c.parent / "COLVAR").stat().st_size for c in checkpoints]) == before
+    assert max(before[0]) < 4000  # killed mid-iteration
+    _cli("resume", run, "--quiet")
+    for j in range(2):
+        name = f"iter_001/md_{j}/COLVAR"
+        assert (run / name).read_text() == (walkers_parallel / name).read_text()
+    np.testing.assert_array_equal(np.load(run / "iter_001" / "weights.npy"),
+                                  np.load(walkers_parallel / "iter_001" / "weights.npy"))

@@ -210,3 +210,64 @@ def test_czar_density_gradient_is_one_sided_at_the_sampled_fringe():
     assert g[1] == pytest.approx(-KT * (lnn[2] - lnn[1]) / 0.5)  # left neighbour empty: forward difference
     assert g[3] == pytest.approx(-KT * (lnn[3] - lnn[2]) / 0.5)  # right neighbour empty: backward difference
     assert np.isnan(g[5]) and np.isnan(g[0]) and np.isnan(g[4])  # isolated or empty bins: no estimate
+
+
+def _walker_state(z, lam, kappa, gmin, w, nb):
+    """EABFState of exactly sampled (z, lambda) pairs, as the eABF force would accumulate them."""
+    from aesample.eabf import EABFState
+
+    f = kappa * (lam - z)
+    zi, zin = _bin(z, gmin, w, nb)
+    li, lin = _bin(lam, gmin, w, nb)
+    return EABFState(
+        grid_min=np.array([gmin]), grid_max=np.array([gmin + nb * w]), bins=np.array([nb]),
+        periodic=np.array([False]), kappa=np.array([kappa]),
+        count=np.bincount(li[lin], minlength=nb).astype(float),
+        grad=np.bincount(li[lin], weights=f[lin], minlength=nb)[:, None],
+        zcount=np.bincount(zi[zin], minlength=nb).astype(float),
+        czar=np.bincount(zi[zin], weights=f[zin], minlength=nb)[:, None],
+        last=np.zeros(1), n_samples=len(z),
+    )
+
+
+def test_pooled_walkers_with_different_biases_give_the_unbiased_free_energy():
+    """Two walkers whose lambda-biases push them to opposite sides: neither covers the whole range, the pool does.
+
+    A(z) = k z^2 / 2, bias on lambda -c lambda (walker 1) and +c lambda (walker 2): each joint (z, lambda) density is
+    an exact Gaussian with precision [[k + kappa, -kappa], [-kappa, kappa]] and mean P^-1 (0, +-beta c).
+    """
+    from aesample.eabf import EABFError, EABFState
+
+    rng = np.random.default_rng(5)
+    k, kappa, c = 40.0, 400.0, 14.0
+    beta = 1 / KT
+    prec = beta * np.array([[k + kappa, -kappa], [-kappa, kappa]])
+    cov = np.linalg.inv(prec)
+    gmin, w, nb = -2.0, 0.1, 40
+    states, zs = [], []
+    for sign, n in ((+1, 1_500_000), (-1, 600_000)):  # unequal sizes: the pool must sum, not average
+        mean = cov @ np.array([0.0, sign * beta * c])
+        z, lam = rng.multivariate_normal(mean, cov, n).T
+        states.append(_walker_state(z, lam, kappa, gmin, w, nb))
+        zs.append(z)
+    pooled = EABFState.pooled(states)
+    assert pooled.n_samples == 2_100_000
+    np.testing.assert_array_equal(pooled.zcount, states[0].zcount + states[1].zcount)
+    cen = pooled.centers()[0]
+    g = est.czar_gradient(pooled.czar, pooled.zcount, [w], T, [False], min_count=2000)[:, 0]
+    ok = np.isfinite(g)
+    # the pool covers both sides of z = 0 where each walker alone covers one
+    for st, side in ((states[0], cen < -0.25), (states[1], cen > 0.25)):
+        alone = np.isfinite(est.czar_gradient(st.czar, st.zcount, [w], T, [False], min_count=2000)[:, 0])
+        assert ok[side].sum() >= 2 + alone[side].sum()
+    A = est.integrate_1d(g, w)
+    dev = (A - 0.5 * k * cen**2)[ok]
+    assert np.abs(dev - dev.mean()).max() < 0.15 * KT
+    # pooled frames reweighted with the pooled A and histogram: Boltzmann <z^2> = kT / k
+    z = np.concatenate(zs)
+    wts = est.czar_reweighting_weights(z, A, pooled.zcount, [gmin], [w], T, [False])
+    assert np.sum(wts * z**2) == pytest.approx(KT / k, rel=0.05)
+    # walkers of different runs are not pooled
+    other = _walker_state(zs[0][:1000], zs[0][:1000], 2 * kappa, gmin, w, nb)
+    with pytest.raises(EABFError, match="kappa"):
+        EABFState.pooled([states[0], other])
