@@ -3,8 +3,9 @@
 Method of Belkacemi, Gkeka, Lelievre & Stoltz, JCTC 18 (2022):
 
 * iteration 0: unbiased MD from one or several structures, then train the first autoencoder;
-* iteration k >= 1: eABF along xi_{k-1}; frames reweighted to the Boltzmann measure with
-  w ∝ exp(-beta F_kappa(lambda)); retrain (warm start) -> xi_k;
+* iteration k >= 1: eABF along xi_{k-1} (``loop.walkers`` independent walkers, pooled); frames reweighted to
+  the Boltzmann measure (``eabf.estimator``: CZAR w ∝ exp(-beta A(xi)) / n(xi), or the paper's
+  w ∝ exp(-beta F_kappa(lambda))); retrain (warm start) -> xi_k;
 * convergence: R^2 of the linear regression of xi_k on xi_{k-1} over iteration k's frames.
 
 Run directory (one concept per file, all written atomically)::
@@ -12,7 +13,7 @@ Run directory (one concept per file, all written atomically)::
     RUN/run.yaml            effective configuration
     RUN/state.json          progress: iteration, stage (md | train | analyse), history
     RUN/aesample.log        log
-    RUN/iter_NNN/md*/       MD segments, checkpoints, COLVAR, eABF grids (aesample.md)
+    RUN/iter_NNN/md_J/      MD segments, checkpoints, COLVAR, eABF grids (aesample.md), one per start/walker
     RUN/iter_NNN/cv.pt      TorchScript CV (+ cv.json), model.pt, weights.npy, loss.*, metrics.json, *.png
     RUN/summary.json, RUN/report.md, RUN/report.html
 
