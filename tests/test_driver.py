@@ -98,31 +98,40 @@ def test_loop_outputs(uninterrupted):
     assert "finished" in status and "iteration 2:" in status
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrupted):
-    run = tmp_path / "killed"
+def _checkpoint_step(path):
+    try:
+        return json.loads(path.read_text())["step"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def _run_and_kill_when(config, run, ready, what):
+    """Start ``aesample run`` and SIGKILL it once ``ready()`` holds (fails if it finishes or never gets there)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(tiny_config), "--out", str(run),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    checkpoint = run / "iter_001" / "md_0" / "checkpoint.json"
+    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(config), "--out", str(run), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 600
     try:
-        while time.time() < deadline:  # wait until iteration 1's eABF is past its first segment
-            if checkpoint.is_file():
-                try:
-                    if json.loads(checkpoint.read_text())["step"] >= 1000:
-                        break
-                except (json.JSONDecodeError, KeyError):
-                    pass
+        while time.time() < deadline:
+            if ready():
+                break
             if proc.poll() is not None:
                 pytest.fail("the run finished before it could be killed")
             time.sleep(0.02)
         else:
-            pytest.fail("iteration 1 never reached its second checkpoint")
+            pytest.fail(f"never reached: {what}")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_config, uninterrupted):
+    run = tmp_path / "killed"
+    checkpoint = run / "iter_001" / "md_0" / "checkpoint.json"
+    _run_and_kill_when(tiny_config, run, lambda: _checkpoint_step(checkpoint) >= 1000,
+                       "iteration 1's eABF past its second checkpoint")
     state = json.loads((run / "state.json").read_text())
     assert state["iteration"] == 1 and state["stage"] == "md" and not state["finished"]
     steps_at_kill = json.loads(checkpoint.read_text())["step"]
@@ -350,35 +359,13 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
 
 def test_killed_driver_takes_its_walkers_along_and_resumes(tmp_path, walkers_parallel):
     run = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "aesample.cli", "run", str(_walkers_config(tmp_path, 2)), "--out",
-                             str(run), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     checkpoints = [run / "iter_001" / f"md_{j}" / "checkpoint.json" for j in range(2)]
 
     def steps():
-        out = []
-        for c in checkpoints:
-            try:
-                out.append(json.loads(c.read_text())["step"])
-            except (OSError, json.JSONDecodeError, KeyError):
-                out.append(0)
-        return out
+        return [_checkpoint_step(c) for c in checkpoints]
 
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:  # both walkers past their first segment
-            if min(steps()) >= 1000:
-                break
-            if proc.poll() is not None:
-                pytest.fail("the run finished before it could be killed")
-            time.sleep(0.02)
-        else:
-            pytest.fail("the walkers never reached their second checkpoint")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _run_and_kill_when(_walkers_config(tmp_path, 2), run, lambda: min(steps()) >= 1000,
+                       "both walkers past their second checkpoint")
     # the walker processes died with the driver: nothing moves any more (a segment takes well under a second)
     time.sleep(2.0)
     before = steps(), [(c.parent / "COLVAR").stat().st_size for c in checkpoints]
