@@ -106,16 +106,29 @@ def basin_free_energy_difference(phi: np.ndarray, weights: np.ndarray, kT: float
     return float(-kT * math.log(pos / neg))
 
 
-def basin_transitions(phi: np.ndarray) -> int:
+def basin_transitions(phi: np.ndarray, n_runs: int = 1) -> int:
     """Committed transitions between phi < -0.5 rad (C7eq/C5 side) and C7ax (0.3 < phi < 2 rad) in a frame series.
 
     Frames in neither region (the barriers) keep the last committed state, so recrossings of the barrier top
     without reaching the other basin are not counted. The statistics of a reweighted Delta F between the two
     basins rest on this number: a few transitions leave it several kJ/mol off whatever the weights.
+    ``n_runs``: ``phi`` holds that many runs of equal length one after another (walkers); the junctions between
+    them are not transitions.
+
+    Raises
+    ------
+    ValueError
+        If the frames do not split into ``n_runs`` equal runs.
     """
-    state = np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
-    committed = state[state >= 0]
-    return int(np.count_nonzero(committed[1:] != committed[:-1]))
+    phi = np.asarray(phi)
+    if n_runs < 1 or len(phi) % n_runs:
+        raise ValueError(f"basin_transitions: {len(phi)} frames do not split into {n_runs} runs of equal length")
+    total = 0
+    for run in np.split(phi, n_runs):
+        state = np.where(run < -0.5, 0, np.where((run > 0.3) & (run < 2.0), 1, -1))
+        committed = state[state >= 0]
+        total += int(np.count_nonzero(committed[1:] != committed[:-1]))
+    return total
 
 
 def chignolin_observables(traj: mdtraj.Trajectory, folded: mdtraj.Trajectory) -> dict[str, np.ndarray]:

@@ -496,7 +496,7 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         angles = analysis.phi_psi(traj)
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
         # C7eq <-> C7ax transitions behind delta_f_phi: with a handful, it is off by several kJ/mol
-        metrics["phi_transitions"] = analysis.basin_transitions(angles[:, 0])
+        metrics["phi_transitions"] = analysis.basin_transitions(angles[:, 0], n_runs=len(results))
         try:
             metrics["delta_f_phi"] = analysis.basin_free_energy_difference(angles[:, 0], weights, kT)
         except ValueError:

@@ -24,8 +24,9 @@ Profiles (``--set section.key=value`` overrides either):
 * ``gpu``: 10 ns unbiased MD, then up to 8 eABF iterations of 10 ns, frames every 1 ps (the paper's lengths).
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
-xi_k against (cos, sin) of (phi, psi), Delta F = F(phi > 0) - F(phi < 0) from the iteration's reweighted frames,
-the same Delta F with the frames weighted by the free energy at half time of the eABF run and the free-energy
+xi_k against (cos, sin) of (phi, psi), Delta F = F(phi > 0) - F(phi < 0) from the iteration's reweighted frames
+(walkers pooled) and the standard error of the walkers' own Delta F estimates (then each walker's value), the same
+Delta F with the frames weighted by the free energy at half time of the eABF run and the free-energy
 drift (RMS change over the second half of the eabf.estimator's free energy, where the frames are; both from runs
 made after 2026-11-22), ns simulated (and cumulative), ns/day of the MD stage, training seconds and epochs. Then, per iteration, where the
 frames were: how many have phi > 0, how many are in the C7ax basin (0.3 < phi < 2 rad), the reweighted mass at
@@ -109,8 +110,8 @@ def run_loop(out: Path, profile: str, water: bool, overrides: list[str], resume:
 
 # ------------------------------------------------------------------------------ analysis
 def iteration_phi_weights(run_dir: Path, k: int):
-    """(phi per frame (rad), weights) of iteration k: uniform at k = 0, after that the eabf.estimator's weights
-    of the walkers pooled (as the driver trains on)."""
+    """(phi per frame (rad), weights, temperature, number of runs) of iteration k: weights uniform at k = 0,
+    after that the eabf.estimator's weights of the walkers pooled (as the driver trains on); frames run by run."""
     from aesample import md
     from aesample.analysis import phi_psi
     from aesample.driver import LoopDriver
@@ -125,7 +126,7 @@ def iteration_phi_weights(run_dir: Path, k: int):
         weights = np.full(len(phi), 1.0 / len(phi))
     else:
         weights = md.PooledRuns(results).reweighting_weights(driver.config.eabf.estimator)
-    return phi, weights, float(driver.config.system.temperature)
+    return phi, weights, float(driver.config.system.temperature), len(results)
 
 
 def loop_history(run_dir: Path) -> tuple[list[dict], dict]:
@@ -141,17 +142,22 @@ def _fmt(x, spec):
 
 
 def print_table(rows: list[dict], state: dict, threshold: float) -> None:
-    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | dF, F at half time "
+    print("\n| iter | R2(xi_k~xi_k-1) | R2(xi~phi,psi) | dF(phi>0 - phi<0) kJ/mol | walkers' SEM | dF, F at half time "
           "| F drift kJ/mol | ns | cumulative ns | ns/day | train s | epochs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     cum = 0.0
     for m in rows:
         cum += m.get("ns") or 0.0
         print(f"| {m['iteration']} | {_fmt(m.get('regression_score'), '.4f')} | {_fmt(m.get('dihedral_score'), '.3f')} "
-              f"| {_fmt(m.get('delta_f_phi'), '.2f')} | {_fmt(m.get('delta_f_phi_half'), '.2f')} "
+              f"| {_fmt(m.get('delta_f_phi'), '.2f')} | {_fmt(m.get('delta_f_phi_sem'), '.2f')} "
+              f"| {_fmt(m.get('delta_f_phi_half'), '.2f')} "
               f"| {_fmt(m.get('free_energy_drift'), '.2f')} | {_fmt(m.get('ns'), '.3f')} | {cum:.3f} "
               f"| {_fmt(m.get('ns_per_day'), '.0f')} | {_fmt(m.get('training_seconds'), '.1f')} "
               f"| {_fmt(m.get('training_epochs'), 'd')} |")
+    for m in rows:
+        if m.get("delta_f_phi_walkers"):
+            print(f"iteration {m['iteration']}: each walker's own dF: "
+                  + ", ".join(_fmt(v, ".2f") for v in m["delta_f_phi_walkers"]))
     print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} from "
           f"loop.min_iterations on and, when loop.free_energy_tolerance is set, the drift within it): {state.get('converged')}")
 
@@ -165,7 +171,8 @@ def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[f
 def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
     """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy,
     the number of basin transitions and Delta F from each half of the frames (a spread far above 1 kJ/mol says
-    the iteration's Delta F rests on too few transitions to be trusted at that level)."""
+    the iteration's Delta F rests on too few transitions to be trusted at that level). With several walkers the
+    frames run walker by walker: the halves are the first and the second half of the walkers."""
     from aesample.analysis import basin_transitions
 
     out = []
@@ -174,13 +181,13 @@ def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for m in rows:
         k = m["iteration"]
-        phi, w, temperature = iteration_phi_weights(run_dir, k)
+        phi, w, temperature, n_runs = iteration_phi_weights(run_dir, k)
         w = w / w.sum()
         c7ax = (phi > 0.3) & (phi < 2.0)
         h1, h2 = _half_delta_f(phi, w, temperature)
         r = {"iteration": k, "frames": int(len(phi)), "phi_pos": int((phi > 0).sum()), "c7ax": int(c7ax.sum()),
              "mass_phi_pos": float(w[phi > 0].sum()), "ess": float(1.0 / np.sum(w**2)), "max_weight": float(w.max()),
-             "transitions": basin_transitions(phi), "delta_f_first_half": h1, "delta_f_second_half": h2}
+             "transitions": basin_transitions(phi, n_runs), "delta_f_first_half": h1, "delta_f_second_half": h2}
         out.append(r)
         print(f"| {k} | {r['frames']} | {r['phi_pos']} | {r['c7ax']} | {r['mass_phi_pos']:.4f} | {r['ess']:.0f} "
               f"| {r['max_weight']:.3f} | {r['transitions']} | {h1:.2f} | {h2:.2f} |")
@@ -191,7 +198,7 @@ def accuracy(run_dir: Path, k: int, ref: dict) -> dict:
     from aesample.estimators import reweighted_free_energy
     from reference_fes import delta_f_from_profile, reference_phi_on
 
-    phi, w, temperature = iteration_phi_weights(run_dir, k)
+    phi, w, temperature, _ = iteration_phi_weights(run_dir, k)
     fes, edges = reweighted_free_energy(phi, w, NBINS, temperature, range_=[(-np.pi, np.pi)])
     centers = 0.5 * (edges[0][1:] + edges[0][:-1])
     r = reference_phi_on(centers, ref)

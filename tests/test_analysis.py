@@ -85,3 +85,8 @@ def test_basin_transitions_ignore_barrier_recrossings():
     phi = np.array([-1.5, -0.2, 0.1, -0.2, -1.4, 0.2, 1.0, 0.9, 0.1, -0.1, -1.2, -2.8, 3.0])
     assert basin_transitions(phi) == 2
     assert basin_transitions(np.full(5, -1.5)) == 0
+    # two walkers one after another, one in each basin: the junction is not a transition
+    two = np.r_[np.full(4, -1.5), np.full(4, 1.0)]
+    assert basin_transitions(two) == 1 and basin_transitions(two, n_runs=2) == 0
+    with pytest.raises(ValueError, match="equal length"):
+        basin_transitions(np.zeros(5), n_runs=2)
