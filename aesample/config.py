@@ -264,7 +264,9 @@ class LoopConfig(_Section):
         "eabf.estimator's free energy between half time and the end, where the frames are) to be at most this "
         "for convergence, kJ/mol "
         "(a CV that stopped changing does not make its free energy converged; a drift that stays above it asks "
-        "for longer loop.eabf_per_iteration). null: the regression score alone decides.",
+        "for longer loop.eabf_per_iteration). With loop.walkers >= 2 the standard error of the pooled free energy "
+        "from the walkers' scatter (same frames, same RMS) must be at most this too. null: the regression score "
+        "alone decides.",
     )
     walkers: int = Field(
         1, ge=1, le=64, description="Independent eABF walkers per iteration (k >= 1), each running "

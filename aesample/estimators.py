@@ -30,6 +30,7 @@ __all__ = [
     "reweighted_free_energy",
     "interpolate_on_grid",
     "free_energy_drift",
+    "walker_standard_error",
 ]
 
 
@@ -404,6 +405,40 @@ def free_energy_drift(
     diff = b[cells] - a[cells]
     diff -= diff.mean()
     return float(np.sqrt(np.mean(diff**2))), float(use.mean())
+
+
+def walker_standard_error(
+    f_walkers: Sequence[np.ndarray], f_pooled: np.ndarray, points: np.ndarray, grid_min: Sequence[float],
+    width: Sequence[float], periodic: Sequence[bool],
+) -> Tuple[float, float]:
+    """Standard error of a pooled grid free energy from the scatter of independent walkers' own estimates (kJ/mol).
+
+    Each walker's free energy is compared with the pooled one at the pooled frames' grid points as in
+    :func:`free_energy_drift` (constant offset removed, frames in bins a grid lacks left out). With n walkers whose
+    errors are independent with variance s^2 and the pool their average, a walker deviates from the pool by
+    s^2 (n - 1) / n on average, so the mean squared deviation over walkers divided by n - 1 estimates the pool's
+    squared standard error s^2 / n. Unlike the drift, which compares one run with itself, this sees errors that a
+    whole run shares (a slow process it sampled once or not at all).
+
+    Returns
+    -------
+    sem : float
+        NaN with fewer than two walkers or no frame compared.
+    fraction : float
+        Smallest fraction of frames compared over the walkers.
+    """
+    n = len(f_walkers)
+    if n < 2:
+        return float("nan"), 0.0
+    rms, fractions = [], []
+    for f in f_walkers:
+        r, frac = free_energy_drift(f, f_pooled, points, grid_min, width, periodic)
+        rms.append(r)
+        fractions.append(frac)
+    rms = np.asarray(rms)
+    if not np.all(np.isfinite(rms)):
+        return float("nan"), float(min(fractions))
+    return float(np.sqrt(np.mean(rms**2) / (n - 1))), float(min(fractions))
 
 
 def reweighted_free_energy(

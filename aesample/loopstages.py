@@ -491,6 +491,10 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     drift = pooled.free_energy_drift(estimator, lambdas=lambdas) if k > 0 else None
     metrics["free_energy_drift"] = None if drift is None else drift["rms"]
     metrics["free_energy_drift_frames"] = None if drift is None else drift["frames"]
+    # ... and across walkers: what one run's halves cannot see (None with one walker)
+    spread = pooled.free_energy_sem(estimator, lambdas=lambdas) if k > 0 else None
+    metrics["free_energy_sem"] = None if spread is None else spread["sem"]
+    metrics["free_energy_sem_frames"] = None if spread is None else spread["frames"]
     plotting = cfg.output.plots
     if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
         angles = analysis.phi_psi(traj)
@@ -581,7 +585,7 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
 def is_converged(metrics: dict[str, Any], loop) -> bool:
     """The driver's criterion: iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
     ``loop.convergence_threshold`` and, when ``loop.free_energy_tolerance`` is set, a free-energy drift at most
-    that (a missing drift does not pass)."""
+    that (a missing drift does not pass) and, with several walkers, a walkers' standard error at most that too."""
     if metrics.get("iteration", 0) < loop.min_iterations:
         return False
     score = metrics.get("regression_score")
@@ -589,8 +593,13 @@ def is_converged(metrics: dict[str, Any], loop) -> bool:
         return False
     if loop.free_energy_tolerance is None:
         return True
-    drift = metrics.get("free_energy_drift")
-    return drift is not None and bool(np.isfinite(drift)) and drift <= loop.free_energy_tolerance
+
+    def within(value) -> bool:
+        return value is not None and bool(np.isfinite(value)) and value <= loop.free_energy_tolerance
+
+    if not within(metrics.get("free_energy_drift")):
+        return False
+    return loop.walkers < 2 or within(metrics.get("free_energy_sem"))
 
 
 def _is_dipeptide(driver: "LoopDriver") -> bool:
@@ -610,6 +619,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f}{sem} kJ/mol ({m.get('phi_transitions')} transitions)")
     if m.get("free_energy_drift") is not None:
         parts.append(f"F drift={m['free_energy_drift']:.2f} kJ/mol")
+    if m.get("free_energy_sem") is not None:
+        parts.append(f"F walkers' SEM={m['free_energy_sem']:.2f} kJ/mol")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

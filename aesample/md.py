@@ -816,6 +816,24 @@ class PooledRuns(FreeEnergyEstimates):
     def colvar_xi(self) -> np.ndarray:
         return np.concatenate([r.colvar_xi() for r in self.runs])
 
+    def free_energy_sem(self, estimator: str = "czar", lambdas: Optional[np.ndarray] = None,
+                        xis: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
+        """Standard error of the pooled free energy from the walkers' scatter, at the pooled frames.
+
+        Returns ``{"sem": kJ/mol, "frames": smallest fraction of frames compared}`` from
+        :func:`aesample.estimators.walker_standard_error`, or None with a single walker.
+        """
+        from .estimators import walker_standard_error
+
+        _check_estimator(estimator)
+        if len(self.runs) < 2:
+            return None
+        st = self.state
+        pts = self._points(estimator, lambdas, xis)
+        sem, frac = walker_standard_error([r.free_energy(estimator) for r in self.runs], self.free_energy(estimator, st),
+                                          pts, st.grid_min, st.bin_width, st.periodic)
+        return {"sem": sem, "frames": frac}
+
 
 ESTIMATORS = ("czar", "naive")
 

@@ -22,6 +22,7 @@ _COLUMNS = [
     ("delta_f_phi_sem", "± walkers' SEM", "{:.2f}"),
     ("phi_transitions", "C7eq↔C7ax transitions", "{}"),
     ("free_energy_drift", "F drift (kJ/mol)", "{:.2f}"),
+    ("free_energy_sem", "F walkers' SEM (kJ/mol)", "{:.2f}"),
     ("rmsd_ca_mean", "⟨RMSD CA⟩ (nm)", "{:.3f}"),
     ("folded_fraction", "folded", "{:.2f}"),
     ("ns", "ns", "{:.3f}"),

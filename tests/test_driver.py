@@ -177,6 +177,12 @@ def test_convergence_criterion_with_free_energy_tolerance():
     assert LoopConfig().min_iterations == 2
     assert not is_converged(dict(settled, iteration=1), plain) and not is_converged(dict(settled, iteration=1), strict)
     assert is_converged(dict(settled, iteration=1), LoopConfig(min_iterations=1, free_energy_tolerance=None))
+    # with walkers, their standard error must be within the tolerance too (and be there)
+    walkers = LoopConfig(convergence_threshold=0.99, free_energy_tolerance=1.0, walkers=4)
+    assert is_converged(dict(settled, free_energy_sem=0.5), walkers)
+    assert not is_converged(dict(settled, free_energy_sem=1.5), walkers)
+    assert not is_converged(settled, walkers)
+    assert is_converged(dict(settled, free_energy_sem=1.5), strict)  # one walker: no such term
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path, tiny_config):
@@ -349,6 +355,15 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
     alone = np.load(uninterrupted / "iter_001" / "weights.npy")
     assert not np.allclose(weights[: len(alone)] / weights[: len(alone)].sum(), alone)
     assert "delta_f_phi_walkers" in m and len(m["delta_f_phi_walkers"]) == 2
+    # the walkers' standard error of the pooled CZAR free energy, as estimators.walker_standard_error gives it
+    from aesample import estimators as est
+    from aesample.md import PooledRuns, load_result
+
+    runs = [load_result(it / f"md_{j}") for j in range(2)]
+    pooled, st = PooledRuns(runs), runs[0].state
+    sem, _ = est.walker_standard_error([r.free_energy() for r in runs], pooled.free_energy(), pooled.colvar_xi(),
+                                       st.grid_min, st.bin_width, st.periodic)
+    assert m["free_energy_sem"] == pytest.approx(sem) and m["free_energy_sem"] > 0
     # the same walkers one after another in the driver's process: identical trajectories
     run = tmp_path / "sequential"
     _cli("run", _walkers_config(tmp_path, 1), "--out", run, "--quiet")

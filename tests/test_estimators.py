@@ -271,3 +271,21 @@ def test_pooled_walkers_with_different_biases_give_the_unbiased_free_energy():
     other = _walker_state(zs[0][:1000], zs[0][:1000], 2 * kappa, gmin, w, nb)
     with pytest.raises(EABFError, match="kappa"):
         EABFState.pooled([states[0], other])
+
+
+def test_walker_standard_error_estimates_the_error_of_the_pooled_mean():
+    """n walkers = truth + independent noise of SD s per bin; the pool is their average: SEM s / sqrt(n)."""
+    rng = np.random.default_rng(11)
+    nb, s, n = 50, 0.8, 4
+    gmin, w = [-1.0, -1.0], [0.04, 0.04]
+    truth = rng.normal(0, 5, (nb, nb))
+    walkers = [truth + rng.normal(0, s, (nb, nb)) for _ in range(n)]
+    pooled = np.mean(walkers, axis=0)
+    points = rng.uniform(-1, 1, (20000, 2))
+    sem, frac = est.walker_standard_error(walkers, pooled, points, gmin, w, [False, False])
+    assert frac == 1.0 and sem == pytest.approx(s / np.sqrt(n), rel=0.1)
+    # a bin a walker never estimated is left out, not counted as agreement
+    walkers[0][:10] = np.nan
+    sem2, frac2 = est.walker_standard_error(walkers, pooled, points, gmin, w, [False, False])
+    assert frac2 == pytest.approx(0.8, abs=0.02) and sem2 == pytest.approx(s / np.sqrt(n), rel=0.1)
+    assert np.isnan(est.walker_standard_error(walkers[:1], pooled, points, gmin, w, [False, False])[0])
