@@ -2,6 +2,7 @@
 
     python benchmarks/adp_loop.py --out runs/adp_cpu --profile cpu \\
         --reference benchmarks/data/reference_phi_metad_20ns.npz                  # < 1 h on 2 CPU cores
+    (--profile cpu-long: 4 x 1.25 ns walkers per iteration, ~25 min per iteration on 2 cores)
     python benchmarks/adp_loop.py --out runs/adp_cpu --resume ...                 # continue an interrupted run
     python benchmarks/adp_loop.py --out runs/adp_gpu --profile gpu --reference REF.npz   # 10 ns iterations
     (REF.npz: benchmarks/data/reference_phi_metad_20ns.npz, 20 ns metadynamics on phi, or reference_fes.py output)
@@ -16,11 +17,15 @@ works on it; ``--resume`` continues it, as ``aesample resume`` would).
 Profiles (``--set section.key=value`` overrides either):
 
 * ``cpu``: 1 ns unbiased MD (cheap: ~10^4 ns/day without the CV force), then up to 4 eABF iterations of
-  4 walkers x 1.25 ns (vacuum; 21 ns in all, ~14 min per iteration on 2 free cores at ~260 ns/day each, fewer
-  iterations when the driver's criterion stops it early). One 1-2 ns walker's Delta F scatters by ~3 kJ/mol;
-  four pooled walkers halve that and give the spread (``delta_f_phi_sem``). The CV force is evaluated every step: with the tight default coupling
-  (eabf.kappa 3000) the CV spring on the atoms oscillates with a ~16 fs period, too fast for md.cv_interval 2. ``--water``: 0.02 ns each (TIP3P runs
-  ~6 ns/day on 2 cores).
+  4 walkers x 0.6 ns (vacuum; 10.6 ns in all; the 2-core VM runs the four walkers at ~290 ns/day together, so
+  ~12 min per iteration and under an hour, fewer iterations when the driver's criterion stops it early).
+  Walkers rather than one longer run: one run's Delta F scatters by several kJ/mol between seeds while its two
+  halves agree; the walkers' scatter is the error bar (``free_energy_sem``, ``delta_f_phi_sem``) and joins the
+  convergence criterion.
+* ``cpu-long``: the same with 4 walkers x 1.25 ns per iteration (21 ns in all, ~25 min per iteration on 2 cores).
+  Both evaluate the CV force every step: with the tight default coupling (eabf.kappa 3000) the CV spring on the
+  atoms oscillates with a ~16 fs period, too fast for md.cv_interval 2. ``--water`` (with ``cpu``): 0.02 ns each,
+  one walker (TIP3P runs ~6 ns/day on 2 cores).
 * ``gpu``: 10 ns unbiased MD, then up to 8 eABF iterations of 10 ns, frames every 1 ps (the paper's lengths).
 
 Printed per iteration: regression score R^2(xi_k ~ xi_k-1) (the driver's convergence criterion), score of
@@ -63,6 +68,10 @@ from reference_fes import delta_f_or_nan  # noqa: E402  (sibling script, found t
 
 PROFILES = {
     "cpu": {
+        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 0.6, "loop.walkers": 4, "loop.max_iterations": 4,
+        "md.report_interval": 100, "md.segment_steps": 25000,
+    },
+    "cpu-long": {
         "loop.initial_md": 1.0, "loop.eabf_per_iteration": 1.25, "loop.walkers": 4, "loop.max_iterations": 4,
         "md.report_interval": 100, "md.segment_steps": 25000,
     },
@@ -292,7 +301,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="benchmark folder (loop in <out>/loop)")
-    p.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--profile", choices=["cpu", "cpu-long", "gpu"], default="cpu")
     p.add_argument("--water", action="store_true", help="alanine dipeptide in TIP3P instead of vacuum")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override, e.g. --set loop.max_iterations=6 (repeatable)")
