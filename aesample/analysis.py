@@ -17,6 +17,8 @@ __all__ = [
     "periodic_features",
     "dihedral_score",
     "basin_free_energy_difference",
+    "basin_transitions",
+    "basin_overlap",
     "chignolin_observables",
     "phi_psi",
 ]
@@ -129,6 +131,27 @@ def basin_transitions(phi: np.ndarray, n_runs: int = 1) -> int:
         committed = state[state >= 0]
         total += int(np.count_nonzero(committed[1:] != committed[:-1]))
     return total
+
+
+def basin_overlap(phi: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """Share of the C7ax basin's (0.3 < phi < 2 rad) reweighted mass in CV bins that also hold C7eq/C5 frames
+    (phi < -0.5 rad).
+
+    ``labels``: the CV bin of each frame (any hashable integer per frame). Reweighting corrects the distribution
+    *along* the CV only: inside one bin it takes the frames' relative populations as sampled. Where a bin holds
+    both basins, their ratio there needs equilibrium across the phi barrier at fixed CV, a barrier the bias does
+    not act on, so the reweighted Delta F inherits its sampling. 0: the CV separates the basins; 1: it does not.
+    NaN without C7ax frames.
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    labels = np.asarray(labels)
+    w = np.asarray(weights, dtype=np.float64)
+    ax = (phi > 0.3) & (phi < 2.0)
+    total = w[ax].sum()
+    if not ax.any() or total <= 0:
+        return float("nan")
+    shared = np.isin(labels, np.unique(labels[phi < -0.5]))
+    return float(w[ax & shared].sum() / total)
 
 
 def chignolin_observables(traj: mdtraj.Trajectory, folded: mdtraj.Trajectory) -> dict[str, np.ndarray]:

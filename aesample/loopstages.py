@@ -514,6 +514,12 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
                 pass
         if k > 0 and len(results) > 1:
             metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
+        if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
+            st = pooled.state
+            bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
+            labels = np.unique(bins, axis=0, return_inverse=True)[1].ravel()
+            overlap = analysis.basin_overlap(angles[:, 0], labels, weights)
+            metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited
         if plotting:
             from .estimators import reweighted_free_energy
 

@@ -21,6 +21,7 @@ _COLUMNS = [
     ("delta_f_phi_half", "same, F at half time", "{:.2f}"),
     ("delta_f_phi_sem", "± walkers' SEM", "{:.2f}"),
     ("phi_transitions", "C7eq↔C7ax transitions", "{}"),
+    ("c7ax_in_shared_bins", "C7ax mass in bins shared with C7eq", "{:.2f}"),
     ("free_energy_drift", "F drift (kJ/mol)", "{:.2f}"),
     ("free_energy_sem", "F walkers' SEM (kJ/mol)", "{:.2f}"),
     ("rmsd_ca_mean", "⟨RMSD CA⟩ (nm)", "{:.3f}"),

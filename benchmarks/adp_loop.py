@@ -167,6 +167,9 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
         if m.get("delta_f_phi_walkers"):
             print(f"iteration {m['iteration']}: each walker's own dF: "
                   + ", ".join(_fmt(v, ".2f") for v in m["delta_f_phi_walkers"]))
+        if m.get("c7ax_in_shared_bins") is not None:
+            print(f"iteration {m['iteration']}: share of the C7ax reweighted mass in xi bins that also hold C7eq/C5 "
+                  f"frames: {m['c7ax_in_shared_bins']:.2f}")
     print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} from "
           f"loop.min_iterations on and, when loop.free_energy_tolerance is set, the drift within it): {state.get('converged')}")
 

@@ -9,6 +9,7 @@ import pytest
 
 from aesample.analysis import (
     basin_free_energy_difference,
+    basin_overlap,
     basin_transitions,
     dihedral_score,
     periodic_features,
@@ -90,3 +91,14 @@ def test_basin_transitions_ignore_barrier_recrossings():
     assert basin_transitions(two) == 1 and basin_transitions(two, n_runs=2) == 0
     with pytest.raises(ValueError, match="equal length"):
         basin_transitions(np.zeros(5), n_runs=2)
+
+
+def test_basin_overlap_counts_c7ax_mass_in_bins_shared_with_c7eq():
+    phi = np.array([-1.5, -1.4, 1.0, 1.1, 1.2, 0.0])
+    weights = np.array([1.0, 1.0, 1.0, 2.0, 1.0, 5.0])
+    # separated: C7ax frames in bins of their own (the barrier frame at phi = 0 counts for neither basin)
+    assert basin_overlap(phi, np.array([0, 0, 1, 1, 2, 1]), weights) == 0.0
+    # the frame of weight 2 shares bin 0 with C7eq frames: half the C7ax mass
+    assert basin_overlap(phi, np.array([0, 0, 1, 0, 2, 1]), weights) == pytest.approx(0.5)
+    assert basin_overlap(phi, np.zeros(6, dtype=int), weights) == 1.0
+    assert np.isnan(basin_overlap(np.full(3, -1.5), np.zeros(3, dtype=int), np.ones(3)))

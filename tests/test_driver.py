@@ -68,6 +68,7 @@ def test_loop_outputs(uninterrupted):
         frames = md_mod.load_result(uninterrupted / f"iter_{k:03d}" / "md_0").load_trajectory(
             LoopDriver.open(uninterrupted).system.mdtraj_topology)
         assert m["phi_transitions"] == basin_transitions(phi_psi(frames)[:, 0])
+        assert "c7ax_in_shared_bins" in m and (m["c7ax_in_shared_bins"] is None or 0 <= m["c7ax_in_shared_bins"] <= 1)
         assert (uninterrupted / f"iter_{k:03d}" / "md_0" / "COLVAR").is_file()
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
