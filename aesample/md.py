@@ -796,19 +796,17 @@ class PooledRuns(FreeEnergyEstimates):
     def temperature(self) -> float:
         return self.runs[0].temperature
 
+    @staticmethod
+    def _pool(states: List[Optional[EABFState]]) -> Optional[EABFState]:
+        return None if any(st is None for st in states) else EABFState.pooled(states)
+
     @property
     def state(self) -> Optional[EABFState]:
-        states = [r.state for r in self.runs]
-        if any(st is None for st in states):
-            return None
-        return EABFState.pooled(states)
+        return self._pool([r.state for r in self.runs])
 
     @property
     def half_state(self) -> Optional[EABFState]:
-        states = [r.half_state for r in self.runs]
-        if any(st is None for st in states):
-            return None
-        return EABFState.pooled(states)
+        return self._pool([r.half_state for r in self.runs])
 
     def colvar_lambda(self) -> np.ndarray:
         return np.concatenate([r.colvar_lambda() for r in self.runs])
