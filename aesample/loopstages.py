@@ -225,8 +225,7 @@ def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress
     prev = _md_dirs(driver, k - 1)
     start = md.final_positions(prev[j % len(prev)])
     settings = _md_settings(driver, 1000 * k + j)
-    if threads is not None and _platform_name(driver) == "CPU":
-        settings.platform_properties = {"Threads": str(threads)}
+    settings.cpu_threads = threads
     walkers = cfg.loop.walkers
     md.run_eabf(
         driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa),
@@ -234,13 +233,6 @@ def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress
         description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
         resume=True, log=log.info,
     )
-
-
-def _platform_name(driver: "LoopDriver") -> str:
-    from .platforms import select_platform
-
-    cfg = driver.config
-    return select_platform(cfg.system.platform, driver.system.system.getNumParticles(), cfg.system.precision)[0].getName()
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -280,11 +272,11 @@ def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, proces
     threads = max(1, (os.cpu_count() or 1) // processes)
     n = driver.config.loop.walkers
     log.info("iteration %d: %d eABF walkers in %d processes, %d thread(s) each", k, n, processes, threads)
-    # OpenMM's CPU platform reads its default thread count when the plugin loads, before any argument arrives.
-    saved = {key: os.environ.get(key) for key in ("OPENMM_CPU_THREADS", "OMP_NUM_THREADS")}
-    for key in saved:
-        if saved[key] is None:
-            os.environ[key] = str(threads)
+    # The OpenMP pools of a spawned interpreter size themselves at import, before any argument arrives (the
+    # CPU platform gets its thread count from MDSettings.cpu_threads).
+    user_omp = os.environ.get("OMP_NUM_THREADS")  # a user's own setting is kept
+    if user_omp is None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_walker_process, str(driver.run_dir), k, j, kappa, threads, progress and j == 0,
@@ -296,9 +288,8 @@ def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, proces
                 except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
                     errors.append((j, exc))
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+        if user_omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     if errors:
         j, exc = errors[0]
         others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""
@@ -486,7 +477,7 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     metrics["kappa"] = float(np.ravel(results[0].state.kappa)[0]) if k > 0 else None  # after any cap
     estimator = cfg.eabf.estimator
     metrics["estimator"] = estimator if k > 0 else None
-    pooled = _estimates(driver, k) if k > 0 else None
+    pooled = md.PooledRuns(results) if k > 0 else None
     # Free-energy convergence of this iteration's eABF run (the R^2 above only says the CV stopped changing).
     drift = pooled.free_energy_drift(estimator, lambdas=lambdas) if k > 0 else None
     metrics["free_energy_drift"] = None if drift is None else drift["rms"]

@@ -51,8 +51,9 @@ from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
 
-__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns", "run_eabf", "run_md", "load_result",
-           "steps_done", "final_positions", "copy_system", "make_integrator", "mts_langevin_integrator"]
+__all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns",
+           "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system", "make_integrator",
+           "mts_langevin_integrator"]
 
 
 @dataclass
@@ -89,7 +90,9 @@ class MDSettings:
     platform_properties : dict; report_interval : steps between frames/COLVAR rows; segment_steps : steps per
     checkpointed segment; minimize : minimise first (sampling off); equilibration_steps : unbiased-sampling-off
     steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
-    precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc".
+    precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc";
+    cpu_threads : threads of the CPU platform when that is the one chosen (None: OpenMM's default;
+    ``platform_properties`` win over it).
 
     cv_interval : int, >= 1 (default 1)
         Multiple time stepping for biased runs. 1: LangevinMiddleIntegrator, the eABF force (CV, coupling, ABF
@@ -122,6 +125,7 @@ class MDSettings:
     precision: str = "auto"
     trajectory_format: str = "dcd"
     cv_interval: int = 1
+    cpu_threads: Optional[int] = None
 
 
 @dataclass
@@ -240,6 +244,8 @@ def _platform(md: MDSettings, n_atoms: int):
     except ImportError:  # pragma: no cover - the lead's module exists in the package
         return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
     platform, props = select_platform(md.platform, n_atoms, getattr(md, "precision", "auto"))
+    if md.cpu_threads is not None and platform.getName() == "CPU":
+        props["Threads"] = str(md.cpu_threads)
     props.update(md.platform_properties or {})
     return platform, props
 

@@ -245,3 +245,14 @@ def test_mts_integrator_matches_openmm_mts_langevin():
     s0, s1 = (e.getState(c) for c, _, e in runs)
     assert s0.n_samples == s1.n_samples == 61
     np.testing.assert_array_equal(s0.count, s1.count)
+
+
+def test_cpu_threads_reach_the_cpu_platform_only():
+    from aesample.md import MDSettings, _platform
+
+    platform, props = _platform(MDSettings(platform="CPU", cpu_threads=1), 100)
+    assert platform.getName() == "CPU" and props["Threads"] == "1"
+    # explicit properties win; other platforms get no thread property
+    assert _platform(MDSettings(platform="CPU", cpu_threads=1, platform_properties={"Threads": "2"}), 100)[1][
+        "Threads"] == "2"
+    assert "Threads" not in _platform(MDSettings(platform="Reference", cpu_threads=1), 22)[1]
