@@ -273,7 +273,7 @@ class LoopConfig(_Section):
         "eabf_per_iteration ns with its own seed from the previous iteration's final structures in turn. Their "
         "accumulators are pooled for the free energy, the training weights and the drift; the spread of their own "
         "Delta F estimates is reported (metrics delta_f_phi_walkers, delta_f_phi_sem for dipeptides): one 1-2 ns "
-        "alanine dipeptide run scatters by ~3 kJ/mol, which its two halves do not reveal.",
+        "alanine dipeptide walker scatters by 3-6 kJ/mol (SD, measured), which its two halves do not reveal.",
     )
     walker_processes: Optional[int] = Field(
         None, ge=1, description="Walkers run at once, each in its own process (null: all of them; 1: one after "
