@@ -10,9 +10,10 @@ eABF iterations of 0.5 ns along the learned 2D CV (C-alpha inputs, 30-40-2-40-30
 measured for chignolin on 2 loaded CPU cores (benchmarks/EABF_RESULTS.md) that is 2-2.5 ns, about 4-5 hours, plus
 ~15 min for a 200 ps hot start. The ``gpu`` profile uses 10 ns per stage.
 
-``--hot-start-ps N``: before the loop, N ps of unbiased MD at 600 K (same force field, implicit solvent) from the
-folded structure; the last frame is written to ``<out>/hot_start.pdb`` and added to ``loop.initial_structures``
-(semi-supervised start with an unfolded structure, as the loop allows), so iteration 0 already sees both states.
+``--hot-start-ps N``: before the loop, N ps of unbiased MD at 600 K (``--hot-start-temperature``; same force
+field, implicit solvent) from the folded structure, cooled for 0.5 ps at 340 K; the last frame is written to
+``<out>/hot_start.pdb`` and added to ``loop.initial_structures`` (semi-supervised start with an unfolded
+structure, as the loop allows), so iteration 0 already sees both states.
 
 Evaluation (printed after the loop, also with ``--report-only``): all frames of all iterations, C-alpha RMSD to
 5AWL (``aesample.analysis.chignolin_observables``); folded = RMSD < 0.2 nm, unfolded = RMSD > 0.4 nm. With the
@@ -164,7 +165,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="benchmark folder (loop in <out>/loop)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument("--hot-start-ps", type=float, default=0.0, help="600 K unfolding run before the loop, ps")
+    p.add_argument("--hot-start-ps", type=float, default=0.0, help="unfolding run before the loop, ps")
+    p.add_argument("--hot-start-temperature", type=float, default=600.0,
+                   help="temperature of the unfolding run, K (default 600)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--report-only", action="store_true")
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
         else:
             sets = ["system.name=chignolin"] + [f"{k}={v}" for k, v in PROFILES[a.profile].items()]
             if a.hot_start_ps > 0:
-                sets.append(f"loop.initial_structures=[{hot_start(a.out, a.hot_start_ps)}]")
+                sets.append(f"loop.initial_structures=[{hot_start(a.out, a.hot_start_ps, a.hot_start_temperature)}]")
             config = effective_config(apply_overrides(config_from_dict({}), sets + a.overrides))
             a.out.mkdir(parents=True, exist_ok=True)
             save_config(config, a.out / "loop_config.yaml")
