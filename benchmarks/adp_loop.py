@@ -17,12 +17,15 @@ works on it; ``--resume`` continues it, as ``aesample resume`` would).
 Profiles (``--set section.key=value`` overrides either):
 
 * ``cpu``: 1 ns unbiased MD (cheap: ~10^4 ns/day without the CV force), then up to 4 eABF iterations of
-  4 walkers x 0.6 ns (vacuum; 10.6 ns in all; the 2-core VM runs the four walkers at ~290 ns/day together, so
-  ~12 min per iteration and under an hour, fewer iterations when the driver's criterion stops it early).
+  4 walkers x 0.3 ns (vacuum; 5.8 ns in all). The 2-core VM ran four walkers at 157-298 ns/day together
+  (measured in different sessions and iterations: the VM's speed varies), so 6-11 min per iteration and
+  under an hour even at the slowest rate; 4 x 0.6 ns took 17 and 22 min per iteration on 2026-11-22 (sixth
+  session), too slow for the hour. This profile runs the whole pipeline; its Delta F is several kJ/mol
+  uncertain (the walkers' SEM says how much).
   Walkers rather than one longer run: one run's Delta F scatters by several kJ/mol between seeds while its two
   halves agree; the walkers' scatter is the error bar (``free_energy_sem``, ``delta_f_phi_sem``) and joins the
   convergence criterion.
-* ``cpu-long``: the same with 4 walkers x 1.25 ns per iteration (21 ns in all, ~25 min per iteration on 2 cores).
+* ``cpu-long``: the same with 4 walkers x 1.25 ns per iteration (21 ns in all, 25-33 min per iteration on 2 cores).
   Both evaluate the CV force every step: with the tight default coupling (eabf.kappa 3000) the CV spring on the
   atoms oscillates with a ~16 fs period, too fast for md.cv_interval 2. ``--water`` (with ``cpu``): 0.02 ns each,
   one walker (TIP3P runs ~6 ns/day on 2 cores).
@@ -68,7 +71,7 @@ from reference_fes import delta_f_or_nan  # noqa: E402  (sibling script, found t
 
 PROFILES = {
     "cpu": {
-        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 0.6, "loop.walkers": 4, "loop.max_iterations": 4,
+        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 0.3, "loop.walkers": 4, "loop.max_iterations": 4,
         "md.report_interval": 100, "md.segment_steps": 25000,
     },
     "cpu-long": {
