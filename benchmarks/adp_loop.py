@@ -17,11 +17,10 @@ works on it; ``--resume`` continues it, as ``aesample resume`` would).
 Profiles (``--set section.key=value`` overrides either):
 
 * ``cpu``: 1 ns unbiased MD (cheap: ~10^4 ns/day without the CV force), then up to 4 eABF iterations of
-  4 walkers x 0.3 ns (vacuum; 5.8 ns in all). The 2-core VM ran four walkers at 157-298 ns/day together
-  (measured in different sessions and iterations: the VM's speed varies), so 6-11 min per iteration and
-  under an hour even at the slowest rate; 4 x 0.6 ns took 17 and 22 min per iteration on 2026-11-22 (sixth
-  session), too slow for the hour. This profile runs the whole pipeline; its Delta F is several kJ/mol
-  uncertain (the walkers' SEM says how much).
+  4 walkers x 0.3 ns (vacuum; 5.8 ns in all): 37 min on the 2-core VM (measured 2026-11-22; 182-196 ns/day
+  for the four walkers; 4 x 0.6 ns took 17 and 22 min per iteration, ~85 min in all, over the hour). It runs
+  the whole pipeline, but 0.3 ns walkers along a CV learned from C7eq did not reach C7ax (1 frame in 24 000):
+  its Delta F is not an accuracy result (benchmarks/LOOP_RESULTS.md, sixth session). ``cpu-long`` is.
   Walkers rather than one longer run: one run's Delta F scatters by several kJ/mol between seeds while its two
   halves agree; the walkers' scatter is the error bar (``free_energy_sem``, ``delta_f_phi_sem``) and joins the
   convergence criterion.
