@@ -203,6 +203,18 @@ class EABFConfig(_Section):
     extended_temperature: Optional[float] = Field(
         None, gt=0, description="Temperature of the extended variable, K (default: the system's)."
     )
+    czar_bins: Optional[int] = Field(
+        None, gt=0,
+        description="Bins per CV dimension of the CZAR grid on xi (same range as the ABF grid), where the free "
+        "energy and the reweighting weights are estimated. null: the ABF bins times ceil(ABF bin width / coupling "
+        "width sqrt(kT/kappa)), i.e. CZAR bins no wider than the coupling width (120 with the defaults: width "
+        "0.025). Finer bins resolve more and need more samples per bin.",
+    )
+    czar_min_count: int = Field(
+        10, ge=1,
+        description="Samples a CZAR bin needs to give a gradient estimate; sparser fringe bins are left out of the "
+        "free energy (their frames get weight 0). Raise it when the fringe of the sampled region is noisy.",
+    )
     full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
     min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(

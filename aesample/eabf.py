@@ -69,7 +69,7 @@ import torch
 from . import cvs as _cvs
 from .torchbinding import make_torch_force
 
-__all__ = ["ExtendedABF", "EABFState", "EABFError", "decode_readout", "encode_readout_numpy"]
+__all__ = ["ExtendedABF", "EABFState", "EABFError", "coupled_czar_bins", "decode_readout", "encode_readout_numpy"]
 
 TWO_PI = 2.0 * math.pi
 _MASK21 = (1 << 21) - 1
@@ -111,6 +111,24 @@ def _per_dim(value, d: int, name: str, cast=float) -> List:
             raise EABFError(f"{name} must have {d} entries (one per CV component), got {len(vals)}: {vals}")
         return vals
     return [cast(value)] * d
+
+
+def coupled_czar_bins(bins: Sequence[int], grid_min: Sequence[float], grid_max: Sequence[float],
+                      kappa: Sequence[float], temperature: float) -> List[int]:
+    """Bins of a CZAR xi grid near the coupling width: ``bins * ceil(ABF bin width / sqrt(kT / kappa))`` per
+    component (at least ``bins``), so each CZAR bin is no wider than the width of xi's spread about lambda.
+
+    The CZAR gradient's ``-kT d ln n / dz`` term and the conditional mean force vary on that scale along a learned
+    CV; bins several coupling widths wide average them away unevenly (a bias of several kJ/mol inside one state).
+    """
+    from .estimators import kT
+
+    out = []
+    for b, lo, hi, k in zip(bins, grid_min, grid_max, kappa):
+        width = (float(hi) - float(lo)) / int(b)
+        sigma = math.sqrt(kT(temperature) / float(k))
+        out.append(int(b) * max(1, math.ceil(width / sigma - 1e-9)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,6 +187,7 @@ class _EABFCore(torch.nn.Module):
         wall_kappa: List[float],
         slot_index: List[int],
         state: Optional["EABFState"] = None,
+        zbins: Optional[List[int]] = None,
     ):
         super().__init__()
         d = len(ext_index)
@@ -178,6 +197,9 @@ class _EABFCore(torch.nn.Module):
         self.n_particles: int = int(n_particles)
         nb = int(np.prod(bins))
         self.n_bins: int = nb
+        zbins = list(bins) if zbins is None else list(zbins)
+        nz = int(np.prod(zbins))
+        self.n_zbins: int = nz
 
         def t(values):
             return torch.tensor(values, dtype=f64)
@@ -190,15 +212,16 @@ class _EABFCore(torch.nn.Module):
         self.any_periodic: bool = bool(any(periodic))
         self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
         self.register_buffer("inv_period", t([1.0 / TWO_PI] * d))
-        self.register_buffer("inv_width", t([b / s for b, s in zip(bins, span)]))
-        self.register_buffer("bin_origin", t([-a * b / s for a, b, s in zip(grid_min, bins, span)]))
-        self.register_buffer("inv_bins", t([1.0 / b for b in bins]))
-        self.register_buffer("wrap_bins", t([float(b) if p else 0.0 for b, p in zip(bins, periodic)]))
+        # binned points come as [xi; lambda] (2, d): row 0 on the CZAR xi grid (zbins), row 1 on the ABF lambda grid
+        grids = (zbins, bins)
+        self.register_buffer("inv_width", t([[b / s for b, s in zip(g, span)] for g in grids]))
+        self.register_buffer("bin_origin", t([[-a * b / s for a, b, s in zip(grid_min, g, span)] for g in grids]))
+        self.register_buffer("inv_bins", t([[1.0 / b for b in g] for g in grids]))
+        self.register_buffer("wrap_bins", t([[float(b) if p else 0.0 for b, p in zip(g, periodic)] for g in grids]))
         self.register_buffer("bin_zero", t([0.0] * d))
-        self.register_buffer("bin_last", t([b - 1.0 for b in bins]))
-        strides = [float(np.prod(bins[i + 1:])) for i in range(d)]
-        self.register_buffer("strides", t(strides))
-        # rows of the accumulator: lambda bins first, then xi (z) bins; binned points come as [xi, lambda]
+        self.register_buffer("bin_last", t([[b - 1.0 for b in g] for g in grids]))
+        self.register_buffer("strides", t([[float(np.prod(g[i + 1:])) for i in range(d)] for g in grids]))
+        # rows of the accumulator: lambda bins first, then xi (z) bins
         self.register_buffer("row_offset", t([float(nb), 0.0]))
         self.register_buffer("one", t([1.0]))
         # harmonic restraints of the extended particles, one (d, 3) clamp for walls (x) and y/z pins:
@@ -219,17 +242,17 @@ class _EABFCore(torch.nn.Module):
         den = float(full_samples - min_samples) if full_samples > min_samples else 1.0
         self.register_buffer("ramp_scale", t([1.0 / den]))
         self.register_buffer("ramp_shift", t([-float(min_samples) / den]))
-        # accumulators (float64 on the device, updated in forward): one (2 nb, 1 + d) array,
-        # rows 0..nb-1: per lambda bin [count, sum kappa (lambda - xi)]; rows nb..2nb-1: per xi bin [zcount, czar]
-        self.register_buffer("acc", torch.zeros(2 * nb, 1 + d, dtype=f64))
+        # accumulators (float64 on the device, updated in forward): one (nb + nz, 1 + d) array,
+        # rows 0..nb-1: per lambda bin [count, sum kappa (lambda - xi)]; rows nb..nb+nz-1: per xi bin [zcount, czar]
+        self.register_buffer("acc", torch.zeros(nb + nz, 1 + d, dtype=f64))
         # [xi; lambda] of the last sample (2, d); sentinel: never a real sample
         self.register_buffer("last", torch.full((2, d), _NO_SAMPLE, dtype=f64))
         self.register_buffer("n_samples", torch.zeros(1, dtype=f64))
         if state is not None:
             self.acc[:nb, 0].copy_(torch.as_tensor(state.count.reshape(nb), dtype=f64))
             self.acc[:nb, 1:].copy_(torch.as_tensor(state.grad.reshape(nb, d), dtype=f64))
-            self.acc[nb:, 0].copy_(torch.as_tensor(state.zcount.reshape(nb), dtype=f64))
-            self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nb, d), dtype=f64))
+            self.acc[nb:, 0].copy_(torch.as_tensor(state.zcount.reshape(nz), dtype=f64))
+            self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nz, d), dtype=f64))
             self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
 
@@ -254,7 +277,7 @@ class _EABFCore(torch.nn.Module):
             i = torch.floor(t)
             ic = torch.clamp(i, self.bin_zero, self.bin_last)
             inside = (i == ic).all(dim=-1)
-        return torch.addmv(self.row_offset, ic, self.strides).to(torch.long), inside
+        return ((ic * self.strides).sum(dim=1) + self.row_offset).to(torch.long), inside
 
     def _fbias(self, row: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
         """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,)."""
@@ -411,9 +434,12 @@ class _EABFForcePeriodic(torch.nn.Module):
 class EABFState:
     """Host copy of the eABF accumulators plus the grid they live on.
 
-    Arrays have the grid shape ``bins`` (C order, first CV component slowest); ``grad`` and ``czar`` add a last
-    axis of length d. ``grad`` holds per-lambda-bin sums of ``kappa (lambda - xi)``, ``count`` the samples;
-    ``czar`` the per-xi-bin sums of ``kappa (lambda - xi)``, ``zcount`` the xi histogram. Units: kJ/mol/(CV unit).
+    ``count`` and ``grad`` live on the ABF lambda grid of shape ``bins``; ``zcount`` and ``czar`` on the CZAR xi
+    grid of shape ``zbins`` (same range, usually finer: the CZAR estimate needs bins near the coupling width
+    ``sqrt(kT/kappa)``, the bias fills faster on coarse bins). C order, first CV component slowest; ``grad`` and
+    ``czar`` add a last axis of length d. ``grad`` holds per-lambda-bin sums of ``kappa (lambda - xi)``, ``count``
+    the samples; ``czar`` the per-xi-bin sums of ``kappa (lambda - xi)``, ``zcount`` the xi histogram. Units:
+    kJ/mol/(CV unit). ``meta`` carries strings such as ``temperature`` (K) and ``czar_min_count``.
     """
 
     grid_min: np.ndarray
@@ -428,6 +454,12 @@ class EABFState:
     last: np.ndarray
     n_samples: int = 0
     meta: Dict[str, str] = field(default_factory=dict)
+    zbins: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        if self.zbins is None:  # states written before the CZAR grid had its own resolution
+            self.zbins = np.asarray(self.zcount).shape if np.ndim(self.zcount) == self.d else self.bins
+        self.zbins = np.asarray(self.zbins, dtype=np.int64).reshape(-1)
 
     @property
     def d(self) -> int:
@@ -435,24 +467,35 @@ class EABFState:
 
     @property
     def bin_width(self) -> np.ndarray:
+        """Width of the ABF (lambda) bins per component, CV units."""
         return (np.asarray(self.grid_max) - np.asarray(self.grid_min)) / np.asarray(self.bins)
 
+    @property
+    def z_bin_width(self) -> np.ndarray:
+        """Width of the CZAR (xi) bins per component, CV units."""
+        return (np.asarray(self.grid_max) - np.asarray(self.grid_min)) / np.asarray(self.zbins)
+
     def centers(self) -> List[np.ndarray]:
-        """Bin centres along each component."""
+        """Centres of the ABF (lambda) bins along each component."""
         w = self.bin_width
         return [self.grid_min[i] + w[i] * (np.arange(self.bins[i]) + 0.5) for i in range(self.d)]
 
-    def save(self, path: Union[str, Path]) -> None:
-        """Atomic save as ``.npz``."""
+    def z_centers(self) -> List[np.ndarray]:
+        """Centres of the CZAR (xi) bins along each component."""
+        w = self.z_bin_width
+        return [self.grid_min[i] + w[i] * (np.arange(self.zbins[i]) + 0.5) for i in range(self.d)]
+
+    def save(self, path: Union[str, Path], compressed: bool = False) -> None:
+        """Atomic save as ``.npz`` (``compressed``: zip-deflated, for the many mostly-empty block snapshots)."""
         from .io import atomic_path
 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(
+                (np.savez_compressed if compressed else np.savez)(
                     fh,
                     grid_min=self.grid_min, grid_max=self.grid_max, bins=self.bins, periodic=self.periodic,
                     kappa=self.kappa, count=self.count, grad=self.grad, zcount=self.zcount, czar=self.czar,
-                    last=self.last, n_samples=np.array(self.n_samples),
+                    last=self.last, n_samples=np.array(self.n_samples), zbins=np.asarray(self.zbins),
                     meta_keys=np.array(list(self.meta.keys()), dtype=str),
                     meta_values=np.array(list(self.meta.values()), dtype=str),
                 )
@@ -469,6 +512,7 @@ class EABFState:
                 grid_min=z["grid_min"], grid_max=z["grid_max"], bins=z["bins"], periodic=z["periodic"],
                 kappa=z["kappa"], count=z["count"], grad=z["grad"], zcount=z["zcount"], czar=z["czar"],
                 last=z["last"], n_samples=int(z["n_samples"]), meta=meta,
+                zbins=z["zbins"] if "zbins" in z.files else None,
             )
 
     @classmethod
@@ -489,7 +533,7 @@ class EABFState:
             raise EABFError("EABFState.pooled: no states to pool")
         first = states[0]
         for i, st in enumerate(states[1:], start=1):
-            for name in ("grid_min", "grid_max", "bins", "periodic", "kappa"):
+            for name in ("grid_min", "grid_max", "bins", "zbins", "periodic", "kappa"):
                 a, b = np.asarray(getattr(first, name)), np.asarray(getattr(st, name))
                 if a.shape != b.shape or not np.allclose(a, b):
                     raise EABFError(f"EABFState.pooled: state {i} has {name} {b.tolist()}, state 0 has {a.tolist()}")
@@ -499,7 +543,18 @@ class EABFState:
             count=sum(st.count for st in states), grad=sum(st.grad for st in states),
             zcount=sum(st.zcount for st in states), czar=sum(st.czar for st in states),
             last=first.last, n_samples=sum(st.n_samples for st in states), meta=dict(first.meta),
+            zbins=first.zbins,
         )
+
+    def _temperature(self, temperature: Optional[float]) -> float:
+        if temperature is None:
+            if "temperature" not in self.meta:
+                raise EABFError("EABFState: no temperature given and none recorded in the state's meta")
+            return float(self.meta["temperature"])
+        return float(temperature)
+
+    def _min_count(self, min_count: Optional[int]) -> int:
+        return int(self.meta.get("czar_min_count", 1)) if min_count is None else int(min_count)
 
     def naive_gradient(self) -> np.ndarray:
         """Naive eABF estimate of dF_kappa/dlambda per lambda bin (NaN where empty)."""
@@ -507,11 +562,30 @@ class EABFState:
 
         return naive_gradient(self.grad, self.count)
 
-    def czar_gradient(self, temperature: float) -> np.ndarray:
-        """CZAR estimate of dA/dz per z bin (kJ/mol/CV unit, NaN where undefined)."""
+    def naive_free_energy(self) -> np.ndarray:
+        """F_kappa(lambda) on the ABF grid (kJ/mol, min 0): the naive gradient integrated with count weights."""
+        from .estimators import integrate_gradient
+
+        return integrate_gradient(self.naive_gradient(), self.bin_width, self.periodic, counts=self.count)
+
+    def czar_gradient(self, temperature: Optional[float] = None, min_count: Optional[int] = None) -> np.ndarray:
+        """CZAR estimate of dA/dz per xi bin (kJ/mol/CV unit, NaN where undefined).
+
+        ``temperature`` (K) and ``min_count`` (bins with fewer samples give no estimate) default to the values
+        recorded in ``meta`` (``temperature``, ``czar_min_count``; 1 when absent).
+        """
         from .estimators import czar_gradient
 
-        return czar_gradient(self.czar, self.zcount, self.bin_width, temperature, self.periodic)
+        return czar_gradient(self.czar, self.zcount, self.z_bin_width, self._temperature(temperature),
+                             self.periodic, min_count=self._min_count(min_count))
+
+    def czar_free_energy(self, temperature: Optional[float] = None, min_count: Optional[int] = None) -> np.ndarray:
+        """A(xi) on the CZAR grid (kJ/mol, min 0; NaN where not estimated): :meth:`czar_gradient` integrated by
+        count-weighted least squares (:func:`aesample.estimators.integrate_gradient`)."""
+        from .estimators import integrate_gradient
+
+        return integrate_gradient(self.czar_gradient(temperature, min_count), self.z_bin_width, self.periodic,
+                                  counts=self.zcount)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -660,7 +734,7 @@ class ExtendedABF:
     gridMin, gridMax : float or sequence (CV units)
         Grid bounds per component. Periodic components need ``gridMax - gridMin == 2*pi``.
     bins : int or sequence of int
-        Bins per component (> 0).
+        Bins per component (> 0) of the ABF grid on lambda (where the bias is accumulated and applied).
     kappa : float or sequence (kJ/mol/CV unit^2, Quantity accepted)
         Coupling spring constants (> 0).
     periodic : bool or sequence, optional
@@ -689,6 +763,10 @@ class ExtendedABF:
         Ask openmm-torch to capture the module in a CUDA graph (CUDA only).
     extendedTemperature : None
         Reserved; only None (lambda at the integrator's temperature) is supported.
+    czarBins : int or sequence of int, optional
+        Bins per component of the CZAR grid on xi (same range as the ABF grid; default: ``bins``). Finer than the
+        ABF grid, near the coupling width ``sqrt(kT / kappa)``, it resolves a free energy that varies on that scale
+        while the coarse ABF grid keeps filling fast.
     cvJacobian : bool, optional
         How the force gets dxi/dq. None (default): the CV's closed-form ``value_and_jacobian`` when it has one and
         it agrees with autograd at the validation configuration, else one autograd vector-Jacobian product.
@@ -718,6 +796,7 @@ class ExtendedABF:
         useCUDAGraphs: bool = False,
         extendedTemperature=None,
         cvJacobian: Optional[bool] = None,
+        czarBins=None,
     ):
         import openmm
 
@@ -754,6 +833,11 @@ class ExtendedABF:
             if int(b) != b or int(b) <= 0:
                 raise EABFError(f"bins must be positive integers; component {i}: bins={b}")
         nbins = [int(b) for b in nbins]
+        zbins = nbins if czarBins is None else _per_dim(czarBins, d, "czarBins", cast=lambda v: v)
+        for i, b in enumerate(zbins):
+            if int(b) != b or int(b) <= 0:
+                raise EABFError(f"czarBins must be positive integers; component {i}: czarBins={b}")
+        zbins = [int(b) for b in zbins]
         kap = _per_dim(kappa, d, "kappa")
         for i, k in enumerate(kap):
             if not (k > 0 and math.isfinite(k)):
@@ -794,12 +878,14 @@ class ExtendedABF:
             state = initialState if isinstance(initialState, EABFState) else EABFState.load(initialState)
             ok = (
                 state.d == d and np.array_equal(np.asarray(state.bins), nbins)
+                and np.array_equal(np.asarray(state.zbins), zbins)
                 and np.allclose(state.grid_min, gmin) and np.allclose(state.grid_max, gmax)
             )
             if not ok:
                 raise EABFError(
                     f"initialState grid (min={list(state.grid_min)}, max={list(state.grid_max)}, bins="
-                    f"{list(state.bins)}) does not match gridMin={gmin}, gridMax={gmax}, bins={nbins}"
+                    f"{list(state.bins)}, czarBins={list(state.zbins)}) does not match gridMin={gmin}, "
+                    f"gridMax={gmax}, bins={nbins}, czarBins={zbins}"
                 )
 
         use_jac = _jacobian_route(cv, positions, box, d, cvJacobian)  # before touching the System
@@ -810,6 +896,7 @@ class ExtendedABF:
         self.gridMin = np.array(gmin)
         self.gridMax = np.array(gmax)
         self.bins = np.array(nbins)
+        self.czarBins = np.array(zbins)
         self.kappa = np.array(kap)
         self.periodic = np.array(per, dtype=bool)
         self.extendedMass = np.array(mass)
@@ -835,7 +922,7 @@ class ExtendedABF:
         core_cls = _EABFCoreJacobian if use_jac else _EABFCoreAutograd
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
-            self.slotIndices, state,
+            self.slotIndices, state, zbins,
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)
@@ -849,13 +936,14 @@ class ExtendedABF:
             name="aesample eABF",
         )
         self.forceIndex = system.addForce(self.force)
-        nb = int(np.prod(nbins))
-        self._layout = {
-            "info": (0, 3 * d), "count": (3 * d, nb), "grad": (3 * d + nb, nb * d),
-            "zcount": (3 * d + nb + nb * d, nb), "czar": (3 * d + 2 * nb + nb * d, nb * d),
-            "last": (3 * d + 2 * nb + 2 * nb * d, 2 * d), "n_samples": (3 * d + 2 * nb + 2 * nb * d + 2 * d, 1),
-        }
-        self._flat_len = 3 * d + 2 * nb + 2 * nb * d + 2 * d + 1
+        # the read-out vector's layout: the order of _EABFCore.flat_state
+        nb, nz = int(np.prod(nbins)), int(np.prod(zbins))
+        self._layout, offset = {}, 0
+        for key, length in (("info", 3 * d), ("count", nb), ("grad", nb * d), ("zcount", nz), ("czar", nz * d),
+                            ("last", 2 * d), ("n_samples", 1)):
+            self._layout[key] = (offset, length)
+            offset += length
+        self._flat_len = offset
 
     # ---------------------------------------------------------------- positions
     def extendPositions(self, positions, box=None) -> np.ndarray:
@@ -940,6 +1028,7 @@ class ExtendedABF:
         flat = self.readFlat(context)
         L = self._layout
         shape = tuple(int(b) for b in self.bins)
+        zshape = tuple(int(b) for b in self.czarBins)
         d = self.d
 
         def part(key):
@@ -950,8 +1039,8 @@ class ExtendedABF:
             grid_min=self.gridMin.copy(), grid_max=self.gridMax.copy(), bins=self.bins.copy(),
             periodic=self.periodic.copy(), kappa=self.kappa.copy(),
             count=part("count").reshape(shape), grad=part("grad").reshape(shape + (d,)),
-            zcount=part("zcount").reshape(shape), czar=part("czar").reshape(shape + (d,)),
-            last=part("last").copy(), n_samples=int(round(part("n_samples")[0])),
+            zcount=part("zcount").reshape(zshape), czar=part("czar").reshape(zshape + (d,)),
+            last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
         )
 
     def setSampling(self, context, on: bool) -> None:

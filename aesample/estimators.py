@@ -25,10 +25,12 @@ __all__ = [
     "integrate_1d",
     "integrate_2d",
     "integrate_gradient",
+    "closure_1d",
     "reweighting_weights",
     "czar_reweighting_weights",
     "reweighted_free_energy",
     "interpolate_on_grid",
+    "values_in_bins",
     "free_energy_drift",
     "walker_standard_error",
 ]
@@ -112,40 +114,164 @@ def czar_gradient(
     return -kT(temperature) * dln + mean
 
 
-def integrate_1d(gradient: np.ndarray, width: float, periodic: bool = False) -> np.ndarray:
-    """Cumulative trapezoid integral of a 1D gradient on bin centres, minimum shifted to 0.
+def _link_equations(g: np.ndarray, width: Sequence[float], periodic: Sequence[bool], counts: Optional[np.ndarray],
+                    mask: Optional[np.ndarray]):
+    """Finite-difference equations ``A_j - A_i = h_k (g_ik + g_jk) / 2`` between neighbouring bins along each axis.
 
-    Only the longest run of consecutive finite gradient values is integrated (unsampled edges and gaps make the
-    rest NaN). For periodic grids the run may wrap; the integral is returned as is (no drift correction).
+    Returns (i, j, rhs, weight) arrays over the links whose both ends have a finite k-th gradient component (and
+    ``mask``); periodic axes wrap (the seam link included). ``weight`` is ``n_i n_j / (n_i + n_j)``, the inverse
+    variance of the mean of two bin means whose variances go as ``1/n``; 1 without ``counts``.
+    """
+    shape = g.shape[:-1]
+    d = len(shape)
+    ok_k = np.isfinite(g)
+    if mask is not None:
+        ok_k &= np.asarray(mask, dtype=bool).reshape(shape)[..., None]
+    n = None if counts is None else np.asarray(counts, dtype=np.float64).reshape(shape)
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    out_i, out_j, out_b, out_w = [], [], [], []
+    for k in range(d):
+        if shape[k] < 2:
+            continue
+        if periodic[k] and shape[k] > 2:  # two bins are already neighbours once; a second link would double it
+            def nxt(a):
+                return np.roll(a, -1, axis=k)
+
+            ii, jj = idx, nxt(idx)
+            gi, gj = g[..., k], nxt(g[..., k])
+            oi, oj = ok_k[..., k], nxt(ok_k[..., k])
+            ni, nj = (None, None) if n is None else (n, nxt(n))
+        else:
+            lo = tuple(slice(0, shape[k] - 1) if a == k else slice(None) for a in range(d))
+            hi = tuple(slice(1, shape[k]) if a == k else slice(None) for a in range(d))
+            ii, jj = idx[lo], idx[hi]
+            gi, gj = g[..., k][lo], g[..., k][hi]
+            oi, oj = ok_k[..., k][lo], ok_k[..., k][hi]
+            ni, nj = (None, None) if n is None else (n[lo], n[hi])
+        use = oi & oj
+        out_i.append(ii[use])
+        out_j.append(jj[use])
+        out_b.append(0.5 * (gi[use] + gj[use]) * float(width[k]))
+        if n is None:
+            out_w.append(np.ones(int(use.sum())))
+        else:
+            a, b = ni[use], nj[use]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out_w.append(np.where(a + b > 0, a * b / (a + b), 0.0))
+    if not out_i:
+        empty = np.zeros(0)
+        return empty.astype(int), empty.astype(int), empty, empty
+    return (np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_b), np.concatenate(out_w))
+
+
+def integrate_gradient(
+    gradient: np.ndarray,
+    width: Sequence[float],
+    periodic: Sequence[bool],
+    counts: Optional[np.ndarray] = None,
+    mask: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Free energy A on a regular grid (1D, 2D or 3D) whose finite differences best match a mean-force field.
+
+    Each pair of neighbouring bins along axis k (wrapping on periodic axes, the seam included) whose k-th gradient
+    components are both finite gives one equation ``(A_j - A_i) / h_k = (g_ik + g_jk) / 2``. The equations are
+    solved in the weighted least-squares sense -- a discrete Poisson problem with natural (Neumann) boundaries at
+    the edge of the sampled domain, solved sparsely with scipy -- weighting each by ``n_i n_j / (n_i + n_j)`` when
+    ``counts`` (the samples per bin behind each gradient) are given: the inverse variance of the link's estimate.
+    Unweighted, a fringe bin with a handful of samples pulls the solution as hard as a basin bin with 10^5 and its
+    noise leaks into basin-to-basin differences.
+
+    In 1D without loops (open grids, or a periodic grid with a gap) the solution is the trapezoid integral,
+    whatever the weights; on a fully sampled periodic grid the closure ``∮ A' dz`` (see :func:`closure_1d`) is
+    spread over the links in inverse proportion to their weights, so A is continuous across the seam.
+
+    Parameters
+    ----------
+    gradient : array, grid shape + (d,) (or (n,) for 1D)
+        Mean force dA/dz per bin, kJ/mol per CV unit; NaN where not estimated.
+    width : sequence of float
+        Bin widths per axis (CV units).
+    periodic : sequence of bool
+        Periodicity per axis.
+    counts : array of grid shape, optional
+        Samples per bin (weights of the equations); None: all equations weigh the same.
+    mask : bool array of grid shape, optional
+        Bins to use (default: all with finite gradients).
+
+    Returns
+    -------
+    numpy.ndarray
+        A (grid shape), minimum 0; NaN outside the largest connected set of linked bins.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.csgraph as csg
+    import scipy.sparse.linalg as spla
+
+    g = np.asarray(gradient, dtype=np.float64)
+    width = np.atleast_1d(np.asarray(width, dtype=np.float64))
+    if g.ndim == 1:
+        g = g[:, None]
+    d = g.shape[-1]
+    shape = g.shape[:-1]
+    if len(shape) != d or len(width) != d:
+        raise ValueError(f"integrate_gradient: gradient of shape {g.shape} does not match {len(width)} bin widths "
+                         "(expected grid shape + (d,))")
+    periodic = [bool(p) for p in np.broadcast_to(np.asarray(periodic, dtype=bool), (d,))]
+    nn = int(np.prod(shape))
+    out = np.full(nn, np.nan)
+    ri, rj, b, w = _link_equations(g, width, periodic, counts, mask)
+    keep_eq = w > 0
+    ri, rj, b, w = ri[keep_eq], rj[keep_eq], b[keep_eq], w[keep_eq]
+    if len(b) == 0:
+        return out.reshape(shape)
+    # the largest connected set of linked bins (by total weight of its links)
+    adj = sp.csr_matrix((np.ones(len(b)), (ri, rj)), shape=(nn, nn))
+    _, labels = csg.connected_components(adj, directed=False)
+    link_weight = np.bincount(labels[ri], weights=w, minlength=labels.max() + 1)
+    main = int(np.argmax(link_weight))
+    use = labels[ri] == main
+    ri, rj, b, w = ri[use], rj[use], b[use], w[use]
+    nodes = np.unique(np.concatenate([ri, rj]))
+    pos = np.full(nn, -1)
+    pos[nodes] = np.arange(len(nodes))
+    m = len(b)
+    D = sp.csr_matrix((np.concatenate([-np.ones(m), np.ones(m)]),
+                       (np.concatenate([np.arange(m)] * 2), np.concatenate([pos[ri], pos[rj]]))),
+                      shape=(m, len(nodes)))
+    # weights normalised to mean 1 keep the normal equations well scaled whatever the sample counts
+    W = sp.diags(w / w.mean())
+    L = (D.T @ W @ D).tocsc()
+    r = D.T @ (W @ b)
+    # gauge: pin the first node (drop its row and column; the reduced Laplacian is positive definite)
+    sol = np.zeros(len(nodes))
+    if len(nodes) > 1:
+        sol[1:] = spla.spsolve(L[1:, 1:], r[1:])
+    out[nodes] = sol
+    out -= np.nanmin(out)
+    return out.reshape(shape)
+
+
+def closure_1d(gradient: np.ndarray, width: float) -> float:
+    """``∮ A'(z) dz`` around a fully sampled periodic 1D grid (trapezoid, kJ/mol); NaN if any bin is missing.
+
+    Zero for an exact gradient; its size says how much the estimator's noise or bias had to be spread around the
+    circle by :func:`integrate_gradient` to make A continuous across the seam.
     """
     g = np.asarray(gradient, dtype=np.float64).reshape(-1)
-    n = len(g)
-    ok = np.isfinite(g)
-    a = np.full(n, np.nan)
-    if not ok.any():
-        return a
-    if periodic and ok.all():
-        start, length = 0, n
-    else:
-        # longest run of finite values (wrapping when periodic)
-        best_s, best_l, cur_s, cur_l = 0, 0, 0, 0
-        seq = np.concatenate([ok, ok]) if periodic else ok
-        for i, v in enumerate(seq):
-            if v:
-                if cur_l == 0:
-                    cur_s = i
-                cur_l += 1
-                if cur_l > best_l:
-                    best_s, best_l = cur_s, cur_l
-            else:
-                cur_l = 0
-        start, length = best_s % n, min(best_l, n)
-    idx = (start + np.arange(length)) % n
-    gg = g[idx]
-    vals = np.concatenate([[0.0], np.cumsum(0.5 * (gg[1:] + gg[:-1]) * float(width))])
-    a[idx] = vals
-    a -= np.nanmin(a)
-    return a
+    if not np.all(np.isfinite(g)):
+        return float("nan")
+    return float(np.sum(0.5 * (g + np.roll(g, -1))) * float(width))
+
+
+def integrate_1d(gradient: np.ndarray, width: float, periodic: bool = False,
+                 counts: Optional[np.ndarray] = None) -> np.ndarray:
+    """1D free energy from a gradient on bin centres (:func:`integrate_gradient`), minimum 0.
+
+    Open grids (or periodic ones with a gap): the trapezoid integral over the longest run of finite values (the
+    rest NaN). Periodic grids sampled all round: the least-squares solution with the seam link, continuous there.
+    """
+    g = np.asarray(gradient, dtype=np.float64).reshape(-1)
+    return integrate_gradient(g[:, None], [width], [periodic], counts=counts)
 
 
 def integrate_2d(
@@ -153,95 +279,13 @@ def integrate_2d(
     width: Sequence[float],
     periodic: Sequence[bool] = (False, False),
     mask: Optional[np.ndarray] = None,
+    counts: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """Least-squares potential A on a 2D grid with ``grad A ≈ gradient`` (shape (n0, n1, 2)).
-
-    Each pair of neighbouring bins along axis k (wrapping on periodic axes) where both k-th gradient components
-    are finite (and ``mask`` is True) gives one equation ``(A_j - A_i)/h = (g_ik + g_jk)/2``; the sparse normal
-    equations (a discrete Poisson problem) are solved with one bin pinned. Bins not connected to the largest
-    connected component are NaN. Result shifted to min 0.
-    """
-    import scipy.sparse as sp
-    import scipy.sparse.csgraph as csg
-    import scipy.sparse.linalg as spla
-
+    """2D free energy (gradient shape (n0, n1, 2)); see :func:`integrate_gradient`."""
     g = np.asarray(gradient, dtype=np.float64)
     if g.ndim != 3 or g.shape[2] != 2:
         raise ValueError(f"integrate_2d: gradient must have shape (n0, n1, 2), got {g.shape}")
-    n0, n1 = g.shape[:2]
-    # an equation along axis k needs only the k-th gradient component at its two bins
-    ok_k = np.isfinite(g)
-    if mask is not None:
-        ok_k &= np.asarray(mask, dtype=bool)[..., None]
-    ok = ok_k.any(axis=2)
-    idx = np.arange(n0 * n1).reshape(n0, n1)
-    rows_i, rows_j, rhs = [], [], []
-    for k, n in ((0, n0), (1, n1)):
-        h = float(width[k])
-        if periodic[k]:
-            j = np.roll(idx, -1, axis=k)
-            gi, gj = g[..., k], np.roll(g[..., k], -1, axis=k)
-            oki, okj = ok_k[..., k], np.roll(ok_k[..., k], -1, axis=k)
-            ii = idx
-        else:
-            sl_a = [slice(None), slice(None)]
-            sl_b = [slice(None), slice(None)]
-            sl_a[k] = slice(0, n - 1)
-            sl_b[k] = slice(1, n)
-            ii, j = idx[tuple(sl_a)], idx[tuple(sl_b)]
-            gi, gj = g[tuple(sl_a)][..., k], g[tuple(sl_b)][..., k]
-            oki, okj = ok_k[..., k][tuple(sl_a)], ok_k[..., k][tuple(sl_b)]
-        use = oki & okj
-        if n < 2:
-            continue
-        rows_i.append(ii[use])
-        rows_j.append(j[use])
-        rhs.append(0.5 * (gi[use] + gj[use]) * h)
-    if not rows_i or sum(len(r) for r in rows_i) == 0:
-        return np.full((n0, n1), np.nan)
-    ri = np.concatenate(rows_i)
-    rj = np.concatenate(rows_j)
-    b = np.concatenate(rhs)
-    m = len(b)
-    D = sp.csr_matrix(
-        (np.concatenate([-np.ones(m), np.ones(m)]), (np.concatenate([np.arange(m)] * 2), np.concatenate([ri, rj]))),
-        shape=(m, n0 * n1),
-    )
-    # largest connected component of bins linked by equations
-    adj = sp.csr_matrix((np.ones(m), (ri, rj)), shape=(n0 * n1, n0 * n1))
-    ncomp, labels = csg.connected_components(adj, directed=False)
-    sizes = np.bincount(labels[ok.reshape(-1)], minlength=ncomp) if ok.any() else np.zeros(ncomp)
-    main = int(np.argmax(sizes))
-    keep = np.flatnonzero((labels == main) & ok.reshape(-1))
-    Dk = D[:, keep]
-    rows_keep = np.asarray(np.abs(Dk).sum(axis=1)).ravel() == 2
-    Dk = Dk[rows_keep]
-    bk = b[rows_keep]
-    L = (Dk.T @ Dk).tocsr()
-    r = Dk.T @ bk
-    # pin the first kept bin (gauge)
-    L = L.tolil()
-    L[0, :] = 0
-    L[0, 0] = 1.0
-    r[0] = 0.0
-    sol = spla.spsolve(L.tocsr(), r)
-    out = np.full(n0 * n1, np.nan)
-    out[keep] = sol
-    out = out.reshape(n0, n1)
-    out -= np.nanmin(out)
-    return out
-
-
-def integrate_gradient(gradient: np.ndarray, width: Sequence[float], periodic: Sequence[bool]) -> np.ndarray:
-    """Dispatch to :func:`integrate_1d` (gradient shape (n, 1) or (n,)) or :func:`integrate_2d`."""
-    g = np.asarray(gradient, dtype=np.float64)
-    width = np.atleast_1d(np.asarray(width, dtype=np.float64))
-    periodic = np.atleast_1d(np.asarray(periodic, dtype=bool))
-    if g.ndim == 1 or (g.ndim == 2 and g.shape[1] == 1 and len(width) == 1):
-        return integrate_1d(g.reshape(-1), float(width[0]), bool(periodic[0]))
-    if g.ndim == 3 and g.shape[2] == 2:
-        return integrate_2d(g, width, periodic)
-    raise ValueError(f"integrate_gradient: unsupported gradient shape {g.shape} (1D or 2D grids only)")
+    return integrate_gradient(g, width, periodic, counts=counts, mask=mask)
 
 
 def interpolate_on_grid(
@@ -323,6 +367,16 @@ def _bin_index(points: np.ndarray, grid_min: Sequence[float], width: Sequence[fl
             inside &= (idx[:, k] >= 0) & (idx[:, k] < n)
             idx[:, k] = np.clip(idx[:, k], 0, n - 1)
     return idx, inside
+
+
+def values_in_bins(values: np.ndarray, grid_min: Sequence[float], width: Sequence[float], periodic: Sequence[bool],
+                   points: np.ndarray) -> np.ndarray:
+    """Grid values in the bin of each point (M, d) or (M,); NaN for points off an open grid."""
+    v = np.asarray(values, dtype=np.float64)
+    idx, inside = _bin_index(points, grid_min, width, v.shape, periodic)
+    out = v[tuple(idx.T)].copy()
+    out[~inside] = np.nan
+    return out
 
 
 def czar_reweighting_weights(

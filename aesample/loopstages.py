@@ -139,6 +139,7 @@ def coupling_constant(driver: "LoopDriver", k: int, cv) -> tuple[float, float]:
 
 
 def _eabf_settings(driver: "LoopDriver", d: int, kappa: Optional[float] = None):
+    from .eabf import coupled_czar_bins
     from .md import EABFSettings
 
     e = driver.config.eabf
@@ -154,6 +155,9 @@ def _eabf_settings(driver: "LoopDriver", d: int, kappa: Optional[float] = None):
         min_samples=e.min_samples,
         # walls scale with the spring: their period relative to the extended period stays the same
         wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
+        czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
+            [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d, [kappa] * d, driver.config.system.temperature),
+        czar_min_count=e.czar_min_count,
     )
 
 

@@ -20,6 +20,9 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
 * ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
   written once; comparing the free energy from it with the final one shows how much it still moves
   (:meth:`RunOutputs.free_energy_drift`).
+* ``blocks/step_NNNNNNNNNN.npz``: the cumulative eABF state at the end of each of ``MDSettings.error_blocks``
+  time blocks (compressed); differences of consecutive ones are the blocks' own accumulators, which
+  :meth:`FreeEnergyEstimates.bootstrap` resamples for error bars. Files past the checkpoint are dropped on resume.
 
 ``run_eabf(..., resume=True)`` rebuilds the System with the saved accumulators baked in, loads the checkpoint
 (falls back to the XML State on a different platform), drops COLVAR rows past the checkpoint and continues until
@@ -41,7 +44,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -50,6 +53,7 @@ from .io import atomic_path, atomic_write_json, atomic_write_text
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
+BLOCKS_DIR = "blocks"  # cumulative eABF states at time-block ends, for block-bootstrap error bars
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns",
            "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system", "make_integrator",
@@ -63,7 +67,8 @@ class EABFSettings:
     grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
     periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
     full_samples, min_samples : linear ramp; wall_kappa : walls (default 10 kappa); force_group : 0..31;
-    use_cuda_graphs : CUDA only.
+    use_cuda_graphs : CUDA only; czar_bins : bins per component of the CZAR xi grid (None: ``bins``);
+    czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded in the state's meta).
     """
 
     grid_min: Union[float, Sequence[float]]
@@ -79,6 +84,8 @@ class EABFSettings:
     force_group: int = 30
     use_cuda_graphs: bool = False
     extended_temperature: Optional[float] = None  # None: the MD temperature (only supported value for now)
+    czar_bins: Optional[Union[int, Sequence[int]]] = None
+    czar_min_count: int = 1
 
 
 @dataclass
@@ -91,6 +98,7 @@ class MDSettings:
     checkpointed segment; minimize : minimise first (sampling off); equilibration_steps : unbiased-sampling-off
     steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
     precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc";
+    error_blocks : time blocks per biased run whose accumulators are saved for block-bootstrap error bars;
     cpu_threads : threads of the CPU platform when that is the one chosen (None: OpenMM's default;
     ``platform_properties`` win over it).
 
@@ -126,6 +134,7 @@ class MDSettings:
     trajectory_format: str = "dcd"
     cv_interval: int = 1
     cpu_threads: Optional[int] = None
+    error_blocks: int = 20
 
 
 @dataclass
@@ -274,6 +283,11 @@ def _write_traj(path: Path, xyz: np.ndarray, topology, times: np.ndarray, boxes:
             traj.save_xtc(str(tmp), force_overwrite=True)
         else:
             traj.save_dcd(str(tmp), force_overwrite=True)
+
+
+def _block_step(path: Path) -> int:
+    """Production step of a block snapshot ``blocks/step_NNNNNNNNNN.npz``."""
+    return int(path.stem.split("_")[1])
 
 
 def _truncate_colvar(path: Path, n_rows: int) -> None:
@@ -436,7 +450,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
             extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
             minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
-            initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs,
+            initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs, czarBins=es.czar_bins,
         )
     integrator = make_integrator(system, eabf, temperature, md.friction, md.timestep, cv_interval)
     integrator.setRandomNumberSeed(int(md.seed))
@@ -474,6 +488,8 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         for old in (out / "traj").glob("seg_*"):  # fresh run: stale segments would be mixed in
             old.unlink()
         (out / HALF_STATE).unlink(missing_ok=True)
+        for old in (out / BLOCKS_DIR).glob("step_*.npz"):
+            old.unlink()
         writer = ColvarWriter(colvar_path, eabf.d, append=False) if biased else None
         atomic_write_json(out / "run.json", {
             "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
@@ -493,9 +509,19 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         done = int(ck["step"])
         if biased:
             _truncate_colvar(colvar_path, int(ck["step"]) // md.report_interval)  # one row per report_interval
+            for old in (out / BLOCKS_DIR).glob("step_*.npz"):  # written after the checkpoint: redone below
+                if _block_step(old) > int(ck["step"]):
+                    old.unlink()
         writer = ColvarWriter(colvar_path, eabf.d, append=True) if biased else None
         log(f"resuming {out} at step {done} (segment {seg})")
 
+    # block ends in whole report intervals (frames then fall into one block each)
+    n_blocks = max(1, int(getattr(md, "error_blocks", 20)))
+    block_steps = max(1, -(-n_steps // (n_blocks * md.report_interval))) * md.report_interval
+    if biased:
+        (out / BLOCKS_DIR).mkdir(exist_ok=True)
+    meta = {"cv_units": cv_units, "temperature": str(temperature),
+            "czar_min_count": str(int(getattr(es, "czar_min_count", 1))) if biased else "1"}
     trajectories = sorted((out / "traj").glob("seg_*." + fmt))
     show = md.progress if progress is None else progress
     bar = None
@@ -537,6 +563,10 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                     if biased:
                         xi, lam, fb = eabf.getInstantaneous(context)
                         writer.write(times[-1], xi, lam, fb)
+                if biased and (done % block_steps == 0 or done == n_steps):
+                    block = eabf.getState(context)
+                    block.meta.update(meta)
+                    block.save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
                 elapsed = time.perf_counter() - t_wall
                 ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
                 if bar is not None:
@@ -554,7 +584,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             if biased:
                 writer.flush()
                 state = eabf.getState(context)
-                state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+                state.meta.update(meta)
                 write_eabf_grids(out / "eabf", state, temperature, cv_units)
                 names["eabf"] = f"seg_{seg:05d}.eabf.npz"
                 state.save(out / "checkpoint" / names["eabf"])
@@ -587,7 +617,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     grids: Dict[str, np.ndarray] = {}
     if biased:
         state = eabf.getState(context)
-        state.meta.update({"cv_units": cv_units, "temperature": str(temperature)})
+        state.meta.update(meta)
         grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
     final = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
     with atomic_path(out / "final_positions.npy") as tmp:
@@ -659,19 +689,17 @@ class FreeEnergyEstimates:
 
     def f_kappa(self, state: Optional[EABFState] = None) -> np.ndarray:
         """Integrated naive estimate F_kappa on the lambda grid (kJ/mol), of ``state`` (default: the final one)."""
-        from .estimators import integrate_gradient
-
         st = self.state if state is None else state
-        g = st.naive_gradient()
-        return integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+        return st.naive_free_energy()
 
     def czar_pmf(self, state: Optional[EABFState] = None):
         """(centres per dimension, CZAR free energy on the xi grid, kJ/mol), of ``state`` (default: the final one)."""
-        from .estimators import czar_gradient, integrate_gradient
-
         st = self.state if state is None else state
-        g = czar_gradient(st.czar, st.zcount, st.bin_width, self.temperature, st.periodic)
-        return st.centers(), integrate_gradient(g if st.d == 2 else g[..., 0], st.bin_width, st.periodic)
+        return st.z_centers(), st.czar_free_energy(self.temperature)
+
+    def _grid(self, estimator: str, st: EABFState):
+        """(grid_min, bin width) of the grid the estimator's free energy lives on."""
+        return st.grid_min, (st.z_bin_width if estimator == "czar" else st.bin_width)
 
     def free_energy(self, estimator: str = "czar", state: Optional[EABFState] = None) -> np.ndarray:
         """Grid free energy of an estimator (kJ/mol): ``"czar"``, A(xi) on the xi grid; ``"naive"``, F_kappa(lambda)."""
@@ -701,8 +729,83 @@ class FreeEnergyEstimates:
         st = self.state
         pts = self._points(estimator, lambdas, xis)
         rms, frac = free_energy_drift(self.free_energy(estimator, half), self.free_energy(estimator, st), pts,
-                                      st.grid_min, st.bin_width, st.periodic)
+                                      *self._grid(estimator, st), st.periodic)
         return {"rms": rms, "frames": frac}
+
+    def block_increments(self) -> List[Tuple[np.ndarray, List[EABFState]]]:
+        """Per run: (the block index of each COLVAR row/frame, each block's own accumulators as an EABFState).
+
+        Blocks come from the cumulative snapshots in ``blocks/`` (differences of consecutive ones). Runs without
+        snapshots give one block holding the whole run.
+        """
+        raise NotImplementedError  # pragma: no cover - provided by subclasses
+
+    def bootstrap(self, n_boot: int = 100, seed: int = 0):
+        """Block-bootstrap replicates of the run: yields ``(state, multiplicity)`` ``n_boot`` times.
+
+        Each replicate draws the time blocks of every run with replacement (walkers separately, so each keeps its
+        length), sums the drawn blocks' accumulators into ``state`` and gives each frame the number of times its
+        block was drawn (``multiplicity``, aligned with COLVAR rows in run order). An estimate recomputed from
+        every replicate -- a free energy from ``state``, a Delta F from frames weighted by ``multiplicity`` times
+        their reweighting weight -- scatters as the estimate does between independent runs, as long as the blocks
+        are longer than the run's correlation time.
+        """
+        rng = np.random.default_rng(seed)
+        runs = self.block_increments()
+        for _ in range(int(n_boot)):
+            parts, mult = [], []
+            for frame_block, blocks in runs:
+                draw = np.bincount(rng.integers(0, len(blocks), len(blocks)), minlength=len(blocks))
+                parts.extend([(int(c), b) for c, b in zip(draw, blocks) if c])
+                mult.append(draw[frame_block].astype(np.float64))
+            yield _weighted_sum_of_states(parts), np.concatenate(mult)
+
+    def free_energy_error(self, estimator: str = "czar", n_boot: int = 100, seed: int = 0,
+                          lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None,
+                          delta_f_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """Block-bootstrap error bars of the estimator's free energy (kJ/mol) and, optionally, of a Delta F.
+
+        ``rms``: the bootstrap standard deviation of the free energy at each frame's grid point (constant offset
+        of each replicate removed over the frames), root-mean-square over the frames: the same "where the run
+        went" measure as :meth:`free_energy_drift`. With ``delta_f_labels`` (per frame: 1 in basin B, 0 in basin
+        A, -1 in neither), ``delta_f`` is ``F_B - F_A = -kT ln(P_B / P_A)`` from the reweighted frames and
+        ``delta_f_error`` its bootstrap standard deviation (NaN when a replicate leaves a basin empty). The
+        replicates recompute the weights of frames by their replicate's free energy and histogram, so errors of
+        the free energy along xi and of the frames' make-up at fixed xi both enter.
+        """
+        from .estimators import kT as kT_of
+        from .estimators import values_in_bins
+
+        _check_estimator(estimator)
+        st = self.state
+        pts = np.asarray(self._points(estimator, lambdas, xis), dtype=np.float64)
+        pts = pts[:, None] if pts.ndim == 1 else pts
+        gmin, width = self._grid(estimator, st)
+        kT = kT_of(self.temperature)
+        values, dfs = [], []
+        for state_b, mult in self.bootstrap(n_boot, seed):
+            f = self.free_energy(estimator, state_b)
+            values.append(values_in_bins(f, gmin, width, st.periodic, pts))
+            if delta_f_labels is not None:
+                try:
+                    w = self.reweighting_weights(estimator, state_b, lambdas=lambdas, xis=xis) * mult
+                except ValueError:
+                    dfs.append(np.nan)
+                    continue
+                dfs.append(_delta_f(w, delta_f_labels, kT))
+        v = np.asarray(values)
+        ok = np.all(np.isfinite(v), axis=0)
+        out: Dict[str, Any] = {"rms": float("nan"), "frames": float(ok.mean()) if v.size else 0.0,
+                               "n_boot": int(n_boot), "blocks": [len(b) for _, b in self.block_increments()]}
+        if ok.any():
+            vv = v[:, ok] - v[:, ok].mean(axis=1, keepdims=True)
+            out["rms"] = float(np.sqrt(np.mean(np.var(vv, axis=0, ddof=1))))
+        if delta_f_labels is not None:
+            w = self.reweighting_weights(estimator, lambdas=lambdas, xis=xis)
+            out["delta_f"] = _delta_f(w, delta_f_labels, kT)
+            d = np.asarray(dfs)
+            out["delta_f_error"] = float(np.std(d, ddof=1)) if np.all(np.isfinite(d)) and len(d) > 1 else float("nan")
+        return out
 
     def reweighting_weights(self, estimator: str = "czar", state: Optional[EABFState] = None,
                             lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None) -> np.ndarray:
@@ -719,8 +822,51 @@ class FreeEnergyEstimates:
         pts = self._points(estimator, lambdas, xis)
         if estimator == "naive":
             return reweighting_weights(pts, self.f_kappa(st), st.grid_min, st.bin_width, self.temperature, st.periodic)
-        return czar_reweighting_weights(pts, self.czar_pmf(st)[1], st.zcount, st.grid_min, st.bin_width,
+        return czar_reweighting_weights(pts, self.czar_pmf(st)[1], st.zcount, st.grid_min, st.z_bin_width,
                                         self.temperature, st.periodic)
+
+
+def _delta_f(weights: np.ndarray, labels: np.ndarray, kT: float) -> float:
+    """``-kT ln(P_B / P_A)`` from per-frame weights and labels (1: B, 0: A); NaN if a basin has no weight."""
+    labels = np.asarray(labels)
+    pa, pb = float(weights[labels == 0].sum()), float(weights[labels == 1].sum())
+    return float(-kT * np.log(pb / pa)) if pa > 0 and pb > 0 else float("nan")
+
+
+def _weighted_sum_of_states(parts: List[Tuple[int, EABFState]]) -> EABFState:
+    """``sum_i c_i * state_i`` of the accumulators (grid and meta of the first)."""
+    first = parts[0][1]
+    def total(name):
+        return sum(c * getattr(st, name) for c, st in parts)
+    return EABFState(
+        grid_min=first.grid_min, grid_max=first.grid_max, bins=first.bins, periodic=first.periodic,
+        kappa=first.kappa, count=total("count"), grad=total("grad"), zcount=total("zcount"), czar=total("czar"),
+        last=first.last, n_samples=int(sum(c * st.n_samples for c, st in parts)), meta=dict(first.meta),
+        zbins=first.zbins,
+    )
+
+
+def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_interval: int, checkpoint_step: int):
+    """(block index per COLVAR row, per-block accumulators) of one run directory."""
+    files = sorted((out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
+    files = [f for f in files if _block_step(f) <= checkpoint_step]
+    if not files:
+        return np.zeros(n_rows, dtype=int), [final]
+    steps = np.array([_block_step(f) for f in files])
+    cumulative = [EABFState.load(f) for f in files]
+    if steps[-1] < checkpoint_step:  # the run went on past its last block end: the rest is one more block
+        steps = np.append(steps, checkpoint_step)
+        cumulative.append(final)
+    blocks, prev = [], None
+    for st in cumulative:
+        if prev is None:
+            blocks.append(st)
+        else:
+            blocks.append(_weighted_sum_of_states([(1, st), (-1, prev)]))
+        prev = st
+    row_steps = (np.arange(n_rows) + 1) * int(report_interval)
+    frame_block = np.minimum(np.searchsorted(steps, row_steps, side="left"), len(blocks) - 1)
+    return frame_block, blocks
 
 
 @dataclass
@@ -778,6 +924,10 @@ class RunOutputs(FreeEnergyEstimates):
         p = self.out_dir / HALF_STATE
         return EABFState.load(p) if p.is_file() else None
 
+    def block_increments(self):
+        return [_block_increments_of(self.out_dir, self.state, len(self.colvar_xi()), int(self.run["report_interval"]),
+                                     int(self.checkpoint["step"]))]
+
 
 @dataclass
 class PooledRuns(FreeEnergyEstimates):
@@ -820,6 +970,9 @@ class PooledRuns(FreeEnergyEstimates):
     def colvar_xi(self) -> np.ndarray:
         return np.concatenate([r.colvar_xi() for r in self.runs])
 
+    def block_increments(self):
+        return [b for r in self.runs for b in r.block_increments()]
+
     def free_energy_sem(self, estimator: str = "czar", lambdas: Optional[np.ndarray] = None,
                         xis: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
         """Standard error of the pooled free energy from the walkers' scatter, at the pooled frames.
@@ -835,7 +988,7 @@ class PooledRuns(FreeEnergyEstimates):
         st = self.state
         pts = self._points(estimator, lambdas, xis)
         sem, frac = walker_standard_error([r.free_energy(estimator) for r in self.runs], self.free_energy(estimator, st),
-                                          pts, st.grid_min, st.bin_width, st.periodic)
+                                          pts, *self._grid(estimator, st), st.periodic)
         return {"sem": sem, "frames": frac}
 
 

@@ -192,16 +192,13 @@ def write_eabf_grids(prefix, state, temperature: float, cv_units: str = "CV unit
     Returns the arrays written (keys = suffixes without the leading dot). PMFs are NaN outside the integrable
     region; 1D and 2D grids are integrated, 3D grids get gradients and counts only.
     """
-    from .estimators import czar_gradient, integrate_gradient
-
     prefix = str(prefix)
-    gmin, width, per = state.grid_min, state.bin_width, state.periodic
-    g_naive = state.naive_gradient()
-    g_czar = czar_gradient(state.czar, state.zcount, width, temperature, per)
-    out = {"grad": g_naive, "count": state.count, "czar.grad": g_czar, "zcount": state.zcount}
+    gmin, per = state.grid_min, state.periodic
+    g_czar = state.czar_gradient(temperature)
+    out = {"grad": state.naive_gradient(), "count": state.count, "czar.grad": g_czar, "zcount": state.zcount}
     if state.d <= 2:
-        out["pmf"] = integrate_gradient(g_naive if state.d == 2 else g_naive[..., 0], width, per)
-        out["czar.pmf"] = integrate_gradient(g_czar if state.d == 2 else g_czar[..., 0], width, per)
+        out["pmf"] = state.naive_free_energy()
+        out["czar.pmf"] = state.czar_free_energy(temperature)
     e_units = f"kJ/mol/({cv_units})"
     desc = {
         "grad": ("naive eABF gradient dF_kappa/dlambda", e_units),
@@ -213,5 +210,7 @@ def write_eabf_grids(prefix, state, temperature: float, cv_units: str = "CV unit
     }
     for key, arr in out.items():
         text, u = desc[key]
+        # the CZAR files live on the xi grid, at its own resolution
+        width = state.z_bin_width if key.startswith("czar") or key == "zcount" else state.bin_width
         write_grid(f"{prefix}.{key}", arr, gmin, width, per, units=u, description=f"{text}; CV in {cv_units}")
     return out

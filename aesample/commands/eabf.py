@@ -30,12 +30,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ns", type=float, default=1.0, help="production length, ns (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--platform", default="auto", help="auto | Reference | CPU | CUDA | OpenCL")
-    p.add_argument("--bins", type=int, nargs="+", help="bins per CV component (default 72 for angles, 50 otherwise)")
+    p.add_argument("--bins", type=int, nargs="+",
+                   help="ABF bins per CV component (default: angles 72 in 1D, 36 in 2D/3D; 50 otherwise)")
+    p.add_argument("--czar-bins", type=int, nargs="+",
+                   help="CZAR bins per CV component on xi, same range (default: the ABF bins times "
+                   "ceil(bin width / coupling width sqrt(kT/kappa)))")
+    p.add_argument("--czar-min-count", type=int, default=10,
+                   help="samples a CZAR bin needs for a gradient estimate (default 10)")
     p.add_argument("--grid-min", type=float, nargs="+", help="grid lower bound(s), CV units (angles: -pi)")
     p.add_argument("--grid-max", type=float, nargs="+", help="grid upper bound(s), CV units (angles: +pi)")
     p.add_argument("--kappa", type=float, nargs="+",
                    help="coupling constant(s), kJ/mol/CVunit^2 (default: kT / bin width^2)")
-    p.add_argument("--full-samples", type=int, default=500, help="samples per bin for the full bias (default 500)")
+    p.add_argument("--full-samples", type=int,
+                   help="samples per bin for the full bias (default 500 in 1D, 100 in 2D/3D)")
     p.add_argument("--extended-period", type=float, default=0.15, help="lambda oscillator period, ps (default 0.15)")
     p.add_argument("--temperature", type=float, help="K (default: the system's)")
     p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
@@ -61,6 +68,7 @@ def _per_dim(values: Optional[List[float]], d: int, name: str, default) -> list:
 
 def main(args: argparse.Namespace) -> int:
     from .. import cvs
+    from ..eabf import coupled_czar_bins
     from ..estimators import kT as kT_of
     from ..md import EABFSettings, MDSettings, run_eabf
     from ..systems import build_system
@@ -90,20 +98,24 @@ def main(args: argparse.Namespace) -> int:
         if gmin[i] is None or gmax[i] is None:
             raise ValueError(f"--grid-min/--grid-max: component {i + 1} of {label!r} is not an angle; "
                              "give its grid bounds explicitly")
-    bins = _per_dim(args.bins, d, "bins", [72 if p else 50 for p in periodic])
+    # 2D: 36 x 36 angle bins (and full bias at 100 samples) fill in ~2 ns; 72 x 72 at 500 did not reach C7ax
+    bins = _per_dim(args.bins, d, "bins", [(72 if d == 1 else 36) if p else 50 for p in periodic])
     temperature = float(args.temperature if args.temperature is not None else ms.temperature)
     width = [(b - a) / n for a, b, n in zip(gmin, gmax, bins)]
     kappa = _per_dim(args.kappa, d, "kappa", [kT_of(temperature) / w ** 2 for w in width])
+    czar_bins = _per_dim(args.czar_bins, d, "czar-bins", coupled_czar_bins(bins, gmin, gmax, kappa, temperature))
+    full_samples = args.full_samples if args.full_samples is not None else (500 if d == 1 else 100)
     dt_ps = args.timestep * 1e-3
     n_steps = int(round(args.ns * 1000.0 / dt_ps))
     rep = int(args.report_interval)
     seg = max(rep, (int(args.segment_steps) // rep) * rep)
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
-                      extended_period=args.extended_period, full_samples=args.full_samples)
+                      extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
+                      czar_min_count=args.czar_min_count)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
                     seed=args.seed, progress=not args.no_progress)
-    print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins}, "
+    print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins} (CZAR {czar_bins}), "
           f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
     res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units)
     print(f"done: {res.n_steps} steps on {res.platform}, {res.ns_per_day:.1f} ns/day, "
@@ -116,9 +128,11 @@ def _summary(res, d: int) -> None:
     pmf = res.grids.get("czar.pmf")
     if pmf is None:
         return
+    from ..estimators import kT as kT_of
+
     st = res.state
-    centers = st.centers()
-    kT = 0.0083144626 * res.temperature
+    centers = st.z_centers()
+    kT = kT_of(res.temperature)
     if d == 1:
         print("CZAR free energy (kJ/mol) along the CV, every few bins:")
         step = max(1, len(centers[0]) // 24)
