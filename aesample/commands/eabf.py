@@ -62,12 +62,12 @@ def _per_dim(values: Optional[List[float]], d: int, name: str, default) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
+    _check_arguments(args)  # before the heavy imports: a typo costs no wait
     from .. import cvs
     from ..estimators import kT as kT_of
     from ..md import EABFSettings, MDSettings, run_eabf
     from ..systems import build_system
 
-    _check_arguments(args)
     ms = build_system(args.system)
     if args.cv_model is not None:
         from ..export import load_cv
