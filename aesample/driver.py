@@ -13,7 +13,9 @@ Run directory (one concept per file, all written atomically)::
     RUN/run.yaml            effective configuration
     RUN/state.json          progress: iteration, stage (md | train | analyse), history
     RUN/aesample.log        log
+    RUN/aesample.lock       PID, host and command of the process running the loop (aesample.runlock)
     RUN/iter_NNN/md_J/      MD segments, checkpoints, COLVAR, eABF grids (aesample.md), one per start/walker
+    RUN/iter_NNN/trajectory.dcd, topology.pdb   the iteration's frames, runs joined in order, and their topology
     RUN/iter_NNN/cv.pt      TorchScript CV (+ cv.json), model.pt, weights.npy, loss.*, metrics.json, *.png
     RUN/summary.json, RUN/report.md, RUN/report.html
 
