@@ -63,10 +63,15 @@ def _pm(value, error, unit="kJ/mol") -> str:
     return f"{value:.2f} ± {error:.2f} {unit}" if _finite(error) else f"{value:.2f} {unit} (no error bar)"
 
 
+def _xi(k: int) -> str:
+    return "ξ" + str(k).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
+
+
 def _free_energy_line(m: dict) -> str:
     """The free energy along the CV that drove iteration ``m``'s eABF, with the best error bar there is."""
     k = m["iteration"]
-    along = f"ξ{k - 1} (the CV that drove iteration {k}'s eABF)" if k > 0 else "ξ0 (unbiased MD of iteration 0)"
+    along = (f"{_xi(k - 1)}, the CV that drove iteration {k}'s eABF" if k > 0
+             else f"{_xi(0)}, from the unbiased MD of iteration 0")
     if _finite(m.get("free_energy_error")):
         err = f"error ± {m['free_energy_error']:.2f} kJ/mol"
     elif _finite(m.get("free_energy_sem")):
@@ -76,7 +81,8 @@ def _free_energy_line(m: dict) -> str:
                "second half of the run, a lower bound on its error")
     else:
         err = "no error bar"
-    return f"Free energy along {along}: {err}."
+    where = f"iter_{k:03d}/free_energy.png" + (f", grid iter_{k:03d}/md_0/eabf.czar.pmf" if k > 0 else "")
+    return f"Free energy along {along} ({where}): {err}."
 
 
 def _basin_line(m: dict) -> Optional[str]:
@@ -153,12 +159,12 @@ def first_screen(driver: "LoopDriver") -> dict[str, Any]:
     if k is not None:
         it = f"iter_{k:03d}"
         fmt = driver.config.output.trajectory_format
-        files += [(f"{it}/trajectory.{fmt}", f"iteration {k}'s frames, every run joined (one file per iteration)"),
+        files += [(f"{it}/trajectory.{fmt}", f"iteration {k}'s frames, its runs joined; one such file per iteration"),
                   (f"{it}/topology.pdb", "its topology: mdtraj.load(trajectory, top=topology.pdb)"),
-                  (f"{it}/cv.pt", f"the last CV ξ{k} (TorchScript; cv.json beside it)"),
-                  (f"{it}/weights.npy", "Boltzmann weights of the frames (trajectory order)")]
+                  (f"{it}/cv.pt", f"the last CV {_xi(k)} (TorchScript; cv.json beside it)"),
+                  (f"{it}/weights.npy", "Boltzmann weights of the frames, in trajectory order")]
         if k > 0:
-            files.append((f"{it}/md_0/COLVAR", "time (ps), ξ, λ, ABF force; eabf.czar.pmf: the free energy grid"))
+            files.append((f"{it}/md_0/COLVAR", "time in ps, ξ, λ, ABF force; eabf.czar.pmf beside it: the free-energy grid"))
     return {"verdict": verdict, "lines": lines, "advice": advice, "warnings": warnings, "files": files,
             "last": last}
 
@@ -196,8 +202,8 @@ def write_report(driver: "LoopDriver") -> Path:
         md += [f"![free energy]({fe_png})", ""]
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "Files: " + ", ".join(f"[{f}]({f}) ({what})" for f, what in screen["files"]), "",
-           "## All metrics", "",
+    md += ["", f"Files (in {driver.run_dir}):", ""] + [f"- [{f}]({f}): {what}" for f, what in screen["files"]]
+    md += ["", "## All metrics", "",
            "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for h in history:
         md.append("| " + " | ".join(_cell(h, key, fmt) for key, _, fmt in columns) + " |")
