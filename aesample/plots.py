@@ -53,6 +53,7 @@ def plot_free_energy(centers: Sequence[np.ndarray], free_energy: np.ndarray, pat
         fig.colorbar(mesh, ax=ax, label="free energy (kJ/mol)")
         ax.set_xlabel(f"{label}, component 1")
         ax.set_ylabel(f"{label}, component 2")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))  # no overlapping tick labels
     title = _readable_cv(title)
     if label != cv_label:  # say what the symbol is
         title += f"\n({label}: the CV learned at iteration {cv_label.split('_')[-1]}"
@@ -89,7 +90,10 @@ def plot_scores(iterations: Sequence[int], scores: Sequence[float], threshold: f
         ax.plot(its, [v for v in values if v is not None], "--s", label=label)
     ax.axhline(threshold, color="grey", ls=":", label=f"threshold {threshold}")
     ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    # whole iterations only (a single point would otherwise get ticks like 0.975, 1.000, 1.025)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    if len(iterations):
+        ax.set_xlim(min(iterations) - 0.5, max(iterations) + 0.5)
     ax.set_ylabel("R²")
     ax.set_ylim(min(0.0, *(s for s in scores if s is not None)) if scores else 0.0, 1.02)
     ax.legend(fontsize=8)

@@ -107,7 +107,7 @@ def _basin_line(m: dict) -> Optional[str]:
 
 
 def _per_iteration(history: list[dict]) -> tuple[list[str], list[list[str]]]:
-    head = ["iteration", "R² ξk~ξk-1", "F drift (kJ/mol)", "F error (kJ/mol)", "ΔF basins (kJ/mol)",
+    head = ["iteration", "R² CV vs previous", "F drift (kJ/mol)", "F error (kJ/mol)", "ΔF basins (kJ/mol)",
             "sampled fraction", "ESS / frames", "warnings"]
     rows = []
     for m in history:

@@ -37,6 +37,9 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
         return [str(b) for b in given]
     out = []
     k = metrics.get("iteration", 0)
+    if k == 0:
+        return ["only iteration 0 (unbiased MD) so far: convergence is judged from iteration "
+                f"loop.min_iterations ({loop.min_iterations}) on"]
     if k < loop.min_iterations:
         out.append(f"iteration {k} is below loop.min_iterations ({loop.min_iterations}): "
                    "the loop needs more iterations")

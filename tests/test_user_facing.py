@@ -15,13 +15,7 @@ import mdtraj
 import numpy as np
 import pytest
 
-TINY = """
-md: {report_interval: 20, segment_steps: 500, equilibration: 0.2, seed: 11}
-loop: {initial_md: 0.004, eabf_per_iteration: 0.008, max_iterations: 2, convergence_threshold: 0.99999}
-training: {max_epochs: 25, patience: 5, batch_size: 64, seed: 3}
-system: {platform: Reference}
-output: {plots: false}
-"""
+from .test_driver import TINY  # the same tiny loop settings
 
 
 def _cli(*args, cwd=None, timeout=600):
@@ -361,6 +355,11 @@ def test_plots_have_integer_iterations_and_readable_cv_labels(tmp_path, monkeypa
     figures[-1].canvas.draw()
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
+    plots.plot_scores([1], [0.9], 0.99, tmp_path / "one.png")  # one iteration: still whole-number ticks
+    ax = figures[-1].axes[0]
+    figures[-1].canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1.0]
     centers = [np.linspace(-1, 1, 5)] * 2
     plots.plot_free_energy(centers, np.zeros((5, 5)), tmp_path / "f.png", "iteration 2: CZAR free energy along xi_1",
                            cv_label="xi_1")
