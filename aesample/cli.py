@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "version"]
 
 #: Command name -> module in aesample.commands.
 COMMANDS = {
@@ -26,12 +26,24 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version (from its metadata; the source tree's pyproject.toml otherwise)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("aesample")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aesample",
         description="Autoencoder collective variables + eABF enhanced sampling in OpenMM.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"aesample {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         try:

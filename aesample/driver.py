@@ -13,7 +13,9 @@ Run directory (one concept per file, all written atomically)::
     RUN/run.yaml            effective configuration
     RUN/state.json          progress: iteration, stage (md | train | analyse), history
     RUN/aesample.log        log
+    RUN/aesample.lock       PID, host and command of the process running the loop (aesample.runlock)
     RUN/iter_NNN/md_J/      MD segments, checkpoints, COLVAR, eABF grids (aesample.md), one per start/walker
+    RUN/iter_NNN/trajectory.dcd, topology.pdb   the iteration's frames, runs joined in order, and their topology
     RUN/iter_NNN/cv.pt      TorchScript CV (+ cv.json), model.pt, weights.npy, loss.*, metrics.json, *.png
     RUN/summary.json, RUN/report.md, RUN/report.html
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,12 +119,16 @@ class LoopDriver:
         if data["cv"]["selection"] is None:  # custom system: its default depends on the topology
             data["cv"]["selection"] = system.selection
         config = config_from_dict(data)
+        from .loopstages import preflight
+
+        preflight(config, system)  # selection, structures, settings: errors now, not after iteration 0's MD
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "run.yaml")
         state = LoopState()
         state.save(run_dir / "state.json")
         driver = cls(run_dir, config, state)
         driver._system = system
+        driver._preflight_done = True
         return driver
 
     @classmethod
@@ -194,11 +202,47 @@ class LoopDriver:
 
     # ------------------------------------------------------------------ loop
     def run(self, progress: bool = True) -> dict[str, Any]:
-        """Run stages until convergence or ``loop.max_iterations``; returns the summary."""
+        """Run stages until convergence or ``loop.max_iterations``; returns the summary.
+
+        Holds the run directory's lock (:mod:`aesample.runlock`) meanwhile: a second process is refused.
+        """
+        with self.locked():
+            return self._run(progress)
+
+    def locked(self):
+        """Context manager holding ``RUN/aesample.lock`` (re-entrant within this process)."""
+        from contextlib import contextmanager
+
+        from . import runlock
+
+        @contextmanager
+        def hold():
+            held = runlock.read_lock(self.run_dir)
+            if held is not None and held.alive and held.pid == os.getpid():
+                yield  # an outer call of this process holds it
+                return
+
+            def stale(message):
+                log.warning(message)
+                print(f"aesample: {message}", file=sys.stderr, flush=True)
+
+            runlock.acquire(self.run_dir, log=stale)
+            try:
+                yield
+            finally:
+                runlock.release(self.run_dir)
+
+        return hold()
+
+    def _run(self, progress: bool) -> dict[str, Any]:
         from . import loopstages
+        from .verdict import sampling_warnings
 
         cfg = self.config
         log.info("run %s: iteration %d, stage %s", self.run_dir, self.state.iteration, self.state.stage)
+        first = not self.state.finished and self.state.iteration == 0 and self.state.stage == "md"
+        if first and not getattr(self, "_preflight_done", False):
+            loopstages.preflight(self.config, self.system)  # errors before any MD, also on resume
         while not self.state.finished:
             k = self.state.iteration
             out = self.iteration_dir(k)
@@ -207,6 +251,7 @@ class LoopDriver:
                 t0 = time.perf_counter()
                 loopstages.run_md_stage(self, k, progress=progress)
                 log.info("iteration %d: MD done in %.1f s", k, time.perf_counter() - t0)
+                loopstages.write_iteration_trajectory(self, k)
                 self.state.stage = "train"
                 self._save_state()
             if self.state.stage == "train":
@@ -217,10 +262,18 @@ class LoopDriver:
                 self._save_state()
             if self.state.stage == "analyse":
                 metrics = loopstages.run_analyse_stage(self, k)
+                warnings = sampling_warnings(metrics)
+                if warnings:
+                    metrics["warnings"] = warnings
+                    atomic_write_json(out / "metrics.json", metrics)
+                    for w in warnings:
+                        log.warning("iteration %d: %s", k, w)
                 self.state.history = [h for h in self.state.history if h["iteration"] != k] + [metrics]
                 converged = loopstages.is_converged(metrics, cfg.loop)
                 if progress:
                     print(loopstages.format_metrics(metrics), flush=True)
+                for w in warnings:
+                    print(f"  WARNING (iteration {k}): {w}", flush=True)
                 if converged or k >= cfg.loop.max_iterations:
                     self.state.finished = True
                     self.state.converged = bool(converged)
@@ -237,13 +290,19 @@ class LoopDriver:
 
     # ------------------------------------------------------------------ outputs
     def write_summary(self) -> dict[str, Any]:
-        """``summary.json``: configuration digest, per-iteration metrics, convergence."""
+        """``summary.json``: configuration digest, per-iteration metrics, convergence and what held it back."""
+        from .verdict import run_verdict
+
+        verdict = run_verdict(self.state, self.config.loop)
         summary = {
             "run_directory": str(self.run_dir),
             "system": self.config.system.name,
             "iterations_done": len(self.state.history),
             "finished": self.state.finished,
             "converged": self.state.converged,
+            "status": verdict["status"],
+            "verdict": verdict["headline"],
+            "convergence_blockers": verdict["blockers"],
             "convergence_threshold": self.config.loop.convergence_threshold,
             "history": self.state.history,
         }
@@ -251,20 +310,36 @@ class LoopDriver:
         return summary
 
     def status_text(self) -> str:
-        """Human-readable progress of the run."""
-        st = self.state
-        lines = [
-            f"run {self.run_dir} ({self.config.system.name})",
-            f"  state: {'finished' if st.finished else 'in progress'}"
-            + (", converged" if st.converged else "")
-            + (f"; next: iteration {st.iteration}, stage {st.stage}" if not st.finished else ""),
-        ]
+        """Human-readable progress of the run: converged or not (and why), running or stopped, per-iteration lines."""
+        from . import runlock
         from .loopstages import format_metrics, md_progress
+        from .verdict import run_verdict, sampling_warnings
 
+        st = self.state
+        verdict = run_verdict(st, self.config.loop)
+        lines = [f"run {self.run_dir} ({self.config.system.name})"]
+        if st.finished:
+            lines.append(f"  state: finished, {verdict['headline']}")
+        else:
+            lock = runlock.read_lock(self.run_dir)
+            if lock is not None and lock.alive is not False:
+                where = runlock.describe(self.run_dir)
+                lines.append(f"  state: in progress ({where}); now: iteration {st.iteration}, stage {st.stage}")
+            else:
+                why = runlock.describe(self.run_dir) or "not running: no aesample process holds it"
+                lines.append(f"  state: stopped ({why}); next: iteration {st.iteration}, stage {st.stage}; "
+                             f"continue with `aesample resume {self.run_dir}`")
+        if verdict["blockers"]:
+            lines.append("  not converged because:")
+            lines += [f"    - {b}" for b in verdict["blockers"]]
+        if st.finished and not st.converged:
+            lines.append(f"  to go on: `aesample resume {self.run_dir} --max-iterations "
+                         f"{self.config.loop.max_iterations + 2}`")
         if not st.finished and st.stage == "md":
             done, total = md_progress(self, st.iteration)
             if total:
                 lines.append(f"  MD of iteration {st.iteration}: {done / 1000:.3f} / {total / 1000:.3f} ns")
         for metrics in st.history:
             lines.append("  " + format_metrics(metrics))
+            lines += [f"    WARNING: {w}" for w in sampling_warnings(metrics)]
         return "\n".join(lines)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("aesample")
 
-__all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress"]
+__all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress", "preflight",
+           "write_iteration_trajectory"]
 
 def _kT(driver: "LoopDriver") -> float:
     from .estimators import kT
@@ -47,6 +48,9 @@ def _starting_structures(driver: "LoopDriver") -> list[np.ndarray]:
     for path in driver.config.loop.initial_structures:
         from openmm.app import PDBFile
 
+        from .systems import check_pdb_file
+
+        check_pdb_file(path, what="loop.initial_structures")
         try:
             pdb = PDBFile(str(path))
         except Exception as exc:
@@ -81,6 +85,56 @@ def check_finite_energy(ms, positions: np.ndarray, source: str) -> None:
     if not np.isfinite(energy):
         raise ValueError(f"{source}: potential energy of the starting structure is not finite ({energy}); "
                          "check for overlapping atoms or missing coordinates")
+
+
+def preflight(config, system) -> None:
+    """Check, before any MD, what later stages would only find out after it: the CV atom selection, the starting
+    structures (readable, the system's atom count, finite energy) and settings that depend on the system.
+
+    Raises ValueError naming the setting (exit code 2 on the command line).
+    """
+    from types import SimpleNamespace
+
+    from .selection import select_atoms
+
+    indices = select_atoms(system.mdtraj_topology, config.cv.selection, what="cv.selection")
+    if len(indices) < 3:
+        raise ValueError(f"cv.selection: {config.cv.selection!r} selects {len(indices)} atom(s); the CV aligns the "
+                         "selected atoms onto a reference and needs at least 3")
+    t_ext = config.eabf.extended_temperature
+    if t_ext is not None and abs(t_ext - config.system.temperature) > 1e-9:
+        raise ValueError(f"eabf.extended_temperature: {t_ext} K differs from system.temperature "
+                         f"{config.system.temperature} K (a separate lambda thermostat is not implemented)")
+    view = SimpleNamespace(system=system, config=config)
+    starts = _starting_structures(view)
+    sources = [str(system.source)] + [str(p) for p in config.loop.initial_structures]
+    for start, source in zip(starts, sources):
+        check_finite_energy(system, start, source)
+
+
+def iteration_trajectory_path(driver: "LoopDriver", k: int) -> Path:
+    """``iter_NNN/trajectory.dcd`` (or ``.xtc``): iteration ``k``'s frames, every run joined in run order."""
+    return driver.iteration_dir(k) / f"trajectory.{driver.config.output.trajectory_format}"
+
+
+def write_iteration_trajectory(driver: "LoopDriver", k: int) -> Path:
+    """Join iteration ``k``'s trajectory segments (``md_J/traj/seg_*``, J = 0, 1, ... in order) into one file and
+    write the molecule's topology beside it (``topology.pdb``, the atoms PDBFixer added included), so that
+    ``mdtraj.load("iter_NNN/trajectory.dcd", top="iter_NNN/topology.pdb")`` gives every frame of the iteration in
+    the order of its weights (``weights.npy`` starts with them). Both files are written atomically; the segments
+    stay (resume and the loop read them)."""
+    from . import md
+
+    top = driver.system.mdtraj_topology
+    trajs = [md.load_result(d).load_trajectory(top) for d in _md_dirs(driver, k)]
+    traj = mdtraj.join(trajs) if len(trajs) > 1 else trajs[0]
+    out = driver.iteration_dir(k)
+    with atomic_path(out / "topology.pdb") as tmp:
+        traj[0].save_pdb(str(tmp), force_overwrite=True)
+    path = iteration_trajectory_path(driver, k)
+    with atomic_path(path) as tmp:
+        getattr(traj, f"save_{driver.config.output.trajectory_format}")(str(tmp), force_overwrite=True)
+    return path
 
 
 def _md_dirs(driver: "LoopDriver", k: int) -> list[Path]:

@@ -1,14 +1,15 @@
 """Output files users know: a PLUMED-style COLVAR and Colvars-style eABF grid files.
 
 COLVAR
-    ``#! FIELDS time xi_1 .. xi_d lambda_1 .. lambda_d fbias_1 .. fbias_d`` then one row per report; time in ps,
-    CVs in their own units, ``fbias`` is the ABF force applied on lambda (kJ/mol per CV unit).
+    ``#! FIELDS time xi_1 .. xi_d lambda_1 .. lambda_d fbias_1 .. fbias_d``, a ``# units:`` comment line, then one
+    row per report; time in ps, CVs in their own units, ``fbias`` is the ABF force applied on lambda (kJ/mol per CV unit).
     :class:`ColvarReporter` is an OpenMM reporter (``describeNextReport``/``report``) around an
     :class:`~aesample.eabf.ExtendedABF`; :class:`ColvarWriter` writes rows you supply.
 
 Grids (Colvars multicol format)
     ``<prefix>.grad`` (naive eABF gradient of F_kappa, per lambda bin), ``.count`` (lambda samples), ``.pmf``
-    (integrated naive estimate), ``.czar.grad``, ``.czar.pmf``, ``.zcount`` (xi histogram). Header::
+    (integrated naive estimate), ``.czar.grad``, ``.czar.pmf``, ``.zcount`` (xi histogram); bins without an estimate hold ``nan`` and the file then says so in a comment
+    line (:data:`UNESTIMATED_NOTE`). Header::
 
         # d
         # min width n periodic      (one line per dimension; periodic 0/1)
@@ -22,7 +23,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,7 +32,18 @@ from .io import atomic_write_text
 __all__ = ["ColvarWriter", "ColvarReporter", "write_grid", "read_grid", "write_eabf_grids", "read_colvar",
            "GRID_SUFFIXES"]
 
+#: Comment line of a grid file with bins that have no value: aesample writes the fill value ``nan`` where there is
+#: no estimate (never a number that could be read as a free energy); numpy.loadtxt and read_grid read it as NaN.
+UNESTIMATED_NOTE = "nan: no estimate in this bin (never visited, or not connected to the visited region)"
+
 GRID_SUFFIXES = (".grad", ".count", ".pmf", ".czar.grad", ".czar.pmf", ".zcount")
+
+
+def colvar_units_line(units: Optional[str] = None) -> str:
+    """The comment line under ``#! FIELDS`` that states the columns' units (``units``: the CV's, when known)."""
+    cv = units or "the CV's own units (see the 'CV in ...' line of the eabf.* grid files)"
+    per = units or "CV unit"
+    return f"# units: time ps; xi_*, lambda_* {cv}; fbias_* kJ/mol per {per}"
 
 
 class ColvarWriter:
@@ -47,7 +59,8 @@ class ColvarWriter:
         file is new or empty.
     """
 
-    def __init__(self, path: Union[str, Path], d: int, append: bool = False, extra_fields: Sequence[str] = ()):
+    def __init__(self, path: Union[str, Path], d: int, append: bool = False, extra_fields: Sequence[str] = (),
+                 units: Optional[str] = None):
         self.path = Path(path)
         self.d = int(d)
         self.fields = (["time"] + [f"xi_{i + 1}" for i in range(d)] + [f"lambda_{i + 1}" for i in range(d)]
@@ -57,6 +70,7 @@ class ColvarWriter:
         self._fh = open(self.path, "w" if new else "a")
         if new:
             self._fh.write("#! FIELDS " + " ".join(self.fields) + "\n")
+            self._fh.write(colvar_units_line(units) + "\n")
             self._fh.flush()
 
     def write(self, time_ps: float, xi, lam, fbias, extra: Sequence[float] = ()) -> None:
@@ -152,6 +166,8 @@ def write_grid(
         buf.write(f"# {grid_min[k]:.14g} {width[k]:.14g} {shape[k]} {int(bool(periodic[k]))}\n")
     if description or units:
         buf.write(f"# {description} [{units}]\n".replace(" []", ""))
+    if not np.all(np.isfinite(v)):
+        buf.write(f"# {UNESTIMATED_NOTE}\n")
     buf.write("\n")
     centers = [grid_min[k] + width[k] * (np.arange(shape[k]) + 0.5) for k in range(d)]
     flat = v.reshape(int(np.prod(shape)), ncol)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -30,21 +31,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _readable_cv(text: str) -> str:
+    """``xi_3`` -> mathtext xi with subscript 3 (so that 'xi_1 1' does not read as a CV called 'xi_1 1')."""
+    import re
+
+    return re.sub(r"\bxi_(\d+)\b", r"$\\xi_{\1}$", text)
+
+
 def plot_free_energy(centers: Sequence[np.ndarray], free_energy: np.ndarray, path: Path, title: str,
                      cv_label: str = "CV") -> Path:
-    """1D curve or 2D map of a free energy (kJ/mol) on a grid of bin centres."""
-    fig, ax = plt.subplots(figsize=(5, 4))
+    """1D curve or 2D map of a free energy (kJ/mol) on a grid of bin centres (unvisited bins left blank)."""
+    label = _readable_cv(cv_label)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if len(centers) == 1:
         ax.plot(centers[0], free_energy, "-o", ms=2)
-        ax.set_xlabel(f"{cv_label} 1")
+        ax.set_xlabel(f"{label} (CV units)")
         ax.set_ylabel("free energy (kJ/mol)")
     else:
         shown = np.ma.masked_invalid(free_energy[:, :, 0] if free_energy.ndim == 3 else free_energy)
         mesh = ax.pcolormesh(centers[0], centers[1], shown.T, shading="auto", cmap="viridis")
         fig.colorbar(mesh, ax=ax, label="free energy (kJ/mol)")
-        ax.set_xlabel(f"{cv_label} 1")
-        ax.set_ylabel(f"{cv_label} 2")
-    ax.set_title(title)
+        ax.set_xlabel(f"{label}, component 1")
+        ax.set_ylabel(f"{label}, component 2")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))  # no overlapping tick labels
+    title = _readable_cv(title)
+    if label != cv_label:  # say what the symbol is
+        title += f"\n({label}: the CV learned at iteration {cv_label.split('_')[-1]}"
+        title += "; blank: not visited)" if len(centers) > 1 else ")"
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -76,7 +90,11 @@ def plot_scores(iterations: Sequence[int], scores: Sequence[float], threshold: f
         ax.plot(its, [v for v in values if v is not None], "--s", label=label)
     ax.axhline(threshold, color="grey", ls=":", label=f"threshold {threshold}")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("R^2")
+    # whole iterations only (a single point would otherwise get ticks like 0.975, 1.000, 1.025)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    if len(iterations):
+        ax.set_xlim(min(iterations) - 0.5, max(iterations) + 0.5)
+    ax.set_ylabel("R²")
     ax.set_ylim(min(0.0, *(s for s in scores if s is not None)) if scores else 0.0, 1.02)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -116,10 +116,28 @@ class MolecularSystem:
         return self.mdtraj_topology.select("not water and not (resname NA or resname CL or resname K)")
 
 
+def check_pdb_file(path: Path, what: str = "") -> None:
+    """Raise :class:`SystemError` when ``path`` is not a PDB file (no ATOM/HETATM record; PDBx/mmCIF by suffix
+    pass through), instead of the parser's own message ("list index out of range")."""
+    path = Path(path)
+    if path.suffix.lower() in (".cif", ".pdbx", ".mmcif"):
+        return
+    prefix = f"{what}: " if what else ""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:
+        raise SystemError(f"{prefix}{path}: cannot read: {exc.strerror}") from None
+    records = (line[:6].decode("ascii", "replace") for line in head.splitlines())
+    if not any(r.startswith(("ATOM  ", "HETATM")) or r.rstrip() in ("ATOM", "HETATM") for r in records):
+        raise SystemError(f"{prefix}{path}: not a PDB file (no ATOM or HETATM record in it)")
+
+
 def _fix_pdb(path: Path, ph: float):
     """Fill missing heavy atoms and hydrogens with PDBFixer; returns (topology, positions)."""
     from pdbfixer import PDBFixer
 
+    check_pdb_file(path)
     try:
         fixer = PDBFixer(filename=str(path))
     except Exception as exc:

@@ -470,6 +470,9 @@ def save_history(history: Dict[str, Any], prefix: Union[str, Path], plot: bool =
         if history.get("best_epoch", -1) >= 0:
             ax.axvline(history["best_epoch"], color="grey", ls=":", label="best")
         ax.set_xlabel("epoch")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("weighted loss")
         ax.set_yscale("log")
         ax.legend()

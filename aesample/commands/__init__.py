@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Config, apply_overrides, config_from_dict, effective_config, load_config
+from ..config import Config, ConfigError, apply_overrides, config_from_dict, effective_config, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.system:
         overrides.append(f"system.name={args.system}")
     if args.pdb:
+        if args.system and args.system != "custom":
+            raise ConfigError(f"--system {args.system} and --pdb {args.pdb[0]}: give either a built-in system or a "
+                              "PDB file, not both")
+        if config.system.pdb is None and config.system.name not in ("custom", "alanine-dipeptide"):
+            raise ConfigError(f"{args.config}: system.name is '{config.system.name}' but --pdb {args.pdb[0]} was "
+                              "given: a built-in system or a PDB file, not both")
         overrides += ["system.name=custom", f"system.pdb={args.pdb[0]}"]
         if len(args.pdb) > 1:
             overrides.append("loop.initial_structures=[" + ", ".join(str(p) for p in args.pdb[1:]) + "]")

@@ -1,14 +1,16 @@
-"""``aesample eabf``: a plain eABF run on standard CVs (or an exported CV model).
+"""aesample eabf: a plain eABF run on standard CVs (or an exported CV model).
 
-Examples::
+examples:
+  aesample eabf --system alanine-dipeptide --cv phi --ns 2 --out runs/phi
+  aesample eabf --system alanine-dipeptide --cv phi,psi --ns 5 --out runs/phipsi --bins 36
+  aesample eabf --system chignolin --cv distance:0,150 --grid-min 0.3 --grid-max 1.5 --ns 1 --out runs/d
+  aesample eabf --system alanine-dipeptide --cv-model iter_001/cv.pt --grid-min -1 --grid-max 1 --out runs/ae
 
-    aesample eabf --system alanine-dipeptide --cv phi --ns 2 --out runs/phi
-    aesample eabf --system alanine-dipeptide --cv phi,psi --ns 5 --out runs/phipsi --bins 36
-    aesample eabf --system chignolin --cv distance:0,150 --grid-min 0.3 --grid-max 1.5 --ns 1 --out runs/d
-    aesample eabf --system alanine-dipeptide --cv-model iter_1/cv.pt --grid-min -1 --grid-max 1 --out runs/ae
-
-Writes ``COLVAR``, ``eabf.{grad,count,pmf,czar.grad,czar.pmf,zcount}``, per-segment trajectories and checkpoints
-into ``--out`` (``--resume`` continues there) and prints a summary of the CZAR free energy.
+Writes into --out: COLVAR (time in ps, CV and lambda in the CV's units), the grids
+eabf.{grad,count,pmf,czar.grad,czar.pmf,zcount}, trajectory.dcd (all frames, molecule atoms)
+with topology.pdb beside it, per-segment trajectories in traj/ and checkpoints in checkpoint/;
+then prints a summary of the CZAR free energy. --out must be new or empty; --resume continues
+the run already there.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def _per_dim(values: Optional[List[float]], d: int, name: str, default) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
+    _check_arguments(args)  # before the heavy imports: a typo costs no wait
     from .. import cvs
     from ..eabf import coupled_czar_bins
     from ..estimators import kT as kT_of
@@ -117,11 +120,61 @@ def main(args: argparse.Namespace) -> int:
                     seed=args.seed, progress=not args.no_progress)
     print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins} (CZAR {czar_bins}), "
           f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
-    res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units)
+    created = not args.out.exists()
+    try:
+        res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units)
+    except BaseException:
+        if created and not (args.out / "checkpoint.json").exists():  # nothing worth keeping: leave no trace
+            import shutil
+
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    _write_joined_trajectory(res, ms)
     print(f"done: {res.n_steps} steps on {res.platform}, {res.ns_per_day:.1f} ns/day, "
-          f"{res.state.n_samples} samples; outputs in {res.out_dir}")
+          f"{res.state.n_samples} samples; outputs in {res.out_dir} (trajectory.dcd with topology.pdb, COLVAR, eabf.*)")
     _summary(res, d)
     return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and an occupied --out before anything is built, printed or written."""
+    positive = {"ns": args.ns, "timestep": args.timestep, "extended-period": args.extended_period,
+                "report-interval": args.report_interval, "segment-steps": args.segment_steps,
+                "full-samples": args.full_samples}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"--{name}: must be > 0, got {value}")
+    for name, value in {"friction": args.friction, "equilibration": args.equilibration}.items():
+        if value < 0:
+            raise ValueError(f"--{name}: must be >= 0, got {value}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise ValueError(f"--temperature: must be > 0, got {args.temperature}")
+    if args.bins is not None and min(args.bins) < 2:
+        raise ValueError(f"--bins: must be >= 2, got {args.bins}")
+    if args.kappa is not None and min(args.kappa) <= 0:
+        raise ValueError(f"--kappa: must be > 0, got {args.kappa}")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    if args.resume:
+        if not (out / "checkpoint.json").is_file():
+            raise ValueError(f"--resume: {out} holds no eABF run to continue (no checkpoint.json)")
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out}: directory exists and is not empty; choose a new one, or add --resume to "
+                         "continue the eABF run in it")
+
+
+def _write_joined_trajectory(res, ms) -> None:
+    """``trajectory.<fmt>`` (every segment joined) and ``topology.pdb`` (the molecule's atoms) in the run folder."""
+    from ..io import atomic_path
+    from ..md import load_result
+
+    traj = load_result(res.out_dir).load_trajectory(ms.mdtraj_topology)
+    with atomic_path(res.out_dir / "topology.pdb") as tmp:
+        traj[0].save_pdb(str(tmp), force_overwrite=True)
+    fmt = res.trajectories[0].suffix.lstrip(".") if res.trajectories else "dcd"
+    with atomic_path(res.out_dir / f"trajectory.{fmt}") as tmp:
+        getattr(traj, f"save_{fmt}")(str(tmp), force_overwrite=True)
 
 
 def _summary(res, d: int) -> None:
@@ -134,7 +187,7 @@ def _summary(res, d: int) -> None:
     centers = st.z_centers()
     kT = kT_of(res.temperature)
     if d == 1:
-        print("CZAR free energy (kJ/mol) along the CV, every few bins:")
+        print("CZAR free energy (kJ/mol) along the CV, every few bins (nan: bin never visited, no estimate):")
         step = max(1, len(centers[0]) // 24)
         for c, f, n in list(zip(centers[0], pmf, st.zcount))[::step]:
             bar = "" if not np.isfinite(f) else "#" * int(min(60, f / max(kT, 1e-9) * 4))

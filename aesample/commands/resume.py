@@ -20,12 +20,13 @@ def main(args: argparse.Namespace) -> int:
     from ..driver import LoopDriver
 
     driver = LoopDriver.open(args.run)
-    if args.max_iterations is not None:
-        driver.extend(args.max_iterations)
-    if driver.state.finished:
-        print(f"{args.run}: already finished")
-        print(driver.status_text())
-        return 0
-    summary = driver.run(progress=not args.quiet)
+    with driver.locked():  # a second `resume` of the same run is refused while this one runs
+        if args.max_iterations is not None:
+            driver.extend(args.max_iterations)
+        if driver.state.finished:
+            print(f"{args.run}: already finished")
+            print(driver.status_text())
+            return 0
+        summary = driver.run(progress=not args.quiet)
     print(driver.status_text())
     return 0 if summary["finished"] else 1

@@ -1,0 +1,117 @@
+"""What a run tells its user: converged or not (and what held it back), warnings about an iteration's sample.
+
+Used by ``aesample status``, the report and ``summary.json``. Every metric is optional: an iteration's
+``metrics.json`` may carry ``convergence_blockers`` (the criterion's own reasons); without it the reasons are
+derived here from the configured thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+__all__ = ["convergence_blockers", "sampling_warnings", "run_verdict", "ESS_MIN", "ESS_MIN_FRACTION"]
+
+#: An iteration whose Kish effective sample size is below this many frames, or below this fraction of its frames,
+#: trained on a handful of frames: its scores say nothing.
+ESS_MIN = 10.0
+ESS_MIN_FRACTION = 0.05
+#: Share of frames with weight 0 (no free-energy estimate in their CV bin) above which the iteration is flagged.
+UNWEIGHTED_MAX = 0.2
+HIDDEN_BARRIER_MAX = 0.2
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
+    """Why iteration ``metrics`` does not meet the convergence criterion, each with what to change ([] = met).
+
+    ``metrics["convergence_blockers"]`` is used when present; otherwise the reasons are derived from
+    ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` and, with walkers,
+    the walkers' standard error.
+    """
+    given = metrics.get("convergence_blockers")
+    if given is not None:
+        return [str(b) for b in given]
+    out = []
+    k = metrics.get("iteration", 0)
+    if k == 0:
+        return ["only iteration 0 (unbiased MD) so far: convergence is judged from iteration "
+                f"loop.min_iterations ({loop.min_iterations}) on"]
+    if k < loop.min_iterations:
+        out.append(f"iteration {k} is below loop.min_iterations ({loop.min_iterations}): "
+                   "the loop needs more iterations")
+    score = metrics.get("regression_score")
+    if not _finite(score):
+        out.append("no R² of the CV on the previous one (iteration 0 has no previous CV)")
+    elif score < loop.convergence_threshold:
+        out.append(f"R² of the CV on the previous one {score:.4f} < loop.convergence_threshold "
+                   f"{loop.convergence_threshold}: the CV still changes; run more iterations")
+    tol = loop.free_energy_tolerance
+    if tol is not None:
+        drift = metrics.get("free_energy_drift")
+        if not _finite(drift):
+            if k > 0:
+                out.append("no free-energy drift measured (the eABF run is too short for two halves)")
+        elif drift > tol:
+            out.append(f"free-energy drift {drift:.2f} kJ/mol > loop.free_energy_tolerance {tol} kJ/mol: the free "
+                       "energy still moves; lengthen loop.eabf_per_iteration")
+        if getattr(loop, "walkers", 1) >= 2 and k > 0:
+            sem = metrics.get("free_energy_sem")
+            if not _finite(sem):
+                out.append("no walkers' standard error of the free energy")
+            elif sem > tol:
+                out.append(f"walkers' standard error of the free energy {sem:.2f} kJ/mol > "
+                           f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
+                           "loop.eabf_per_iteration")
+    return out
+
+
+def sampling_warnings(metrics: dict[str, Any]) -> list[str]:
+    """Warnings about iteration ``metrics``'s weighted sample (a collapsed ESS, unweighted frames)."""
+    out = []
+    ess, frames = metrics.get("effective_sample_size"), metrics.get("frames")
+    if _finite(ess) and frames:
+        if ess < ESS_MIN or ess < ESS_MIN_FRACTION * frames:
+            r2 = metrics.get("regression_score")
+            out.append(f"weights collapsed: effective sample size {ess:.1f} of {frames} frames; the autoencoder "
+                       f"was trained on about {max(1, round(ess))} frame(s)"
+                       + (f", so its R² {r2:.6f} says nothing" if _finite(r2) else "")
+                       + "; lengthen loop.eabf_per_iteration or add walkers")
+    unweighted = metrics.get("unweighted_fraction")
+    if _finite(unweighted) and unweighted > UNWEIGHTED_MAX:
+        out.append(f"{100 * unweighted:.0f}% of the frames have weight 0 (CV bins without a free-energy "
+                   "estimate): the eABF run is too short for its grid")
+    hidden = metrics.get("hidden_barrier_fraction")
+    if _finite(hidden) and hidden > HIDDEN_BARRIER_MAX:
+        out.append(f"{100 * hidden:.0f}% of the weight lies in CV bins that mix metastable states: the CV hides "
+                   "a barrier there")
+    return out
+
+
+def run_verdict(state, loop) -> dict[str, Any]:
+    """``{"status", "headline", "blockers"}`` of a run: converged / not converged / in progress, and why."""
+    history = state.history
+    last = history[-1] if history else None
+    blockers = convergence_blockers(last, loop) if last is not None else []
+    done = last["iteration"] if last is not None else None
+    if state.converged:
+        return {"status": "converged", "headline": f"converged at iteration {done}", "blockers": []}
+    if state.finished:
+        return {"status": "not converged",
+                "headline": f"NOT converged: stopped at loop.max_iterations ({loop.max_iterations}) after iteration "
+                            f"{done}",
+                "blockers": blockers}
+    return {"status": "in progress",
+            "headline": "not converged yet" + (f" (last iteration done: {done})" if done is not None else ""),
+            "blockers": blockers}
+
+
+def last_value(history: list[dict], key: str) -> Optional[Any]:
+    """The value of ``key`` in the last iteration that has it."""
+    for h in reversed(history):
+        if h.get(key) is not None:
+            return h[key]
+    return None
