@@ -5,25 +5,28 @@ not resolve), the bias cannot help crossing between them there: the share of eac
 few rare crossings, drifts between time blocks and sets the run's free energy (on alanine dipeptide, C7ax vs the
 rest at the same xi made walkers disagree by up to 14 kJ/mol). Nothing in xi itself shows it; the frames do.
 
-Generic signal, per CV bin with enough frames (no system-specific logic):
+Generic signal (no system-specific logic). The eABF grid is first coarsened (``coarsen``, by default the smallest
+factor at which bins with ``min_frames`` frames hold half of the weight: one walker leaves ~10 frames per bin of a
+30 x 30 grid). In each examined bin:
 
 1. **two groups in feature space**: the model's input features of the bin's frames, centred, projected on each of
    the leading principal components of the within-bin features, split in two by the optimal 1D 2-means split
    (Otsu). The split must be *separated*: Ashman's D = sqrt(2) |m1 - m2| / sqrt(s1^2 + s2^2) (distance of the
    group means over their spreads) at least ``min_separation``; a single Gaussian split in two gives D = 2.65, a
    uniform one 3.46, so 4 asks for a real gap.
-2. **both substantial**: the minority group holds at least ``min_share`` of the bin's weight.
-3. **slow mixing**: the group label of the bin's successive frames within a run (in time order, out-of-bin frames
+2. **slow mixing**: the group label of the bin's successive frames within a run (in time order, out-of-bin frames
    skipped) switches rarely compared with random mixing at the same shares: persistence
    ``1 - switches / (2 p q (n - 1))`` at least ``min_persistence`` (0: independent frames, 1: never switches).
    A fast-exchanging pair of states at the same xi is harmless for eABF (it relaxes at fixed xi) and gives a
    persistence near 0. Separation guards against the converse: a continuous, slowly diffusing coordinate split in
    two is persistent too, but not separated.
+3. **at the same xi**: the weight counted is that of the eABF grid bins (fine bins) inside the examined bin that
+   hold at least ``min_share`` of each group -- the issue's own definition of the overlap band, with the feature
+   groups in place of the true sets. Two sets that xi puts side by side in one coarse bin are not counted.
 
 For each bin the drift of the group share between time blocks is also reported (the standard deviation of the
-blocks' shares and its ratio to binomial noise), the symptom the issue describes; it is not used by the flag
-because a walker that crosses once gives a persistent label in every block-size regime, while the drift depends
-on where the crossing falls relative to the block edges.
+blocks' shares and its ratio to binomial noise, ``dispersion``), the symptom the issue describes; the flag does
+not use it: it needs several blocks with frames in the bin, and with a slow label it follows from the persistence.
 
 :func:`hidden_barrier` returns a :class:`HiddenBarrierResult`: the fraction of the total weight in flagged bins
 and ``flagged`` when it reaches ``weight_threshold`` (default 0.02, "a few percent of the weight").
@@ -57,6 +60,8 @@ class BinDiagnostic:
     drift : standard deviation of the minority group's share between time blocks (NaN: fewer than 2 blocks).
     dispersion : drift^2 over the binomial variance of a block share (~1 for independent frames; NaN as drift).
     component : which principal component (0 = leading) gave the reported split.
+    mixed_weight : share of the total weight in this bin's grid bins that hold both groups (>= ``min_share`` of
+        each); 0 unless flagged.
     flagged : the bin meets every criterion.
     """
 
@@ -70,6 +75,7 @@ class BinDiagnostic:
     drift: float
     dispersion: float
     component: int
+    mixed_weight: float
     flagged: bool
 
 
@@ -79,6 +85,7 @@ class HiddenBarrierResult:
 
     Attributes
     ----------
+    coarsen : grid bins merged per dimension into one examined bin.
     weight_fraction : fraction of the total weight in flagged bins.
     n_flagged : number of flagged bins.
     n_examined : bins with at least ``min_frames`` frames (the others cannot be judged).
@@ -88,6 +95,7 @@ class HiddenBarrierResult:
     bins : per examined bin details, heaviest first.
     """
 
+    coarsen: Tuple[int, ...]
     weight_fraction: float
     n_flagged: int
     n_examined: int
@@ -220,6 +228,45 @@ def _block_drift(labels: np.ndarray, w: np.ndarray, blocks: np.ndarray, minority
     return float(np.sqrt(var)), (var / binom if binom > 0 else np.nan)
 
 
+def _coarse_index(fine: np.ndarray, shape: Tuple[int, ...], factor: Tuple[int, ...]) -> Tuple[np.ndarray, tuple]:
+    """Flat index on the grid of ``factor`` fine bins merged per dimension (-1 stays -1), and that grid's shape."""
+    cshape = tuple(-(-n // f) for n, f in zip(shape, factor))
+    ok = fine >= 0
+    fidx = np.unravel_index(np.where(ok, fine, 0), shape)
+    flat = np.where(ok, np.ravel_multi_index(tuple(i // f for i, f in zip(fidx, factor)), cshape), -1)
+    return flat, cshape
+
+
+def _coarsening(fine: np.ndarray, w: np.ndarray, shp: Tuple[int, ...], coarsen, min_frames: int) -> Tuple[int, ...]:
+    d = len(shp)
+    if isinstance(coarsen, str):
+        if coarsen != "auto":
+            raise ValueError(f"hidden_barrier: coarsen must be an int, one per dimension, or 'auto', got {coarsen!r}")
+        total = w.sum()
+        ok = fine >= 0
+        for f in range(1, max(shp) + 1):
+            fac = tuple(min(f, n) for n in shp)
+            flat, _ = _coarse_index(fine[ok], shp, fac)
+            counts = np.bincount(flat)
+            if w[ok][counts[flat] >= min_frames].sum() >= 0.5 * total or all(k >= n for k, n in zip(fac, shp)):
+                return fac
+        return tuple(shp)
+    fac = tuple(int(k) for k in np.broadcast_to(np.asarray(coarsen, dtype=np.int64), (d,)))
+    if any(k < 1 for k in fac):
+        raise ValueError(f"hidden_barrier: coarsen factors must be >= 1, got {fac}")
+    return tuple(min(k, n) for k, n in zip(fac, shp))
+
+
+def _mixed_weight(labels: np.ndarray, w: np.ndarray, fine: np.ndarray, min_share: float) -> float:
+    """Weight of the grid bins (``fine`` index per frame) in which each group holds >= ``min_share``."""
+    ub, inv = np.unique(fine, return_inverse=True)
+    wt = np.bincount(inv, weights=w, minlength=ub.size)
+    w1 = np.bincount(inv, weights=w * (labels == 1), minlength=ub.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = np.where(wt > 0, w1 / wt, 0.0)
+    return float(wt[np.minimum(q, 1.0 - q) >= min_share].sum())
+
+
 def hidden_barrier(
     features: np.ndarray,
     xi: np.ndarray,
@@ -235,6 +282,7 @@ def hidden_barrier(
     min_separation: float = 4.0,
     min_persistence: float = 0.8,
     n_components: int = 3,
+    coarsen: Union[int, Sequence[int], str] = "auto",
     block_frames: Optional[int] = None,
     n_blocks: int = 5,
     weight_threshold: float = 0.02,
@@ -251,11 +299,17 @@ def hidden_barrier(
     grid_min, width, shape, periodic : the CV grid (per dimension or one value for all); use the eABF grid so that
         the bins are the ones the bias acts on.
     min_frames : bins with fewer frames are not examined.
-    min_share : smallest weight share of the minority group in a flagged bin.
+    min_share : a grid bin counts as mixed when each group holds at least this share of its weight (the truth
+        definition of the issue: bins holding >= 10 % of each side); the split of an examined (coarse) bin needs
+        half of it overall.
     min_separation : smallest Ashman's D of the two groups (single Gaussian split: 2.65).
     min_persistence : smallest label persistence (0 random mixing, 1 no switch).
     n_components : leading within-bin principal components tried for the split (why: the direction of largest
         variance in a bin may be a fast, harmless motion; the slow one may come second).
+    coarsen : merge this many adjacent grid bins per dimension into one examined bin (int or one per dimension).
+        ``"auto"`` (default): the smallest common factor (1, 2, 3, ...) for which bins with ``min_frames`` frames
+        hold at least half of the weight (why: a 2D 30 x 30 eABF grid leaves ~10 frames per bin for one walker
+        of 5000 frames, too few to judge a split).
     block_frames : frames per time block within a run (None: each run cut into ``n_blocks`` equal blocks).
     n_blocks : blocks per run when ``block_frames`` is None.
     weight_threshold : ``flagged`` when the flagged bins hold at least this fraction of the total weight.
@@ -282,7 +336,15 @@ def hidden_barrier(
     gmin = np.broadcast_to(np.asarray(grid_min, dtype=np.float64), (d,))
     wid = np.broadcast_to(np.asarray(width, dtype=np.float64), (d,))
     shp = tuple(int(k) for k in np.broadcast_to(np.asarray(shape, dtype=np.int64), (d,)))
-    per = None if periodic is None else np.broadcast_to(np.asarray(periodic, bool), (d,))
+    per = np.zeros(d, bool) if periodic is None else np.broadcast_to(np.asarray(periodic, bool), (d,))
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError("hidden_barrier: weights sum to zero")
+    # Fine bins: the grid the bias acts on; examined bins: `factor` fine bins merged per dimension.
+    fine = bin_indices(cv, gmin, wid, shp, per)
+    factor = _coarsening(fine, w, shp, coarsen, min_frames)
+    flat, cshp = _coarse_index(fine, shp, factor)
+    cwid = wid * np.asarray(factor)
 
     # Time blocks within each run (position of the frame in its run).
     blocks = np.zeros(T, dtype=np.int64)
@@ -292,10 +354,6 @@ def hidden_barrier(
         size = block_frames if block_frames else max(1, int(np.ceil(pos.size / max(1, n_blocks))))
         blocks[pos] = k * (T + 1) + np.arange(pos.size) // size
 
-    total = float(w.sum())
-    if total <= 0:
-        raise ValueError("hidden_barrier: weights sum to zero")
-    flat = bin_indices(cv, gmin, wid, shp, per)
     diag: List[BinDiagnostic] = []
     order = np.argsort(flat, kind="stable")  # stable: frames of a bin keep their time order
     fs = flat[order]
@@ -311,6 +369,8 @@ def hidden_barrier(
         wsum = float(wb.sum())
         if wsum <= 0:
             continue
+        # why no detrending along xi: in a merged bin the two sets often sit at slightly different xi, and a fit
+        # linear in xi then removes the very difference between them (measured on alanine dipeptide)
         xb = x[sel] - x[sel].mean(axis=0)
         # Leading principal directions of the within-bin features (SVD of the centred frames).
         _, sv, vt = np.linalg.svd(xb, full_matrices=False)
@@ -325,23 +385,26 @@ def hidden_barrier(
             share = min(q, 1.0 - q)
             sep = _ashman_d(proj, lab)
             pers = _persistence(lab, r[sel])
-            ok = share >= min_share and sep >= min_separation and np.isfinite(pers) and pers >= min_persistence
-            # why: report the split that meets the criteria, else the best separated one
-            key = (ok, sep if not ok else pers)
+            mixed = _mixed_weight(lab, wb, fine[sel], min_share)
+            ok = (share >= 0.5 * min_share and sep >= min_separation and np.isfinite(pers)
+                  and pers >= min_persistence and mixed > 0)
+            # why: report the split that meets the criteria (most mixed weight), else the best separated one
+            key = (ok, mixed if ok else sep)
             if best is None or key > best[0]:
-                best = (key, c, lab, minority, share, sep, pers, ok)
+                best = (key, c, lab, minority, share, sep, pers, mixed, ok)
         if best is None:
             continue
-        _, c, lab, minority, share, sep, pers, ok = best
+        _, c, lab, minority, share, sep, pers, mixed, ok = best
         drift, disp = _block_drift(lab, wb, blocks[sel], minority, min_block_frames=max(5, min_frames // 10))
-        idx = tuple(int(i) for i in np.unravel_index(b, shp))
-        center = tuple(float(gmin[k] + (idx[k] + 0.5) * wid[k]) for k in range(d))
+        idx = tuple(int(i) for i in np.unravel_index(b, cshp))
+        center = tuple(float(gmin[k] + (idx[k] + 0.5) * cwid[k]) for k in range(d))
         diag.append(BinDiagnostic(index=idx, center=center, n_frames=int(sel.size), weight=wsum / total,
                                   share=share, separation=sep, persistence=pers, drift=drift, dispersion=disp,
-                                  component=int(c), flagged=bool(ok)))
+                                  component=int(c), mixed_weight=(mixed / total if ok else 0.0), flagged=bool(ok)))
     diag.sort(key=lambda bd: -bd.weight)
-    frac = float(sum(bd.weight for bd in diag if bd.flagged))
+    frac = float(sum(bd.mixed_weight for bd in diag if bd.flagged))
     return HiddenBarrierResult(
+        coarsen=tuple(int(f) for f in factor),
         weight_fraction=frac,
         n_flagged=int(sum(bd.flagged for bd in diag)),
         n_examined=len(diag),
