@@ -211,9 +211,11 @@ class EABFConfig(_Section):
         "0.025). Finer bins resolve more and need more samples per bin.",
     )
     czar_min_count: int = Field(
-        10, ge=1,
+        1, ge=1,
         description="Samples a CZAR bin needs to give a gradient estimate; sparser fringe bins are left out of the "
-        "free energy (their frames get weight 0). Raise it when the fringe of the sampled region is noisy.",
+        "free energy (their frames get weight 0). The count-weighted integration already gives sparse bins little "
+        "say; a higher floor cuts more of the less-sampled basin's fringe and biases Delta F towards it, so raise it "
+        "only when isolated noisy bins show up.",
     )
     full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
     min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
@@ -290,6 +292,19 @@ class LoopConfig(_Section):
     walker_processes: Optional[int] = Field(
         None, ge=1, description="Walkers run at once, each in its own process (null: all of them; 1: one after "
         "another in the driver's process). CPU-platform threads are divided among them.",
+    )
+    hidden_barrier_tolerance: Optional[float] = Field(
+        0.02, ge=0, le=1,
+        description="Largest share of the reweighted weight allowed in CV bins whose frames form separate, slowly "
+        "exchanging sets in feature space (aesample.hiddenbarrier) for convergence; null: not checked.",
+    )
+    basin_min_transitions: int = Field(
+        4, ge=0, description="Committed transitions between two named basins a run needs before their Delta F is "
+        "reported (dipeptides: C7ax, 0 < phi < 2.3 rad, against the rest); fewer: 'not sampled'.",
+    )
+    basin_min_ess: float = Field(
+        10.0, ge=0, description="Kish effective number of reweighted frames each named basin needs before its "
+        "Delta F is reported.",
     )
     pool_iterations: bool = Field(False, description="Train on the reweighted frames of all iterations so far.")
     initial_structures: list[Path] = Field(

@@ -544,9 +544,18 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     spread = pooled.free_energy_sem(estimator, lambdas=lambdas) if k > 0 else None
     metrics["free_energy_sem"] = None if spread is None else spread["sem"]
     metrics["free_energy_sem_frames"] = None if spread is None else spread["frames"]
+    # ... and within the run: block bootstrap of its accumulators (one walker can be judged on its own)
+    dipeptide = cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver)
+    angles = analysis.phi_psi(traj) if dipeptide else None
+    labels = analysis.c7ax_labels(angles[:, 0]) if dipeptide else None
+    error = pooled.free_energy_error(estimator, n_boot=40, seed=k, lambdas=lambdas,
+                                     delta_f_labels=labels) if k > 0 else None
+    metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
+    metrics["hidden_barrier_fraction"] = None
+    if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
+        metrics.update(_hidden_barrier_metrics(driver, traj, pooled, weights, len(results)))
     plotting = cfg.output.plots
-    if cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver):
-        angles = analysis.phi_psi(traj)
+    if dipeptide:
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
         # C7eq <-> C7ax transitions behind delta_f_phi: with a handful, it is off by several kJ/mol
         metrics["phi_transitions"] = analysis.basin_transitions(angles[:, 0], n_runs=len(results))
@@ -563,6 +572,10 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
                 pass
         if k > 0 and len(results) > 1:
             metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
+        metrics["basin_delta_f"] = analysis.basin_report(
+            angles[:, 0], weights, kT, n_runs=len(results),
+            error=None if error is None else error.get("delta_f_error"),
+            min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
             st = pooled.state
             bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
@@ -615,6 +628,28 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     return metrics
 
 
+def _finite_or_none(value) -> Optional[float]:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _hidden_barrier_metrics(driver: "LoopDriver", traj, pooled, weights: np.ndarray, n_runs: int) -> dict[str, Any]:
+    """The hidden-barrier diagnostic (:func:`aesample.hiddenbarrier.hidden_barrier`) on the model's input
+    features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along."""
+    from .hiddenbarrier import hidden_barrier
+
+    featurizer, _ = _featurizer(driver)
+    xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
+    box = _box(traj)
+    with torch.no_grad():
+        boxes = torch.zeros(xyz.shape[0], 3, 3, dtype=torch.float64) if box is None else torch.as_tensor(box)
+        features = featurizer(xyz, boxes).numpy()
+    st = pooled.state
+    runs = np.repeat(np.arange(n_runs), traj.n_frames // n_runs) if traj.n_frames % n_runs == 0 else None
+    result = hidden_barrier(features, pooled.colvar_xi(), weights, runs, st.grid_min, st.bin_width, st.bins,
+                            st.periodic)
+    return {"hidden_barrier_fraction": float(result.weight_fraction), "hidden_barrier": result.as_dict(5)}
+
+
 def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[str, Any]:
     """Each walker's own Delta F (its frames, its accumulators) and the standard error of their mean.
 
@@ -640,7 +675,15 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
 def is_converged(metrics: dict[str, Any], loop) -> bool:
     """The driver's criterion: iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
     ``loop.convergence_threshold`` and, when ``loop.free_energy_tolerance`` is set, a free-energy drift at most
-    that (a missing drift does not pass) and, with several walkers, a walkers' standard error at most that too."""
+    that (a missing drift does not pass), with several walkers a walkers' standard error at most that too, and
+    the run's own block-bootstrap error (``free_energy_error``) at most that; no hidden barrier above
+    ``loop.hidden_barrier_tolerance``."""
+    hb = metrics.get("hidden_barrier_fraction")
+    if loop.hidden_barrier_tolerance is not None and hb is not None and hb > loop.hidden_barrier_tolerance:
+        return False
+    err = metrics.get("free_energy_error")
+    if loop.free_energy_tolerance is not None and err is not None and err > loop.free_energy_tolerance:
+        return False
     if metrics.get("iteration", 0) < loop.min_iterations:
         return False
     score = metrics.get("regression_score")

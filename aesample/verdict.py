@@ -66,6 +66,14 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
                 out.append(f"walkers' standard error of the free energy {sem:.2f} kJ/mol > "
                            f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
                            "loop.eabf_per_iteration")
+    if tol is not None and k > 0 and _finite(metrics.get("free_energy_error")) and metrics["free_energy_error"] > tol:
+        out.append(f"block-bootstrap error of the free energy {metrics['free_energy_error']:.2f} kJ/mol > "
+                   f"loop.free_energy_tolerance {tol} kJ/mol: lengthen loop.eabf_per_iteration or add walkers")
+    hb, hb_tol = metrics.get("hidden_barrier_fraction"), getattr(loop, "hidden_barrier_tolerance", None)
+    if hb_tol is not None and _finite(hb) and hb > hb_tol:
+        out.append(f"hidden barrier: {100 * hb:.1f} % of the weight sits in CV bins whose frames form separate, "
+                   f"slowly exchanging sets (> loop.hidden_barrier_tolerance {hb_tol}): the CV does not resolve a "
+                   "slow coordinate; run more iterations so the CV learns it")
     return out
 
 

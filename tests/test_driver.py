@@ -346,10 +346,13 @@ def _pooled_czar_weights(it):
     czar = states[0].czar + states[1].czar
     zcount = states[0].zcount + states[1].zcount
     st = states[0]
-    g = est.czar_gradient(czar, zcount, st.bin_width, runs[0].temperature, st.periodic)
-    A = est.integrate_gradient(g, st.bin_width, st.periodic)
+    # on the CZAR grid (its own bins), integrated with count weights
+    g = est.czar_gradient(czar, zcount, st.z_bin_width, runs[0].temperature, st.periodic,
+                          min_count=int(st.meta["czar_min_count"]))
+    A = est.integrate_gradient(g, st.z_bin_width, st.periodic, counts=zcount)
     xi = np.concatenate([r.colvar_xi() for r in runs])
-    return est.czar_reweighting_weights(xi, A, zcount, st.grid_min, st.bin_width, runs[0].temperature, st.periodic)
+    return est.czar_reweighting_weights(xi, A, zcount, st.grid_min, st.z_bin_width, runs[0].temperature,
+                                        st.periodic)
 
 
 def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uninterrupted):
@@ -374,7 +377,7 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
     runs = [load_result(it / f"md_{j}") for j in range(2)]
     pooled, st = PooledRuns(runs), runs[0].state
     sem, _ = est.walker_standard_error([r.free_energy() for r in runs], pooled.free_energy(), pooled.colvar_xi(),
-                                       st.grid_min, st.bin_width, st.periodic)
+                                       st.grid_min, st.z_bin_width, st.periodic)
     assert m["free_energy_sem"] == pytest.approx(sem) and m["free_energy_sem"] > 0
     # the same walkers one after another in the driver's process: identical trajectories
     run = tmp_path / "sequential"

@@ -37,8 +37,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--czar-bins", type=int, nargs="+",
                    help="CZAR bins per CV component on xi, same range (default: the ABF bins times "
                    "ceil(bin width / coupling width sqrt(kT/kappa)))")
-    p.add_argument("--czar-min-count", type=int, default=10,
-                   help="samples a CZAR bin needs for a gradient estimate (default 10)")
+    p.add_argument("--czar-min-count", type=int, default=1,
+                   help="samples a CZAR bin needs for a gradient estimate (default 1)")
     p.add_argument("--grid-min", type=float, nargs="+", help="grid lower bound(s), CV units (angles: -pi)")
     p.add_argument("--grid-max", type=float, nargs="+", help="grid upper bound(s), CV units (angles: +pi)")
     p.add_argument("--kappa", type=float, nargs="+",
@@ -142,7 +142,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
                 "report-interval": args.report_interval, "segment-steps": args.segment_steps,
                 "full-samples": args.full_samples}
     for name, value in positive.items():
-        if not value > 0:
+        if value is not None and not value > 0:  # None: a default chosen later (full-samples by dimension)
             raise ValueError(f"--{name}: must be > 0, got {value}")
     for name, value in {"friction": args.friction, "equilibration": args.equilibration}.items():
         if value < 0:
@@ -151,6 +151,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature: must be > 0, got {args.temperature}")
     if args.bins is not None and min(args.bins) < 2:
         raise ValueError(f"--bins: must be >= 2, got {args.bins}")
+    if args.czar_bins is not None and min(args.czar_bins) < 2:
+        raise ValueError(f"--czar-bins: must be >= 2, got {args.czar_bins}")
+    if args.czar_min_count < 1:
+        raise ValueError(f"--czar-min-count: must be >= 1, got {args.czar_min_count}")
     if args.kappa is not None and min(args.kappa) <= 0:
         raise ValueError(f"--kappa: must be > 0, got {args.kappa}")
     out = args.out
