@@ -256,3 +256,43 @@ def test_cpu_threads_reach_the_cpu_platform_only():
     assert _platform(MDSettings(platform="CPU", cpu_threads=1, platform_properties={"Threads": "2"}), 100)[1][
         "Threads"] == "2"
     assert "Threads" not in _platform(MDSettings(platform="Reference", cpu_threads=1), 22)[1]
+
+
+def test_czar_grid_and_time_blocks_survive_resume(tmp_path):
+    """A CZAR grid finer than the ABF grid, and the block snapshots behind the error bars: a resumed run writes
+    the same blocks as an uninterrupted one, and the blocks add up to the final accumulators."""
+    from aesample.md import load_result
+
+    ms = _alanine()
+    cv = cvs.parse_cv_spec("phi,psi", ms.topology)
+    es, md = _settings()
+    es.czar_bins = [24, 24]
+    md.error_blocks = 4
+    cont = run_eabf(ms, cv, es, md, tmp_path / "cont", 200, log=None)
+    run_eabf(ms, cv, es, md, tmp_path / "split", 100, log=None)
+    (tmp_path / "split" / "blocks" / "step_0000000999.npz").write_bytes(b"stale")  # past the checkpoint
+    res = run_eabf(ms, cv, es, md, tmp_path / "split", 200, resume=True, log=None)
+    assert res.state.zcount.shape == (24, 24) and res.state.count.shape == (12, 12)
+    np.testing.assert_array_equal(res.state.zcount, cont.state.zcount)
+    values, _, width, _ = read_grid(tmp_path / "split" / "eabf.zcount")
+    assert values.shape == (24, 24) and width[0] == pytest.approx(2 * math.pi / 24)
+    names = sorted(p.name for p in (tmp_path / "cont" / "blocks").iterdir())
+    # blocks of 50 steps (200 / 4); the split run's first 100 steps had blocks of 25 (100 / 4): its snapshots are
+    # those, then the extension's, and the stale one past the checkpoint is gone
+    assert names == [f"step_{s:010d}.npz" for s in (50, 100, 150, 200)]
+    split = sorted(p.name for p in (tmp_path / "split" / "blocks").iterdir())
+    assert split == [f"step_{s:010d}.npz" for s in (25, 50, 75, 100, 150, 200)]
+    for name in names:  # the same trajectory: the same cumulative accumulators at the same steps
+        a, b = EABFState.load(tmp_path / "cont" / "blocks" / name), EABFState.load(tmp_path / "split" / "blocks" / name)
+        np.testing.assert_array_equal(a.czar, b.czar)
+    ((frame_block, blocks),) = load_result(tmp_path / "split").block_increments()
+    assert len(blocks) == 6 and frame_block.tolist() == [0, 1, 2, 3, 4, 4, 5, 5]
+    np.testing.assert_allclose(sum(b.zcount for b in blocks), res.state.zcount)
+    np.testing.assert_allclose(sum(b.czar for b in blocks), res.state.czar, atol=1e-9)
+    # bootstrap replicates: the blocks' accumulators summed with the frames' block weights
+    sizes = np.array([b.zcount.sum() for b in blocks])
+    for st, mult in load_result(tmp_path / "split").bootstrap(n_boot=5, seed=1):
+        assert len(mult) == 8 and np.all(mult > 0)
+        block_w = np.array([mult[frame_block == i][0] for i in range(6)])
+        assert st.zcount.sum() == pytest.approx(np.dot(block_w, sizes))
+        assert not np.allclose(block_w, 1.0)
