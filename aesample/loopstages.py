@@ -719,6 +719,15 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"F drift={m['free_energy_drift']:.2f} kJ/mol")
     if m.get("free_energy_sem") is not None:
         parts.append(f"F walkers' SEM={m['free_energy_sem']:.2f} kJ/mol")
+    if m.get("free_energy_error") is not None:
+        parts.append(f"F error (block bootstrap)={m['free_energy_error']:.2f} kJ/mol")
+    basin = m.get("basin_delta_f")
+    if basin and basin.get("value") is not None:
+        err = f" +- {basin['error']:.2f}" if basin.get("error") is not None else ""
+        note = "" if basin["status"] == "ok" else f" [not sampled: {basin['reason']}]"
+        parts.append(f"dF({basin['definition']})={basin['value']:.2f}{err} kJ/mol{note}")
+    if m.get("hidden_barrier_fraction") is not None:
+        parts.append(f"hidden barrier={100 * m['hidden_barrier_fraction']:.1f} %")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

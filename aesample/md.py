@@ -750,8 +750,11 @@ class FreeEnergyEstimates:
         their reweighting weight -- scatters as the estimate does between independent runs, as long as the blocks
         are longer than the run's correlation time.
         """
+        yield from self._bootstrap(self.block_increments(), n_boot, seed)
+
+    @staticmethod
+    def _bootstrap(runs, n_boot: int, seed: int):
         rng = np.random.default_rng(seed)
-        runs = self.block_increments()
         for _ in range(int(n_boot)):
             parts, mult = [], []
             for frame_block, blocks in runs:
@@ -786,7 +789,8 @@ class FreeEnergyEstimates:
         gmin, width = self._grid(estimator, st)
         kT = kT_of(self.temperature)
         values, dfs = [], []
-        for state_b, mult in self.bootstrap(n_boot, seed):
+        runs = self.block_increments()
+        for state_b, mult in self._bootstrap(runs, n_boot, seed):
             f = self.free_energy(estimator, state_b)
             values.append(values_in_bins(f, gmin, width, st.periodic, pts))
             if delta_f_labels is not None:
@@ -799,7 +803,7 @@ class FreeEnergyEstimates:
         v = np.asarray(values)
         ok = np.all(np.isfinite(v), axis=0)
         out: Dict[str, Any] = {"rms": float("nan"), "frames": float(ok.mean()) if v.size else 0.0,
-                               "n_boot": int(n_boot), "blocks": [len(b) for _, b in self.block_increments()]}
+                               "n_boot": int(n_boot), "blocks": [len(b) for _, b in runs]}
         if ok.any():
             vv = v[:, ok] - v[:, ok].mean(axis=1, keepdims=True)
             out["rms"] = float(np.sqrt(np.mean(np.var(vv, axis=0, ddof=1))))
