@@ -222,6 +222,8 @@ def basin_report(phi: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 
         reasons.append(f"{transitions} transitions < {min_transitions}")
     if min(ess) < min_ess:
         reasons.append(f"effective frames {ess[1]:.1f} in C7ax, {ess[0]:.1f} in the rest (< {min_ess:g})")
+    if value is None:
+        reasons.append("no reweighted frame in " + ("C7ax" if pb <= 0 else "the rest"))
     err = float(error) if error is not None and np.isfinite(error) else None
     return {"definition": C7AX_DEFINITION, "value": value, "error": err,
             "status": "not sampled" if reasons or value is None else "ok", "reason": "; ".join(reasons),

@@ -722,7 +722,9 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("free_energy_error") is not None:
         parts.append(f"F error (block bootstrap)={m['free_energy_error']:.2f} kJ/mol")
     basin = m.get("basin_delta_f")
-    if basin and basin.get("value") is not None:
+    if basin and basin.get("value") is None:
+        parts.append(f"dF({basin['definition']}) not sampled ({basin['reason']})")
+    elif basin:
         err = f" +- {basin['error']:.2f}" if basin.get("error") is not None else ""
         note = "" if basin["status"] == "ok" else f" [not sampled: {basin['reason']}]"
         parts.append(f"dF({basin['definition']})={basin['value']:.2f}{err} kJ/mol{note}")

@@ -102,3 +102,22 @@ def test_basin_overlap_counts_c7ax_mass_in_bins_shared_with_c7eq():
     assert basin_overlap(phi, np.array([0, 0, 1, 0, 2, 1]), weights) == pytest.approx(0.5)
     assert basin_overlap(phi, np.zeros(6, dtype=int), weights) == 1.0
     assert np.isnan(basin_overlap(np.full(3, -1.5), np.zeros(3, dtype=int), np.ones(3)))
+
+
+def test_basin_report_says_not_sampled_until_crossed():
+    from aesample.analysis import basin_report
+
+    kT = 2.494
+    rng = np.random.default_rng(0)
+    # one C7ax frame across the seam-free boundary: a value, but not a result
+    phi = np.concatenate([rng.uniform(-2.5, -1.0, 999), [1.0]])
+    r = basin_report(phi, np.full(1000, 1e-3), kT)
+    assert r["status"] == "not sampled" and r["transitions"] == 1 and "transitions" in r["reason"]
+    assert r["definition"].startswith("C7ax (0 < phi < 2.3 rad)")
+    # a frame at phi = +3.0 (the beta region past 2.3) belongs to the rest, not to C7ax
+    assert basin_report(np.array([-1.0, 3.0]), np.array([0.5, 0.5]), kT)["value"] is None
+    # blocks of each basin, crossed many times, equal weights: Delta F = -kT ln(n_ax / n_rest)
+    phi = np.tile(np.concatenate([np.full(30, -1.5), np.full(10, 1.0)]), 10)
+    r = basin_report(phi, np.ones(len(phi)), kT, error=0.3)
+    assert r["status"] == "ok" and r["transitions"] == 19
+    assert r["value"] == pytest.approx(-kT * np.log(100 / 300)) and r["error"] == 0.3
