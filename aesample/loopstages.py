@@ -712,7 +712,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"R2(xi_k~xi_k-1)={m['regression_score']:.4f}")
     if m.get("dihedral_score") is not None:
         parts.append(f"R2(xi~phi,psi)={m['dihedral_score']:.3f}")
-    if m.get("delta_f_phi") is not None:
+    # the phi > 0 split only where no named-basin report exists (older metrics): that one says when it is sampled
+    if m.get("delta_f_phi") is not None and not m.get("basin_delta_f"):
         sem = f" +- {m['delta_f_phi_sem']:.2f} (walkers' SEM)" if m.get("delta_f_phi_sem") is not None else ""
         parts.append(f"dF(phi>0 - phi<0)={m['delta_f_phi']:.2f}{sem} kJ/mol ({m.get('phi_transitions')} transitions)")
     if m.get("free_energy_drift") is not None:
