@@ -537,12 +537,22 @@ class EABFState:
                 a, b = np.asarray(getattr(first, name)), np.asarray(getattr(st, name))
                 if a.shape != b.shape or not np.allclose(a, b):
                     raise EABFError(f"EABFState.pooled: state {i} has {name} {b.tolist()}, state 0 has {a.tolist()}")
+        return cls.weighted_sum([(1, st) for st in states])
+
+    @classmethod
+    def weighted_sum(cls, parts: Sequence[Tuple[float, "EABFState"]]) -> "EABFState":
+        """``sum_i c_i state_i`` of the accumulators (``parts``: (c_i, state_i); grid, ``last`` and ``meta`` of the
+        first, no checks): pooled walkers (all c = 1), a block's own accumulators (c = 1, -1 for two cumulative
+        snapshots), bootstrap replicates (c = block weights)."""
+        first = parts[0][1]
+
+        def total(name):
+            return sum(c * getattr(st, name) for c, st in parts)
+
         return cls(
             grid_min=first.grid_min, grid_max=first.grid_max, bins=first.bins, periodic=first.periodic,
-            kappa=first.kappa,
-            count=sum(st.count for st in states), grad=sum(st.grad for st in states),
-            zcount=sum(st.zcount for st in states), czar=sum(st.czar for st in states),
-            last=first.last, n_samples=sum(st.n_samples for st in states), meta=dict(first.meta),
+            kappa=first.kappa, count=total("count"), grad=total("grad"), zcount=total("zcount"), czar=total("czar"),
+            last=first.last, n_samples=int(round(sum(c * st.n_samples for c, st in parts))), meta=dict(first.meta),
             zbins=first.zbins,
         )
 

@@ -541,7 +541,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     t_wall = time.perf_counter()
     steps_timed = 0
     ns_day = float("nan")
-    state = None
+    state, state_step = None, -1  # the eABF state last read out, and at which production step
     try:
         while done < n_steps:
             nseg = min(md.segment_steps, n_steps - done)
@@ -564,9 +564,10 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
                         xi, lam, fb = eabf.getInstantaneous(context)
                         writer.write(times[-1], xi, lam, fb)
                 if biased and (done % block_steps == 0 or done == n_steps):
-                    block = eabf.getState(context)
-                    block.meta.update(meta)
-                    block.save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
+                    state = eabf.getState(context)
+                    state.meta.update(meta)
+                    state.save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
+                    state_step = done
                 elapsed = time.perf_counter() - t_wall
                 ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
                 if bar is not None:
@@ -583,8 +584,10 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
             names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml"}
             if biased:
                 writer.flush()
-                state = eabf.getState(context)
-                state.meta.update(meta)
+                if state_step != done:  # a read-out costs one force evaluation per slot chunk: reuse the block's
+                    state = eabf.getState(context)
+                    state.meta.update(meta)
+                    state_step = done
                 write_eabf_grids(out / "eabf", state, temperature, cv_units)
                 names["eabf"] = f"seg_{seg:05d}.eabf.npz"
                 state.save(out / "checkpoint" / names["eabf"])
@@ -616,8 +619,9 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
 
     grids: Dict[str, np.ndarray] = {}
     if biased:
-        state = eabf.getState(context)
-        state.meta.update(meta)
+        if state_step != done:  # no segment ran in this call (a resume of a finished run)
+            state = eabf.getState(context)
+            state.meta.update(meta)
         grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
     final = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
     with atomic_path(out / "final_positions.npy") as tmp:
@@ -764,7 +768,7 @@ class FreeEnergyEstimates:
                 draw = rng.dirichlet(np.ones(len(blocks))) * len(blocks)
                 parts.extend(zip(draw.tolist(), blocks))
                 mult.append(draw[frame_block])
-            yield _weighted_sum_of_states(parts), np.concatenate(mult)
+            yield EABFState.weighted_sum(parts), np.concatenate(mult)
 
     def free_energy_error(self, estimator: str = "czar", n_boot: int = 100, seed: int = 0,
                           lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None,
@@ -840,19 +844,6 @@ def _delta_f(weights: np.ndarray, labels: np.ndarray, kT: float) -> float:
     return float(-kT * np.log(pb / pa)) if pa > 0 and pb > 0 else float("nan")
 
 
-def _weighted_sum_of_states(parts: List[Tuple[int, EABFState]]) -> EABFState:
-    """``sum_i c_i * state_i`` of the accumulators (grid and meta of the first)."""
-    first = parts[0][1]
-    def total(name):
-        return sum(c * getattr(st, name) for c, st in parts)
-    return EABFState(
-        grid_min=first.grid_min, grid_max=first.grid_max, bins=first.bins, periodic=first.periodic,
-        kappa=first.kappa, count=total("count"), grad=total("grad"), zcount=total("zcount"), czar=total("czar"),
-        last=first.last, n_samples=int(sum(c * st.n_samples for c, st in parts)), meta=dict(first.meta),
-        zbins=first.zbins,
-    )
-
-
 def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_interval: int, checkpoint_step: int):
     """(block index per COLVAR row, per-block accumulators) of one run directory."""
     files = sorted((out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
@@ -869,7 +860,7 @@ def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_in
         if prev is None:
             blocks.append(st)
         else:
-            blocks.append(_weighted_sum_of_states([(1, st), (-1, prev)]))
+            blocks.append(EABFState.weighted_sum([(1, st), (-1, prev)]))
         prev = st
     row_steps = (np.arange(n_rows) + 1) * int(report_interval)
     frame_block = np.minimum(np.searchsorted(steps, row_steps, side="left"), len(blocks) - 1)

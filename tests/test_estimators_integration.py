@@ -7,7 +7,9 @@ import pytest
 from aesample import cvs
 from aesample import estimators as est
 from aesample.eabf import EABFState, ExtendedABF
-from aesample.md import FreeEnergyEstimates, _weighted_sum_of_states
+from aesample.md import FreeEnergyEstimates
+
+from .test_eabf_analytic import _particle_system
 
 T = 300.0
 KT = est.kT(T)
@@ -75,7 +77,7 @@ def test_state_with_its_own_czar_grid_round_trips(tmp_path):
     back = EABFState.load(tmp_path / "s.npz")
     assert list(back.zbins) == [12, 12] and back.z_bin_width[0] == pytest.approx(2 / 12)
     np.testing.assert_array_equal(back.czar, st.czar)
-    two = _weighted_sum_of_states([(1.0, st), (2.0, back)])
+    two = EABFState.weighted_sum([(1.0, st), (2.0, back)])
     np.testing.assert_allclose(two.zcount, 3 * st.zcount)
 
 
@@ -105,13 +107,7 @@ def _grid_delta_f(st: EABFState) -> float:
 
 
 def _walker(seed, n_steps=50000, n_blocks=20):
-    system = openmm.System()
-    system.addParticle(1.0)
-    f = openmm.CustomExternalForce(EXPR)
-    for k, v in P.items():
-        f.addGlobalParameter(k, v)
-    f.addParticle(0, [])
-    system.addForce(f)
+    system = _particle_system(EXPR, P)
     for _ in range(N_DUMMY):
         system.addParticle(1.0)
     # the loop's settings: 30 ABF bins on [-1.5, 1.5], CZAR bins near the coupling width, kappa 3000, ramp 50/100
@@ -139,7 +135,7 @@ class _Blocks(FreeEnergyEstimates):
 
     def __init__(self, snaps):
         self.state = snaps[-1]
-        self.blocks = [snaps[0]] + [_weighted_sum_of_states([(1, b), (-1, a)]) for a, b in zip(snaps, snaps[1:])]
+        self.blocks = [snaps[0]] + [EABFState.weighted_sum([(1, b), (-1, a)]) for a, b in zip(snaps, snaps[1:])]
 
     def block_increments(self):
         return [(np.zeros(0, dtype=int), self.blocks)]
