@@ -26,8 +26,8 @@ class SystemError(ValueError):  # noqa: A001 - named for the concept, not the bu
 
 
 def systems_dir() -> Path:
-    """Folder holding the built-in structures (``systems/`` of the source tree)."""
-    return Path(__file__).resolve().parent.parent / "systems"
+    """Folder holding the built-in structures: the package data ``aesample/data/`` (installed with the package)."""
+    return Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def build_system(
         spec = SYSTEMS[name]
         path = systems_dir() / spec.pdb
         if not path.is_file():
-            raise SystemError(f"built-in structure missing: {path} (is the source tree complete?)")
+            raise SystemError(f"built-in structure missing: {path} (is the aesample installation complete?)")
         pdbfile = app.PDBFile(str(path))
         topology, positions = pdbfile.topology, pdbfile.positions
     if constraints not in _CONSTRAINTS:

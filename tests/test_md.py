@@ -15,7 +15,7 @@ from aesample.outputs import read_colvar, read_grid
 
 
 def _alanine():
-    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    pdb = app.PDBFile("aesample/data/alanine_dipeptide_vacuum.pdb")
     ff = app.ForceField("amber14-all.xml")
     system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
     pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
@@ -215,7 +215,7 @@ def test_mts_integrator_matches_openmm_mts_langevin():
     from aesample.eabf import ExtendedABF
     from aesample.md import mts_langevin_integrator
 
-    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    pdb = app.PDBFile("aesample/data/alanine_dipeptide_vacuum.pdb")
     ff = app.ForceField("amber14-all.xml")
     k, outer = 3, 0.0015
     runs = []
