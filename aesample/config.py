@@ -43,6 +43,11 @@ class ConfigError(ValueError):
     """A configuration value, key or file is invalid; the message names it."""
 
 
+#: Unit conversions, applied once where the configuration meets the engine (OpenMM works in ps and steps).
+PS_PER_FS = 1e-3
+PS_PER_NS = 1e3
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -128,6 +133,19 @@ class MDConfig(_Section):
         "period (else kappa is capped); 2 halves the CV cost where those allow it.",
     )
 
+    @property
+    def timestep_ps(self) -> float:
+        """The integration timestep in ps (OpenMM's unit)."""
+        return self.timestep * PS_PER_FS
+
+    def steps(self, ps: float) -> int:
+        """Number of (inner) steps covering ``ps`` picoseconds, rounded to the nearest."""
+        return int(round(ps / self.timestep_ps))
+
+    def ns(self, steps: int) -> float:
+        """Simulated time of ``steps`` steps, ns."""
+        return steps * self.timestep_ps / PS_PER_NS
+
     @model_validator(mode="after")
     def _segment_multiple(self) -> "MDConfig":
         for name in ("report_interval", "segment_steps"):
@@ -211,9 +229,6 @@ class EABFConfig(_Section):
         0.2, gt=0, description="Oscillation period of the extended variable in its spring, ps (sets its mass "
         "kappa (period / 2 pi)^2). Longer: lambda moves slower and the outer MTS step may be longer; it must stay "
         "well above the timestep.",
-    )
-    extended_temperature: Optional[float] = Field(
-        None, gt=0, description="Temperature of the extended variable, K (default: the system's)."
     )
     czar_bins: Optional[int] = Field(
         None, gt=0,
@@ -382,6 +397,34 @@ class Config(_Section):
 
 
 # ---------------------------------------------------------------------------
+# `aesample eabf` along standard CVs (angles in rad, distances in nm): the grid defaults there depend on the CV.
+
+#: ABF bins per component: an angle of a 1D CV, an angle of a 2D/3D CV, any other component.
+STANDARD_CV_BINS = {"angle_1d": 72, "angle": 36, "other": 50}
+#: Samples per bin for the full bias: 1D, 2D/3D.
+STANDARD_CV_FULL_SAMPLES = {"1d": 500, "nd": 100}
+
+
+def standard_cv_defaults(periodic: list[bool], grid_min: list[float], grid_max: list[float], temperature: float,
+                         bins: Optional[list[int]] = None) -> dict[str, Any]:
+    """Grid defaults of ``aesample eabf`` along standard CVs, per component (kappa in kJ/mol/unit^2).
+
+    bins (unless given): :data:`STANDARD_CV_BINS` (2D angles: 36 x 36 with the full bias at 100 samples fill in
+    ~2 ns); kappa: kT / (bin width)^2, a coupling width of one bin; full_samples: :data:`STANDARD_CV_FULL_SAMPLES`.
+    The learned CVs of the loop use the ``eabf`` section instead (CV units on a fixed grid).
+    """
+    from .estimators import kT
+
+    d = len(periodic)
+    if bins is None:
+        bins = [(STANDARD_CV_BINS["angle_1d"] if d == 1 else STANDARD_CV_BINS["angle"]) if p else
+                STANDARD_CV_BINS["other"] for p in periodic]
+    width = [(b - a) / n for a, b, n in zip(grid_min, grid_max, bins)]
+    return {"bins": bins, "kappa": [kT(temperature) / w ** 2 for w in width],
+            "full_samples": STANDARD_CV_FULL_SAMPLES["1d" if d == 1 else "nd"]}
+
+
+# ---------------------------------------------------------------------------
 # Error formatting: pydantic's messages reworded to name key, value and rule.
 
 _SECTIONS = {name: field.annotation for name, field in Config.model_fields.items()}
@@ -445,11 +488,26 @@ def config_from_dict(data: dict[str, Any] | None, source: str | None = None) -> 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source or 'config'}: expected a mapping of sections, got {type(data).__name__}")
+    data = _without_retired_keys(data, source)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         _raise_validation(exc, source)
         raise  # unreachable; keeps type checkers happy
+
+
+def _without_retired_keys(data: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """Drop keys that older versions wrote with their only allowed value (``eabf.extended_temperature: null``: the
+    extended variable always runs at ``system.temperature``), so that their run.yaml files still load; any other
+    value is refused, naming the key."""
+    eabf = data.get("eabf")
+    if isinstance(eabf, dict) and "extended_temperature" in eabf:
+        if eabf["extended_temperature"] is not None:
+            prefix = f"{source}: " if source else ""
+            raise ConfigError(f"{prefix}eabf.extended_temperature: no longer supported (got "
+                              f"{eabf['extended_temperature']!r}); the extended variable runs at system.temperature")
+        data = dict(data, eabf={k: v for k, v in eabf.items() if k != "extended_temperature"})
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

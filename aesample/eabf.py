@@ -67,11 +67,13 @@ import numpy as np
 import torch
 
 from . import cvs as _cvs
+from .config import EABFConfig
 from .torchbinding import make_torch_force
 
 __all__ = ["ExtendedABF", "EABFState", "EABFError", "coupled_czar_bins", "decode_readout", "encode_readout_numpy"]
 
 TWO_PI = 2.0 * math.pi
+_DEFAULTS = EABFConfig()  # the configuration owns the defaults shared with ExtendedABF's constructor
 _MASK21 = (1 << 21) - 1
 _MASK22 = (1 << 22) - 1
 _NO_SAMPLE = 1.0e300
@@ -766,9 +768,10 @@ class ExtendedABF:
     extendedMass : float or sequence (amu nm^2/CV unit^2), optional
         Mass of the lambda particles; default from ``extendedPeriod``: ``kappa (period / 2 pi)^2``.
     extendedPeriod : float or Quantity (ps)
-        Period of the lambda oscillator (default 0.15 ps) when ``extendedMass`` is not given.
+        Period of the lambda oscillator when ``extendedMass`` is not given (default: the configuration's
+        ``eabf.extended_period``, 0.2 ps).
     fullSamples : int
-        Samples per bin at which the full bias applies (default 500).
+        Samples per bin at which the full bias applies (default: the configuration's ``eabf.full_samples``, 100).
     minSamples : int, optional
         Samples below which no bias applies (default ``fullSamples // 2``). Linear ramp in between.
     wallKappa : float or sequence, optional
@@ -811,8 +814,8 @@ class ExtendedABF:
         kappa,
         periodic=None,
         extendedMass=None,
-        extendedPeriod=0.15,
-        fullSamples: int = 500,
+        extendedPeriod=_DEFAULTS.extended_period,
+        fullSamples: int = _DEFAULTS.full_samples,
         minSamples: Optional[int] = None,
         wallKappa=None,
         forceGroup: Optional[int] = None,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from openmm import unit
 
+from .config import PS_PER_NS
 from .io import atomic_path, atomic_write_json
 from .runlayout import RunLayout
 
@@ -33,10 +34,11 @@ def _kT(run: RunLayout) -> float:
     return kT(run.config.system.temperature)
 
 
-def _steps(ns: float, timestep_fs: float, multiple: int) -> int:
-    """Number of MD steps for ``ns``, rounded up to a whole number of report intervals."""
-    steps = int(round(ns * 1e6 / timestep_fs))
-    return max(multiple, int(math.ceil(steps / multiple)) * multiple)
+def _steps(ns: float, md) -> int:
+    """Number of MD steps for ``ns`` with the ``md`` section's timestep, rounded up to a whole number of report
+    intervals."""
+    steps = md.steps(ns * PS_PER_NS)
+    return max(md.report_interval, int(math.ceil(steps / md.report_interval)) * md.report_interval)
 
 
 # ---------------------------------------------------------------------------------- MD
@@ -100,10 +102,6 @@ def preflight(config, system) -> None:
     if len(indices) < 3:
         raise ValueError(f"cv.selection: {config.cv.selection!r} selects {len(indices)} atom(s); the CV aligns the "
                          "selected atoms onto a reference and needs at least 3")
-    t_ext = config.eabf.extended_temperature
-    if t_ext is not None and abs(t_ext - config.system.temperature) > 1e-9:
-        raise ValueError(f"eabf.extended_temperature: {t_ext} K differs from system.temperature "
-                         f"{config.system.temperature} K (a separate lambda thermostat is not implemented)")
     view = SimpleNamespace(system=system, config=config)
     starts = _starting_structures(view)
     sources = [str(system.source)] + [str(p) for p in config.loop.initial_structures]
@@ -146,21 +144,7 @@ def _md_dirs(run: RunLayout, k: int) -> list[Path]:
 def _md_settings(run: RunLayout, seed_offset: int):
     from .md import MDSettings
 
-    cfg = run.config
-    return MDSettings(
-        timestep=cfg.md.timestep * 1e-3,
-        friction=cfg.md.friction,
-        temperature=cfg.system.temperature,
-        report_interval=cfg.md.report_interval,
-        segment_steps=cfg.md.segment_steps,
-        seed=cfg.md.seed + seed_offset,
-        minimize=cfg.md.minimize,
-        equilibration_steps=int(round(cfg.md.equilibration / (cfg.md.timestep * 1e-3))),
-        platform=cfg.system.platform,
-        precision=cfg.system.precision,
-        trajectory_format=cfg.output.trajectory_format,
-        cv_interval=cfg.md.cv_interval,
-    )
+    return MDSettings.from_config(run.config, seed_offset)
 
 
 # The fastest oscillation the CV spring adds to the atoms must span at least this many (outer) time steps.
@@ -186,32 +170,15 @@ def coupling_constant(run: RunLayout, k: int, cv) -> tuple[float, float]:
     system = run.system.system
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(traj.n_atoms)])
     stiffness = cv_stiffness(cv, frames, masses, box)
-    outer = cfg.md.timestep * 1e-3 * cfg.md.cv_interval  # ps
+    outer = cfg.md.timestep_ps * cfg.md.cv_interval  # ps
     kappa_max = (2 * np.pi / (MIN_STEPS_PER_CV_PERIOD * outer)) ** 2 / max(stiffness, 1e-300)
     return min(cfg.eabf.kappa, kappa_max), kappa_max
 
 
 def _eabf_settings(run: RunLayout, d: int, kappa: Optional[float] = None):
-    from .eabf import coupled_czar_bins
     from .md import EABFSettings
 
-    e = run.config.eabf
-    kappa = e.kappa if kappa is None else kappa
-    return EABFSettings(
-        grid_min=[e.grid_min] * d,
-        grid_max=[e.grid_max] * d,
-        bins=[e.bins] * d,
-        kappa=[kappa] * d,
-        extended_period=e.extended_period,
-        extended_temperature=e.extended_temperature,
-        full_samples=e.full_samples,
-        min_samples=e.min_samples,
-        # walls scale with the spring: their period relative to the extended period stays the same
-        wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
-        czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
-            [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d, [kappa] * d, run.config.system.temperature),
-        czar_min_count=e.czar_min_count,
-    )
+    return EABFSettings.from_config(run.config, d, kappa)
 
 
 def run_md_stage(run: RunLayout, k: int, progress: bool = True) -> None:
@@ -225,8 +192,8 @@ def run_md_stage(run: RunLayout, k: int, progress: bool = True) -> None:
     _run_md_runs(run, k, dirs, progress)
     # Throughput of this process's share of the stage (a resumed stage counts only what it ran).
     steps = sum(md.steps_done(d) for d in dirs)
-    ns = steps * cfg.md.timestep * 1e-6
-    ran_ns = (steps - done_before) * cfg.md.timestep * 1e-6
+    ns = cfg.md.ns(steps)
+    ran_ns = cfg.md.ns(steps - done_before)
     seconds = time.perf_counter() - t0
     atomic_write_json(run.iteration_dir(k) / "md_timing.json", {
         "ns": ns, "ns_this_process": ran_ns, "seconds": seconds,
@@ -240,7 +207,7 @@ def _run_md_runs(run: RunLayout, k: int, dirs: list[Path], progress: bool) -> No
 
     cfg = run.config
     if k == 0:
-        steps = _steps(cfg.loop.initial_md, cfg.md.timestep, cfg.md.report_interval)
+        steps = _steps(cfg.loop.initial_md, cfg.md)
         starts = _starting_structures(run)
         sources = [str(run.system.source)] + [str(p) for p in cfg.loop.initial_structures]
         for start, source in zip(starts, sources):
@@ -277,7 +244,7 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     from .export import load_cv
 
     cfg = run.config
-    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
+    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
     cv, meta = load_cv(run.iteration_dir(k - 1) / "cv.pt")
     prev = _md_dirs(run, k - 1)
     start = md.final_positions(prev[j % len(prev)])
@@ -358,9 +325,9 @@ def md_progress(run: RunLayout, k: int) -> tuple[int, int]:
     cfg = run.config
     ns = cfg.loop.initial_md if k == 0 else cfg.loop.eabf_per_iteration
     dirs = _md_dirs(run, k)
-    total = _steps(ns, cfg.md.timestep, cfg.md.report_interval) * len(dirs)
+    total = _steps(ns, cfg.md) * len(dirs)
     done = sum(md.steps_done(d) for d in dirs)
-    ps = cfg.md.timestep * 1e-3
+    ps = cfg.md.timestep_ps
     return int(done * ps), int(total * ps)
 
 

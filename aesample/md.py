@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .config import Config, EABFConfig, MDConfig, OutputConfig, SystemConfig
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
@@ -60,32 +61,63 @@ __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates",
            "mts_langevin_integrator"]
 
 
+# Defaults and units are owned by aesample.config (the fields' descriptions); the settings below are the same
+# parameters in the engine's units (ps, steps), converted once by from_config.
+_MD = MDConfig()
+_EABF = EABFConfig()
+_SYSTEM = SystemConfig()
+_OUTPUT = OutputConfig()
+
+
 @dataclass
 class EABFSettings:
     """eABF parameters (plain floats in CV units / kJ/mol / ps; see :class:`~aesample.eabf.ExtendedABF`).
 
     grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
     periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
-    full_samples, min_samples : linear ramp; wall_kappa : walls (default 10 kappa); force_group : 0..31;
-    use_cuda_graphs : CUDA only; czar_bins : bins per component of the CZAR xi grid (None: ``bins``);
-    czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded in the state's meta).
+    full_samples, min_samples : linear ramp (None: ``full_samples // 2``); wall_kappa : walls (default 10 kappa);
+    force_group : 0..31 (None: a free one); use_cuda_graphs : CUDA only; czar_bins : bins per component of the
+    CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
+    in the state's meta). Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
     """
 
     grid_min: Union[float, Sequence[float]]
     grid_max: Union[float, Sequence[float]]
-    bins: Union[int, Sequence[int]] = 50
-    kappa: Union[float, Sequence[float]] = 500.0
+    bins: Union[int, Sequence[int]] = _EABF.bins
+    kappa: Union[float, Sequence[float]] = _EABF.kappa
     periodic: Optional[Sequence[bool]] = None
-    extended_period: float = 0.15
+    extended_period: float = _EABF.extended_period
     extended_mass: Optional[Union[float, Sequence[float]]] = None
-    full_samples: int = 500
+    full_samples: int = _EABF.full_samples
     min_samples: Optional[int] = None
     wall_kappa: Optional[Union[float, Sequence[float]]] = None
-    force_group: int = 30
+    force_group: Optional[int] = None
     use_cuda_graphs: bool = False
-    extended_temperature: Optional[float] = None  # None: the MD temperature (only supported value for now)
     czar_bins: Optional[Union[int, Sequence[int]]] = None
-    czar_min_count: int = 1
+    czar_min_count: int = _EABF.czar_min_count
+
+    @classmethod
+    def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
+        """The ``eabf`` section of ``config`` for a ``d``-dimensional CV, with ``kappa`` in place of ``eabf.kappa``
+        (a capped coupling; the walls scale with it). ``czar_bins`` null: :func:`aesample.eabf.coupled_czar_bins`
+        at ``system.temperature``."""
+        from .eabf import coupled_czar_bins
+
+        e = config.eabf
+        if e.czar_bins is None and config.system.temperature is None:
+            raise ValueError("system.temperature: not set (the CZAR bins follow the coupling width sqrt(kT/kappa)); "
+                             "pass aesample.config.effective_config(config)")
+        kappa = e.kappa if kappa is None else float(kappa)
+        bins, gmin, gmax = [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d
+        return cls(
+            grid_min=gmin, grid_max=gmax, bins=bins, kappa=[kappa] * d, extended_period=e.extended_period,
+            full_samples=e.full_samples, min_samples=e.min_samples,
+            # walls scale with the spring: their period relative to the extended period stays the same
+            wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
+            czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
+                bins, gmin, gmax, [kappa] * d, config.system.temperature),
+            czar_min_count=e.czar_min_count,
+        )
 
 
 @dataclass
@@ -113,28 +145,67 @@ class MDSettings:
         ``segment_steps``, ``equilibration_steps``) stay in inner steps of ``timestep``: ``report_interval`` and
         ``segment_steps`` must be multiples of K, ``n_steps`` and ``equilibration_steps`` are rounded up to one.
         Stability: ``K * timestep`` must not exceed a tenth of the shortest period of the extended system
-        (:meth:`aesample.eabf.ExtendedABF.maxOuterTimestep`: 15 fs for periodic CVs with the default 0.15 ps
-        period; 4.5 fs for non-periodic CVs because of the default walls, 10 kappa), else a ValueError. A run must
+        (:meth:`aesample.eabf.ExtendedABF.maxOuterTimestep`: 20 fs for periodic CVs with the default 0.2 ps
+        period; 6 fs for non-periodic CVs because of the default walls, 10 kappa), else a ValueError. A run must
         be resumed with the cv_interval it was started with. Ignored by :func:`run_md` (no eABF force).
     """
 
     temperature: Optional[float] = None
-    timestep: float = 0.002
-    friction: float = 1.0
-    platform: Any = "auto"
+    timestep: float = _MD.timestep_ps
+    friction: float = _MD.friction
+    platform: Any = _SYSTEM.platform
     platform_properties: Optional[Dict[str, str]] = None
-    report_interval: int = 500
-    segment_steps: int = 50000
-    minimize: bool = True
+    report_interval: int = _MD.report_interval
+    segment_steps: int = _MD.segment_steps
+    minimize: bool = _MD.minimize
     minimize_max_iterations: int = 1000
-    equilibration_steps: int = 0
-    seed: int = 0
+    equilibration_steps: int = _MD.steps(_MD.equilibration)
+    seed: int = _MD.seed
     progress: bool = True
-    precision: str = "auto"
-    trajectory_format: str = "dcd"
-    cv_interval: int = 1
+    precision: str = _SYSTEM.precision
+    trajectory_format: str = _OUTPUT.trajectory_format
+    cv_interval: int = _MD.cv_interval
     cpu_threads: Optional[int] = None
     error_blocks: int = 20
+
+    @classmethod
+    def from_config(cls, config: Config, seed_offset: int = 0) -> "MDSettings":
+        """The ``md`` section (with the system's temperature, platform and precision and the trajectory format) of
+        ``config`` in the engine's units: timestep fs -> ps, equilibration ps -> steps; seed ``md.seed +
+        seed_offset``."""
+        md = config.md
+        return cls(
+            timestep=md.timestep_ps, friction=md.friction, temperature=config.system.temperature,
+            report_interval=md.report_interval, segment_steps=md.segment_steps, seed=md.seed + seed_offset,
+            minimize=md.minimize, equilibration_steps=md.steps(md.equilibration),
+            platform=config.system.platform, precision=config.system.precision,
+            trajectory_format=config.output.trajectory_format, cv_interval=md.cv_interval,
+        )
+
+    def check(self, biased: bool = True) -> int:
+        """Validate the step counts; returns the multiple-time-stepping factor in use (1 for unbiased runs).
+
+        Raises ValueError naming the setting: ``report_interval``/``segment_steps`` not positive, ``segment_steps``
+        not a multiple of ``report_interval``, ``cv_interval`` not an integer >= 1 or not dividing both, a
+        ``trajectory_format`` other than dcd/xtc.
+        """
+        if self.report_interval <= 0 or self.segment_steps <= 0:
+            raise ValueError(f"report_interval and segment_steps must be > 0, got {self.report_interval}, "
+                             f"{self.segment_steps}")
+        if self.segment_steps % self.report_interval:
+            raise ValueError(f"segment_steps={self.segment_steps} must be a multiple of "
+                             f"report_interval={self.report_interval}")
+        if self.trajectory_format not in ("dcd", "xtc"):
+            raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {self.trajectory_format!r}")
+        cv_interval = int(self.cv_interval)
+        if cv_interval != self.cv_interval or cv_interval < 1:
+            raise ValueError(f"cv_interval must be an integer >= 1, got {self.cv_interval!r}")
+        if not biased:
+            return 1  # nothing to put on a slow force group
+        if self.report_interval % cv_interval or self.segment_steps % cv_interval:
+            raise ValueError(f"report_interval={self.report_interval} and segment_steps={self.segment_steps} must be "
+                             f"multiples of cv_interval={cv_interval} (the MTS outer step)")
+        return cv_interval
 
 
 @dataclass
@@ -176,9 +247,7 @@ def make_integrator(system, eabf: Optional[ExtendedABF], temperature: float, fri
     cv_interval = int(cv_interval)
     if eabf is None or cv_interval == 1:
         return openmm.LangevinMiddleIntegrator(temperature, friction, timestep)
-    if cv_interval < 1:
-        raise ValueError(f"cv_interval must be >= 1, got {cv_interval}")
-    outer = cv_interval * timestep
+    outer = cv_interval * timestep  # cv_interval checked by MDSettings.check (mts_langevin_integrator: >= 1)
     try:
         eabf.checkOuterTimestep(outer)
     except ValueError as exc:
@@ -208,7 +277,8 @@ def mts_langevin_integrator(temperature: float, friction: float, outer_timestep:
     Parameters: K, 1/ps, ps (outer step), number of inner steps per outer step, force groups.
     """
     import openmm
-    from openmm import unit
+
+    from .estimators import kT
 
     k = int(substeps)
     if k < 1:
@@ -220,8 +290,7 @@ def mts_langevin_integrator(temperature: float, friction: float, outer_timestep:
     integ = openmm.CustomIntegrator(float(outer_timestep))
     integ.addGlobalVariable("a", math.exp(-float(friction) * h))
     integ.addGlobalVariable("b", math.sqrt(1.0 - math.exp(-2.0 * float(friction) * h)))
-    integ.addGlobalVariable("kT", (unit.MOLAR_GAS_CONSTANT_R * float(temperature) * unit.kelvin).value_in_unit(
-        unit.kilojoule_per_mole))
+    integ.addGlobalVariable("kT", kT(float(temperature)))
     integ.addPerDofVariable("x1", 0)
     integ.addUpdateContextState()
     sub = f"(dt/{k})"
@@ -252,7 +321,7 @@ def _platform(md: MDSettings, n_atoms: int):
         from .platforms import select_platform
     except ImportError:  # pragma: no cover - the lead's module exists in the package
         return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
-    platform, props = select_platform(md.platform, n_atoms, getattr(md, "precision", "auto"))
+    platform, props = select_platform(md.platform, n_atoms, md.precision)
     if md.cpu_threads is not None and platform.getName() == "CPU":
         props["Threads"] = str(md.cpu_threads)
     props.update(md.platform_properties or {})
@@ -321,10 +390,9 @@ def run_eabf(
     eabf_settings: EABFSettings,
     md_settings: MDSettings,
     out_dir: Union[str, Path],
-    n_steps: Any = None,
+    n_steps: int,
     resume: bool = False,
     initial_state: Optional[EABFState] = None,
-    initial_positions: Optional[np.ndarray] = None,
     cv_units: str = "CV units",
     log=print,
     positions: Optional[np.ndarray] = None,
@@ -332,9 +400,6 @@ def run_eabf(
     description: str = "eABF",
 ) -> EABFRunResult:
     """Run (or resume) eABF production of ``n_steps`` steps in checkpointed segments.
-
-    Canonical call: ``run_eabf(ms, cv, eabf_settings, md_settings, out_dir, n_steps)``. The order
-    ``run_eabf(ms, cv, eabf_settings, out_dir, n_steps, md_settings)`` is also accepted (detected by type).
 
     Parameters
     ----------
@@ -354,8 +419,8 @@ def run_eabf(
         Continue from ``out_dir/checkpoint.json`` when it exists (fresh start otherwise).
     initial_state
         Accumulators to start from (fresh runs only).
-    initial_positions, positions
-        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions`` (aliases).
+    positions
+        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions``.
     cv_units
         Text for the grid headers.
     log
@@ -367,14 +432,11 @@ def run_eabf(
     -------
     EABFRunResult
     """
-    if isinstance(md_settings, (str, Path)) and isinstance(n_steps, MDSettings):
-        md_settings, out_dir, n_steps = n_steps, md_settings, out_dir
-    if n_steps is None:
-        raise TypeError("run_eabf: n_steps is required")
-    if positions is not None:
-        initial_positions = positions
+    if not isinstance(md_settings, MDSettings):
+        raise TypeError(f"run_eabf(molecular_system, cv, eabf_settings, md_settings, out_dir, n_steps): "
+                        f"md_settings must be an MDSettings, got {type(md_settings).__name__}")
     return _run(molecular_system, cv_module, eabf_settings, md_settings, out_dir, int(n_steps), resume,
-                initial_state, initial_positions, cv_units, log, progress, description)
+                initial_state, positions, cv_units, log, progress, description)
 
 
 def run_md(
@@ -407,26 +469,10 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     biased = cv_module is not None
     if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-    if md.report_interval <= 0 or md.segment_steps <= 0:
-        raise ValueError(f"report_interval and segment_steps must be > 0, got {md.report_interval}, {md.segment_steps}")
-    if md.segment_steps % md.report_interval:
-        raise ValueError(f"segment_steps={md.segment_steps} must be a multiple of report_interval={md.report_interval}")
-    fmt = getattr(md, "trajectory_format", "dcd")
-    if fmt not in ("dcd", "xtc"):
-        raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {fmt!r}")
-    cv_interval = int(getattr(md, "cv_interval", 1))
-    if cv_interval != getattr(md, "cv_interval", 1) or cv_interval < 1:
-        raise ValueError(f"cv_interval must be an integer >= 1, got {getattr(md, 'cv_interval', None)!r}")
-    if not biased:
-        cv_interval = 1  # nothing to put on a slow force group
-    if md.report_interval % cv_interval or md.segment_steps % cv_interval:
-        raise ValueError(f"report_interval={md.report_interval} and segment_steps={md.segment_steps} must be multiples "
-                         f"of cv_interval={cv_interval} (the MTS outer step)")
+    cv_interval = md.check(biased)
+    fmt = md.trajectory_format
     n_steps = -(-n_steps // cv_interval) * cv_interval  # whole outer steps
     temperature = float(md.temperature if md.temperature is not None else getattr(molecular_system, "temperature", 300.0))
-    if biased and es.extended_temperature is not None and abs(es.extended_temperature - temperature) > 1e-9:
-        raise ValueError(f"extended_temperature={es.extended_temperature} K differs from the MD temperature "
-                         f"{temperature} K: a separate lambda thermostat is not implemented yet")
     ckpt_json = out / "checkpoint.json"
     ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
     if ck is not None and (out / "run.json").exists():
@@ -516,12 +562,12 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         log(f"resuming {out} at step {done} (segment {seg})")
 
     # block ends in whole report intervals (frames then fall into one block each)
-    n_blocks = max(1, int(getattr(md, "error_blocks", 20)))
+    n_blocks = max(1, int(md.error_blocks))
     block_steps = max(1, -(-n_steps // (n_blocks * md.report_interval))) * md.report_interval
     if biased:
         (out / BLOCKS_DIR).mkdir(exist_ok=True)
     meta = {"cv_units": cv_units, "temperature": str(temperature),
-            "czar_min_count": str(int(getattr(es, "czar_min_count", 1))) if biased else "1"}
+            "czar_min_count": str(int(es.czar_min_count)) if biased else "1"}
     trajectories = sorted((out / "traj").glob("seg_*." + fmt))
     show = md.progress if progress is None else progress
     bar = None

@@ -195,7 +195,7 @@ def test_mts_resume_reproduces_continuous_run(tmp_path):
 def test_mts_settings_are_validated(tmp_path):
     ms = _alanine()
     cv = cvs.parse_cv_spec("phi", ms.topology)
-    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0, extended_period=0.15)
     _, md = _mts_settings(cv_interval=10)  # 20 fs outer step > 0.15 ps / 10
     with pytest.raises(ValueError, match=r"cv_interval=10 .*period / 10 = 15 fs"):
         run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
@@ -204,7 +204,7 @@ def test_mts_settings_are_validated(tmp_path):
         run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
     # non-periodic CV: the default walls (10 kappa) make the extended system stiffer
     dist = cvs.parse_cv_spec("distance:0,10", ms.topology)
-    es_d = EABFSettings(grid_min=0.2, grid_max=0.8, bins=12, kappa=200.0)
+    es_d = EABFSettings(grid_min=0.2, grid_max=0.8, bins=12, kappa=200.0, extended_period=0.15)
     _, md = _mts_settings(cv_interval=4)
     with pytest.raises(ValueError, match="shortest period is 45.2 fs"):
         run_eabf(ms, dist, es_d, md, tmp_path, 100, log=None)

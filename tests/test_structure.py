@@ -4,6 +4,8 @@ the library, parameter defaults owned by the configuration."""
 from __future__ import annotations
 
 import ast
+
+import numpy as np
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aesample"
@@ -83,3 +85,64 @@ def test_no_system_name_branches_in_the_stages():
     text = (PACKAGE / "loopstages.py").read_text()
     for needle in ('startswith("alanine-dipeptide")', 'startswith("chignolin")', "chignolin_cln025"):
         assert needle not in text, needle
+
+
+def test_cli_library_and_loop_share_the_configuration_defaults():
+    """One owner of defaults and units: Config. `aesample eabf`, MDSettings/EABFSettings and ExtendedABF agree."""
+    import inspect
+
+    from aesample.cli import build_parser
+    from aesample.config import Config, effective_config
+    from aesample.eabf import ExtendedABF
+    from aesample.md import EABFSettings, MDSettings
+
+    cfg = Config()
+    args = build_parser().parse_args(["eabf", "--cv", "phi", "--out", "x"])
+    cli = {"timestep": args.timestep, "friction": args.friction, "report_interval": args.report_interval,
+           "segment_steps": args.segment_steps, "equilibration": args.equilibration, "seed": args.seed}
+    assert cli == {name: getattr(cfg.md, name) for name in cli}
+    assert (args.extended_period, args.czar_min_count) == (cfg.eabf.extended_period, cfg.eabf.czar_min_count)
+    assert args.platform == cfg.system.platform
+    # the engine's settings: the same values in its units (ps, steps), converted in one place
+    assert MDSettings.from_config(cfg) == MDSettings()
+    md = MDSettings()
+    assert md.timestep == cfg.md.timestep * 1e-3 and md.equilibration_steps == round(cfg.md.equilibration /
+                                                                                       md.timestep)
+    es, loop = EABFSettings(grid_min=-1.5, grid_max=1.5), EABFSettings.from_config(effective_config(cfg), 1)
+    for name in ("bins", "kappa", "extended_period", "full_samples", "czar_min_count"):
+        assert np.ravel(getattr(es, name)).tolist() == np.ravel(getattr(loop, name)).tolist(), name
+    assert es.kappa == cfg.eabf.kappa and es.full_samples == cfg.eabf.full_samples
+    defaults = inspect.signature(ExtendedABF).parameters
+    assert defaults["extendedPeriod"].default == cfg.eabf.extended_period
+    assert defaults["fullSamples"].default == cfg.eabf.full_samples
+
+
+def test_retired_extended_temperature_key():
+    import pytest
+
+    from aesample.config import ConfigError, config_from_dict
+
+    assert "extended_temperature" not in type(config_from_dict({"eabf": {"extended_temperature": None}}).eabf).model_fields
+    with pytest.raises(ConfigError, match="run.yaml: eabf.extended_temperature: no longer supported"):
+        config_from_dict({"eabf": {"extended_temperature": 350.0}}, source="run.yaml")
+
+
+def test_no_hard_coded_gas_constant():
+    """kT has one home (aesample.estimators.kT)."""
+    root = PACKAGE.parent
+    for path in list(PACKAGE.rglob("*.py")) + list((root / "benchmarks").glob("*.py")) + list((root / "tests").glob("*.py")):
+        text = path.read_text()
+        if path.name == "test_structure.py":
+            continue
+        assert "0.0083144" not in text and "MOLAR_GAS_CONSTANT_R *" not in text, path
+
+
+def test_run_eabf_has_one_argument_order(tmp_path):
+    import pytest
+
+    from aesample.md import EABFSettings, MDSettings, run_eabf
+
+    es = EABFSettings(grid_min=-1.0, grid_max=1.0)
+    with pytest.raises(TypeError, match=r"run_eabf\(molecular_system, cv, eabf_settings, md_settings, out_dir, n_steps"):
+        run_eabf(None, None, es, tmp_path, 100, MDSettings())
+    assert not any(tmp_path.iterdir())
