@@ -42,7 +42,8 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -915,18 +916,24 @@ def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_in
 
 @dataclass
 class RunOutputs(FreeEnergyEstimates):
-    """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
+    """A run directory read back: trajectory, COLVAR, eABF state, estimators.
+
+    A snapshot: each file is read once, on first use, and kept (``state``, ``half_state``, the COLVAR); after the
+    run continues, read it again with :func:`load_result`.
+    """
 
     out_dir: Path
     run: Dict[str, Any]
     checkpoint: Dict[str, Any]
+    _colvar: Optional[Tuple[List[str], np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def temperature(self) -> float:
         return float(self.run["temperature"])
 
-    @property
+    @cached_property
     def state(self) -> Optional[EABFState]:
+        """The eABF accumulators at the last checkpoint (None for an unbiased run)."""
         name = self.checkpoint.get("eabf")
         return EABFState.load(self.out_dir / "checkpoint" / name) if name else None
 
@@ -949,9 +956,11 @@ class RunOutputs(FreeEnergyEstimates):
         with _quiet_native_stdout():  # mdtraj's DCD plugin prints two lines per file from C
             return mdtraj.load(files, top=topology)
 
-    def colvar(self):
-        fields, data = read_colvar(self.out_dir / "COLVAR")
-        return fields, data
+    def colvar(self) -> Tuple[List[str], np.ndarray]:
+        """(fields, rows) of the run's COLVAR, read once."""
+        if self._colvar is None:
+            self._colvar = read_colvar(self.out_dir / "COLVAR")
+        return self._colvar
 
     def colvar_lambda(self) -> np.ndarray:
         """lambda per frame (T, d), aligned with the trajectory frames."""
@@ -962,7 +971,7 @@ class RunOutputs(FreeEnergyEstimates):
         fields, data = self.colvar()
         return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
 
-    @property
+    @cached_property
     def half_state(self) -> Optional[EABFState]:
         """eABF state at the first checkpoint past half of the run (None: unbiased, or a single segment)."""
         p = self.out_dir / HALF_STATE
@@ -1000,19 +1009,28 @@ class PooledRuns(FreeEnergyEstimates):
     def _pool(states: List[Optional[EABFState]]) -> Optional[EABFState]:
         return None if any(st is None for st in states) else EABFState.pooled(states)
 
-    @property
+    @cached_property
     def state(self) -> Optional[EABFState]:
+        """The walkers' accumulators summed (pooled once)."""
         return self._pool([r.state for r in self.runs])
 
-    @property
+    @cached_property
     def half_state(self) -> Optional[EABFState]:
         return self._pool([r.half_state for r in self.runs])
 
-    def colvar_lambda(self) -> np.ndarray:
+    @cached_property
+    def _colvar_lambda(self) -> np.ndarray:
         return np.concatenate([r.colvar_lambda() for r in self.runs])
 
-    def colvar_xi(self) -> np.ndarray:
+    @cached_property
+    def _colvar_xi(self) -> np.ndarray:
         return np.concatenate([r.colvar_xi() for r in self.runs])
+
+    def colvar_lambda(self) -> np.ndarray:
+        return self._colvar_lambda.copy()
+
+    def colvar_xi(self) -> np.ndarray:
+        return self._colvar_xi.copy()
 
     def block_increments(self):
         return [b for r in self.runs for b in r.block_increments()]

@@ -296,3 +296,32 @@ def test_czar_grid_and_time_blocks_survive_resume(tmp_path):
         block_w = np.array([mult[frame_block == i][0] for i in range(6)])
         assert st.zcount.sum() == pytest.approx(np.dot(block_w, sizes))
         assert not np.allclose(block_w, 1.0)
+
+
+def test_run_outputs_read_each_file_once(tmp_path, monkeypatch):
+    """A RunOutputs reads its COLVAR and accumulators once, however many estimators use them."""
+    import aesample.md as md_module
+
+    _phi_run_100_steps(tmp_path)
+    res = md_module.load_result(tmp_path)
+    reads = {"colvar": 0, "state": 0}
+    read_colvar_file, load_state = md_module.read_colvar, EABFState.load.__func__
+
+    def counting_colvar(path):
+        reads["colvar"] += 1
+        return read_colvar_file(path)
+
+    def counting_load(cls, path):
+        reads["state"] += 1
+        return load_state(cls, path)
+
+    monkeypatch.setattr(md_module, "read_colvar", counting_colvar)
+    monkeypatch.setattr(EABFState, "load", classmethod(counting_load))
+    xi, lam = res.colvar_xi(), res.colvar_lambda()
+    assert xi.shape == lam.shape == (4, 1)
+    w = res.reweighting_weights("czar")
+    assert w.shape == (4,) and res.state is res.state
+    res.free_energy("naive")
+    pooled = md_module.PooledRuns([res])
+    assert pooled.state is pooled.state and np.array_equal(pooled.colvar_xi(), xi)
+    assert reads == {"colvar": 1, "state": 1}
