@@ -19,9 +19,19 @@ import numpy as np
 import torch
 from openmm import unit
 
+from . import analysis, md
 from .config import PS_PER_NS
+from .estimators import kT, reweighted_free_energy
+from .export import compute_cv, cv_stiffness, export_cv, load_cv
+from .features import AlignedPositions, spanning_tree_parents
+from .hiddenbarrier import hidden_barrier
 from .io import atomic_path, atomic_write_json
+from .md import EABFSettings, MDSettings
+from .models import ModelSpec
 from .runlayout import RunLayout
+from .selection import select_atoms
+from .systems import check_pdb_file
+from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
 
 log = logging.getLogger("aesample")
 
@@ -29,8 +39,6 @@ __all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metri
            "write_iteration_trajectory"]
 
 def _kT(run: RunLayout) -> float:
-    from .estimators import kT
-
     return kT(run.config.system.temperature)
 
 
@@ -49,7 +57,6 @@ def _starting_structures(run: RunLayout) -> list[np.ndarray]:
     for path in run.config.loop.initial_structures:
         from openmm.app import PDBFile
 
-        from .systems import check_pdb_file
 
         check_pdb_file(path, what="loop.initial_structures")
         try:
@@ -96,7 +103,6 @@ def preflight(config, system) -> None:
     """
     from types import SimpleNamespace
 
-    from .selection import select_atoms
 
     indices = select_atoms(system.mdtraj_topology, config.cv.selection, what="cv.selection")
     if len(indices) < 3:
@@ -120,8 +126,6 @@ def write_iteration_trajectory(run: RunLayout, k: int) -> Path:
     ``mdtraj.load("iter_NNN/trajectory.dcd", top="iter_NNN/topology.pdb")`` gives every frame of the iteration in
     the order of its weights (``weights.npy`` starts with them). Both files are written atomically; the segments
     stay (resume and the loop read them)."""
-    from . import md
-
     top = run.system.mdtraj_topology
     trajs = [md.load_result(d).load_trajectory(top) for d in _md_dirs(run, k)]
     traj = mdtraj.join(trajs) if len(trajs) > 1 else trajs[0]
@@ -142,8 +146,6 @@ def _md_dirs(run: RunLayout, k: int) -> list[Path]:
 
 
 def _md_settings(run: RunLayout, seed_offset: int):
-    from .md import MDSettings
-
     return MDSettings.from_config(run.config, seed_offset)
 
 
@@ -159,8 +161,6 @@ def coupling_constant(run: RunLayout, k: int, cv) -> tuple[float, float]:
     from a narrow sample stretches it onto the scaled range and can be so steep that the configured spring would
     blow the system up. Deterministic (files only), so a resume recomputes the same value.
     """
-    from .export import cv_stiffness
-
     cfg = run.config
     traj, _, _ = _frames(run, k - 1)
     frames = traj.xyz[:: max(1, traj.n_frames // 200)].astype(np.float64)
@@ -176,15 +176,11 @@ def coupling_constant(run: RunLayout, k: int, cv) -> tuple[float, float]:
 
 
 def _eabf_settings(run: RunLayout, d: int, kappa: Optional[float] = None):
-    from .md import EABFSettings
-
     return EABFSettings.from_config(run.config, d, kappa)
 
 
 def run_md_stage(run: RunLayout, k: int, progress: bool = True) -> None:
     """Iteration 0: unbiased MD from each starting structure; k >= 1: eABF along xi_{k-1}."""
-    from . import md
-
     cfg = run.config
     dirs = _md_dirs(run, k)
     done_before = sum(md.steps_done(d) for d in dirs)
@@ -202,9 +198,6 @@ def run_md_stage(run: RunLayout, k: int, progress: bool = True) -> None:
 
 
 def _run_md_runs(run: RunLayout, k: int, dirs: list[Path], progress: bool) -> None:
-    from . import md
-    from .export import load_cv
-
     cfg = run.config
     if k == 0:
         steps = _steps(cfg.loop.initial_md, cfg.md)
@@ -240,9 +233,6 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     It starts from the final structure of run ``j mod n`` of iteration k-1 and its seed is ``md.seed + 1000 k + j``
     (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: OpenMM's own choice).
     """
-    from . import md
-    from .export import load_cv
-
     cfg = run.config
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
     cv, meta = load_cv(run.iteration_dir(k - 1) / "cv.pt")
@@ -320,8 +310,6 @@ def _run_walkers_in_processes(run: RunLayout, k: int, kappa: float, processes: i
 
 def md_progress(run: RunLayout, k: int) -> tuple[int, int]:
     """(steps done, steps planned) of iteration ``k``'s MD, from its checkpoints, in ps."""
-    from . import md
-
     cfg = run.config
     ns = cfg.loop.initial_md if k == 0 else cfg.loop.eabf_per_iteration
     dirs = _md_dirs(run, k)
@@ -338,8 +326,6 @@ def _frames(run: RunLayout, k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Opti
     Weights: uniform at iteration 0; for eABF iterations from ``eabf.estimator`` (CZAR: exp(-beta A(xi)) / n(xi);
     naive: exp(-beta F_kappa(lambda))).
     """
-    from . import md
-
     trajs, lambdas, xis = [], [], []
     for out in _md_dirs(run, k):
         result = md.load_result(out)
@@ -360,8 +346,6 @@ def _frames(run: RunLayout, k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Opti
 
 def _estimates(run: RunLayout, k: int):
     """Iteration ``k``'s eABF walkers pooled (:class:`aesample.md.PooledRuns`), frames in walker order."""
-    from . import md
-
     return md.PooledRuns([md.load_result(d) for d in _md_dirs(run, k)])
 
 
@@ -384,9 +368,6 @@ def _box(traj: mdtraj.Trajectory) -> Optional[np.ndarray]:
 
 # ---------------------------------------------------------------------------------- training
 def _featurizer(run: RunLayout):
-    from .features import AlignedPositions, spanning_tree_parents
-    from .selection import select_atoms
-
     ms = run.system
     indices = select_atoms(ms.mdtraj_topology, run.config.cv.selection, what="cv.selection")
     parents = spanning_tree_parents(ms.mdtraj_topology, indices) if ms.periodic else None
@@ -398,10 +379,6 @@ def _featurizer(run: RunLayout):
 
 def run_train_stage(run: RunLayout, k: int) -> None:
     """Train the autoencoder on iteration ``k``'s reweighted frames and export xi_k."""
-    from .export import compute_cv, export_cv
-    from .models import ModelSpec
-    from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
-
     cfg = run.config
     out = run.iteration_dir(k)
     traj, weights = _training_set(run, k)
@@ -451,7 +428,6 @@ def run_train_stage(run: RunLayout, k: int) -> None:
             np.save(handle, weights)
     save_history(result.history, out / "loss", plot=cfg.output.plots)
     # Sanity: the exported CV reproduces the scaled code on the training frames.
-    from .export import load_cv
 
     cv, _ = load_cv(out / "cv.pt")
     xi = compute_cv(cv, traj.xyz.astype(np.float64), box=box)
@@ -464,8 +440,7 @@ def run_train_stage(run: RunLayout, k: int) -> None:
 # ---------------------------------------------------------------------------------- analysis
 def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
     """Scores, diagnostics and plots of iteration ``k``; writes ``metrics.json``."""
-    from . import analysis, md, plots
-    from .export import compute_cv, load_cv
+    from . import plots
 
     cfg = run.config
     out = run.iteration_dir(k)
@@ -549,7 +524,6 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
             overlap = analysis.basin_overlap(angles[:, 0], labels, weights)
             metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited
         if plotting:
-            from .estimators import reweighted_free_energy
 
             plots.plot_dihedral_scatter(angles, xi_k, out / "phi_psi_cv.png", f"iteration {k}: (phi, psi) by CV")
             fes, edges = reweighted_free_energy(angles, weights, 36, cfg.system.temperature,
@@ -572,7 +546,6 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
             plots.plot_free_energy(centers, pmf, out / "free_energy.png",
                                    f"iteration {k}: CZAR free energy along xi_{k - 1}", cv_label=f"xi_{k - 1}")
         else:
-            from .estimators import reweighted_free_energy
 
             fes, edges = reweighted_free_energy(xi_k, weights, 40, cfg.system.temperature)
             centers = [0.5 * (e[1:] + e[:-1]) for e in edges]
@@ -598,8 +571,6 @@ def _finite_or_none(value) -> Optional[float]:
 def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, n_runs: int) -> dict[str, Any]:
     """The hidden-barrier diagnostic (:func:`aesample.hiddenbarrier.hidden_barrier`) on the model's input
     features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along."""
-    from .hiddenbarrier import hidden_barrier
-
     featurizer, _ = _featurizer(run)
     xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
     box = _box(traj)
@@ -619,8 +590,6 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
     ``phi``: the pooled frames' phi in walker order. The pooled Delta F is not their mean, but its statistical
     error is about that of the mean when the walkers are independent: SD / sqrt(n).
     """
-    from . import analysis
-
     values, offset = [], 0
     for result in results:
         n = len(result.colvar_xi())
