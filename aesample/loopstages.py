@@ -242,8 +242,8 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     settings.cpu_threads = threads
     walkers = cfg.loop.walkers
     md.run_eabf(
-        run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa),
-        _md_dirs(run, k)[j], steps, settings, positions=start, progress=progress,
+        run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), settings,
+        _md_dirs(run, k)[j], steps, positions=start, progress=progress,
         description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
         resume=True, log=log.info,
     )
