@@ -207,7 +207,7 @@ def _run_md_runs(run: RunLayout, k: int, dirs: list[Path], progress: bool) -> No
             check_finite_energy(run.system, start, source)
         for j, (start, out) in enumerate(zip(starts, dirs)):
             md.run_md(
-                run.system, out, steps, _md_settings(run, 1000 * j), positions=start,
+                run.system, _md_settings(run, 1000 * j), out, steps, positions=start,
                 progress=progress, description=f"iter 0 MD {j}", resume=True, log=log.info,
             )
         return

@@ -442,19 +442,23 @@ def run_eabf(
 
 def run_md(
     molecular_system,
+    md_settings: MDSettings,
     out_dir: Union[str, Path],
     n_steps: int,
-    md_settings: MDSettings,
     positions: Optional[np.ndarray] = None,
     resume: bool = False,
     progress: Optional[bool] = None,
     description: str = "MD",
     log=print,
 ) -> EABFRunResult:
-    """Unbiased MD with the same segment/checkpoint/trajectory machinery as :func:`run_eabf` (no COLVAR, no grids).
+    """Unbiased MD with the same segment/checkpoint/trajectory machinery as :func:`run_eabf` (no COLVAR, no grids),
+    arguments in the same order: ``run_md(molecular_system, md_settings, out_dir, n_steps)``.
 
     Returns an :class:`EABFRunResult` whose ``state`` is None.
     """
+    if not isinstance(md_settings, MDSettings):
+        raise TypeError(f"run_md(molecular_system, md_settings, out_dir, n_steps): md_settings must be an "
+                        f"MDSettings, got {type(md_settings).__name__}")
     return _run(_RunRequest(molecular_system, None, None, md_settings, Path(out_dir), int(n_steps), resume, None,
                             positions, "", log, progress, description))
 

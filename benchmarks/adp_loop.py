@@ -257,7 +257,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     steps = int(round(eff_ns * 5e5)) // 100 * 100
     settings = MDSettings(timestep=0.002, friction=1.0, temperature=ms.temperature, report_interval=100,
                           segment_steps=50000, seed=7, minimize=True, equilibration_steps=5000)
-    md.run_md(ms, ud, steps, settings, resume=True, progress=False)
+    md.run_md(ms, settings, ud, steps, resume=True, progress=False)
     phi = phi_psi(md.load_result(ud).load_trajectory(ms.mdtraj_topology))[:, 0]
     series = _prefix_delta_f(phi, np.ones(len(phi)), ms.temperature, eff_ns)
     result["unbiased"] = {"series": series, "ns_to_tol": ns_to_tolerance(series, ref_df, tol)}

@@ -137,12 +137,14 @@ def test_no_hard_coded_gas_constant():
         assert "0.0083144" not in text and "MOLAR_GAS_CONSTANT_R *" not in text, path
 
 
-def test_run_eabf_has_one_argument_order(tmp_path):
+def test_run_eabf_and_run_md_have_one_argument_order(tmp_path):
     import pytest
 
-    from aesample.md import EABFSettings, MDSettings, run_eabf
+    from aesample.md import EABFSettings, MDSettings, run_eabf, run_md
 
     es = EABFSettings(grid_min=-1.0, grid_max=1.0)
     with pytest.raises(TypeError, match=r"run_eabf\(molecular_system, cv, eabf_settings, md_settings, out_dir, n_steps"):
         run_eabf(None, None, es, tmp_path, 100, MDSettings())
+    with pytest.raises(TypeError, match=r"run_md\(molecular_system, md_settings, out_dir, n_steps\)"):
+        run_md(None, tmp_path, 100, MDSettings())
     assert not any(tmp_path.iterdir())
