@@ -171,9 +171,13 @@ class CVConfig(_Section):
     model: Literal["autoencoder", "vae"] = Field(
         "autoencoder", description="'autoencoder' (deterministic) or 'vae' (variational; CV = code mean)."
     )
-    dimension: int = Field(2, ge=1, le=3, description="Bottleneck size = number of CV components d.")
+    dimension: int = Field(
+        2, ge=1, le=3, description="Bottleneck size = number of CV components d. The ABF grid has bins^d cells, so "
+        "each added component multiplies the sampling needed; 2 for a dipeptide's two backbone dihedrals.",
+    )
     hidden_layers: list[int] = Field(
-        [40], min_length=1, description="Encoder hidden widths (the decoder mirrors them)."
+        [40], min_length=1, description="Encoder hidden widths, neurons (the decoder mirrors them). The CV is "
+        "evaluated every MD step: wider or deeper encoders cost MD speed; a few times the input count is typical.",
     )
     activation: Literal["tanh", "relu", "elu", "softplus", "silu"] = Field(
         "tanh", description="Hidden-layer activation."
@@ -279,12 +283,18 @@ class EABFConfig(_Section):
 class TrainingConfig(_Section):
     """Weighted autoencoder training."""
 
-    max_epochs: int = Field(300, gt=0, description="Upper bound on training epochs.")
+    max_epochs: int = Field(
+        300, gt=0, description="Upper bound on training epochs; early stopping (patience) usually ends training first."
+    )
     batch_size: int = Field(256, gt=0, description="Minibatch size, frames.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    learning_rate: float = Field(
+        1e-3, gt=0, description="Adam learning rate. Lower it when the validation loss oscillates."
+    )
     weight_decay: float = Field(0.0, ge=0, description="Adam L2 weight decay.")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Fraction of frames held out for validation.")
-    patience: int = Field(20, gt=0, description="Epochs without validation improvement before stopping early.")
+    patience: int = Field(
+        20, gt=0, description="Epochs without validation improvement before stopping early, epochs."
+    )
     warm_start: bool = Field(True, description="Start iteration k's training from iteration k-1's weights.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device ('auto': CUDA if present).")
     seed: int = Field(0, ge=0, description="Seed for initialisation, splitting and shuffling.")
@@ -311,7 +321,9 @@ class LoopConfig(_Section):
         "Above max_iterations: the loop never declares convergence.",
     )
     convergence_threshold: float = Field(
-        0.99, gt=0, le=1, description="Stop when the regression score R^2 of xi_k on xi_(k-1) reaches this."
+        0.99, gt=0, le=1, description="Stop when the regression score R^2 of xi_k on xi_(k-1) reaches this "
+        "(dimensionless, <= 1). It says the CV stopped changing; the free-energy conditions below say whether the "
+        "free energy along it settled.",
     )
     free_energy_tolerance: Optional[float] = Field(
         1.0, gt=0, description="Also require the free-energy drift of the iteration's eABF run (RMS change of the "
