@@ -99,6 +99,21 @@ def test_simulation_reporters_and_free_energy(adp, tmp_path):
     assert saved.n_samples == state.n_samples == 41
     np.testing.assert_array_equal(saved.count, state.count)
     assert (tmp_path / "run.chk").stat().st_size > 0
+    # ... and a restart from it (README: initialState + loadCheckpoint) continues exactly as the run itself
+    # (loaded after the run went on: the Reference platform's random numbers are one stream per process)
+    sim.reporters.clear()
+    e.step(sim, 10)
+    system2 = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(adp.system))
+    e2 = _phi_eabf(adp, system2, czarBins=120, initialState=tmp_path / "run.chk.eabf.npz")
+    sim2 = app.Simulation(adp.topology, system2, openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002),
+                          openmm.Platform.getPlatformByName("Reference"))
+    sim2.loadCheckpoint(str(tmp_path / "run.chk"))
+    e2.step(sim2, 10)
+    a, b = e.getState(sim), e2.getState(sim2)
+    assert (a.n_samples, b.n_samples) == (50, 50)  # configurations 41..49 (50 is sampled by the next step)
+    np.testing.assert_array_equal(a.count, b.count)
+    np.testing.assert_allclose(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(e.getCollectiveVariables(sim), e2.getCollectiveVariables(sim2), atol=1e-12)
 
 
 def test_free_energy_needs_a_temperature_without_one_from_the_integrator(adp):
