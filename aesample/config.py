@@ -328,6 +328,18 @@ class OutputConfig(_Section):
     plots: bool = Field(True, description="Write PNG plots and the report.")
 
 
+class ExecutionConfig(_Section):
+    """How the run uses the machine's cores."""
+
+    threads: Optional[int] = Field(
+        None, ge=1, description="CPU cores the whole run may use, shared by the walkers running at once: each MD "
+        "process gives OpenMM's CPU platform threads // (walkers at once) threads, and torch one intra-op and "
+        "one inter-op thread (the CV is too small to gain from more; extra torch threads spin and slow MD "
+        "down whenever anything else runs on the machine). null: every core this process may run on (its CPU "
+        "affinity). Set it below the core count to leave cores to other jobs on a shared machine.",
+    )
+
+
 class Config(_Section):
     """A complete aesample run configuration."""
 
@@ -338,6 +350,7 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")
     def _known_system(self) -> "Config":

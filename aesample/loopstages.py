@@ -19,6 +19,7 @@ import torch
 from openmm import unit
 
 from .io import atomic_path, atomic_write_json
+from .threads import apply_torch_threads, plan_threads, single_thread_pools_for_children
 
 if TYPE_CHECKING:  # pragma: no cover
     from .driver import LoopDriver
@@ -161,6 +162,7 @@ def _md_settings(driver: "LoopDriver", seed_offset: int):
         precision=cfg.system.precision,
         trajectory_format=cfg.output.trajectory_format,
         cv_interval=cfg.md.cv_interval,
+        cpu_threads=plan_threads(cfg.execution.threads).openmm,
     )
 
 
@@ -272,7 +274,8 @@ def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress
     """eABF walker ``j`` of iteration ``k`` along xi_{k-1} (resumes from its checkpoint).
 
     It starts from the final structure of run ``j mod n`` of iteration k-1 and its seed is ``md.seed + 1000 k + j``
-    (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: OpenMM's own choice).
+    (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: all of
+    ``execution.threads``, for a walker that runs alone).
     """
     from . import md
     from .export import load_cv
@@ -283,7 +286,8 @@ def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress
     prev = _md_dirs(driver, k - 1)
     start = md.final_positions(prev[j % len(prev)])
     settings = _md_settings(driver, 1000 * k + j)
-    settings.cpu_threads = threads
+    if threads is not None:
+        settings.cpu_threads = threads
     walkers = cfg.loop.walkers
     md.run_eabf(
         driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa),
@@ -314,7 +318,7 @@ def _walker_process(run_dir: str, k: int, j: int, kappa: float, threads: int, pr
     from .driver import LoopDriver
 
     _die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
+    apply_torch_threads()
     run_eabf_walker(LoopDriver.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
 
 
@@ -327,27 +331,20 @@ def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, proces
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = plan_threads(driver.config.execution.threads, processes).openmm
     n = driver.config.loop.walkers
-    log.info("iteration %d: %d eABF walkers in %d processes, %d thread(s) each", k, n, processes, threads)
-    # The OpenMP pools of a spawned interpreter size themselves at import, before any argument arrives (the
-    # CPU platform gets its thread count from MDSettings.cpu_threads).
-    user_omp = os.environ.get("OMP_NUM_THREADS")  # a user's own setting is kept
-    if user_omp is None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_walker_process, str(driver.run_dir), k, j, kappa, threads, progress and j == 0,
-                                   os.getpid()) for j in range(n)]
-            errors = []
-            for j, fut in enumerate(futures):
-                try:
-                    fut.result()
-                except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
-                    errors.append((j, exc))
-    finally:
-        if user_omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+    log.info("iteration %d: %d eABF walkers in %d processes, %d OpenMM thread(s) and 1 torch thread each",
+             k, n, processes, threads)
+    with single_thread_pools_for_children(), \
+            ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_walker_process, str(driver.run_dir), k, j, kappa, threads, progress and j == 0,
+                               os.getpid()) for j in range(n)]
+        errors = []
+        for j, fut in enumerate(futures):
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
+                errors.append((j, exc))
     if errors:
         j, exc = errors[0]
         others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""

@@ -50,6 +50,7 @@ import numpy as np
 
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
+from .threads import threads_in_effect
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
@@ -494,7 +495,7 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
         atomic_write_json(out / "run.json", {
             "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
             "report_interval": md.report_interval, "n_steps": n_steps, "trajectory_format": fmt,
-            "n_molecule": n_mol, "cv_interval": cv_interval,
+            "n_molecule": n_mol, "cv_interval": cv_interval, "threads": threads_in_effect(context),
         })
     else:
         try:

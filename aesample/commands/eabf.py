@@ -54,6 +54,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--equilibration", type=float, default=10.0, help="equilibration before sampling, ps (default 10)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -75,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
     from ..estimators import kT as kT_of
     from ..md import EABFSettings, MDSettings, run_eabf
     from ..systems import build_system
+    from ..threads import plan_threads
 
     ms = build_system(args.system)
     if args.cv_model is not None:
@@ -117,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
                       czar_min_count=args.czar_min_count)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
-                    seed=args.seed, progress=not args.no_progress)
+                    seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
     print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins} (CZAR {czar_bins}), "
           f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
     created = not args.out.exists()
