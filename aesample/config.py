@@ -218,6 +218,12 @@ class EABFConfig(_Section):
         "only when isolated noisy bins show up.",
     )
     full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="Capture the eABF force in a CUDA graph (openmm-torch's useCUDAGraphs; CUDA platform "
+        "only; it removes per-op launch costs). auto: on CUDA when the CV has no op that waits for the host "
+        "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
+        "always ask (the run fails if the capture fails); off: never.",
+    )
     min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(
         30000.0, gt=0,

@@ -214,6 +214,7 @@ def _eabf_settings(driver: "LoopDriver", d: int, kappa: Optional[float] = None):
         czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
             [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d, [kappa] * d, driver.config.system.temperature),
         czar_min_count=e.czar_min_count,
+        cuda_graphs=e.cuda_graphs,
     )
 
 

@@ -51,6 +51,7 @@ import numpy as np
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
 from .threads import threads_in_effect
+from .torchbinding import resolve_cuda_graphs
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
@@ -68,7 +69,7 @@ class EABFSettings:
     grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
     periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
     full_samples, min_samples : linear ramp; wall_kappa : walls (default 10 kappa); force_group : 0..31;
-    use_cuda_graphs : CUDA only; czar_bins : bins per component of the CZAR xi grid (None: ``bins``);
+    cuda_graphs : "auto" | "on" | "off" (see :func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the CZAR xi grid (None: ``bins``);
     czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded in the state's meta).
     """
 
@@ -83,7 +84,7 @@ class EABFSettings:
     min_samples: Optional[int] = None
     wall_kappa: Optional[Union[float, Sequence[float]]] = None
     force_group: int = 30
-    use_cuda_graphs: bool = False
+    cuda_graphs: str = "auto"
     extended_temperature: Optional[float] = None  # None: the MD temperature (only supported value for now)
     czar_bins: Optional[Union[int, Sequence[int]]] = None
     czar_min_count: int = 1
@@ -446,16 +447,19 @@ def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_
     pos0 = np.asarray(initial_positions if initial_positions is not None else molecular_system.positions, dtype=float)
     box = getattr(molecular_system, "box", None)
     eabf = None
+    platform, props = _platform(md, system.getNumParticles() + (len(np.atleast_1d(es.grid_min)) if biased else 0))
     if biased:
+        graphs, why = resolve_cuda_graphs(es.cuda_graphs, platform.getName(), cv_module)
+        if platform.getName() == "CUDA":
+            log(why)
         eabf = ExtendedABF(
             system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
             extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
             minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
-            initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs, czarBins=es.czar_bins,
+            initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
         )
     integrator = make_integrator(system, eabf, temperature, md.friction, md.timestep, cv_interval)
     integrator.setRandomNumberSeed(int(md.seed))
-    platform, props = _platform(md, system.getNumParticles())
     context = openmm.Context(system, integrator, platform, props)
     topo = _mdtraj_topology(molecular_system)
     solute = _solute_indices(molecular_system)

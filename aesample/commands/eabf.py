@@ -54,6 +54,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--equilibration", type=float, default=10.0, help="equilibration before sampling, ps (default 10)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
+                   help="capture the eABF force in a CUDA graph (auto: on CUDA when the CV allows it)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -117,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
     seg = max(rep, (int(args.segment_steps) // rep) * rep)
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
                       extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
-                      czar_min_count=args.czar_min_count)
+                      czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
                     seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
