@@ -43,6 +43,11 @@ class ConfigError(ValueError):
     """A configuration value, key or file is invalid; the message names it."""
 
 
+#: Unit conversions, applied once where the configuration meets the engine (OpenMM works in ps and steps).
+PS_PER_FS = 1e-3
+PS_PER_NS = 1e3
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -103,23 +108,43 @@ class SystemConfig(_Section):
 class MDConfig(_Section):
     """Molecular-dynamics integration and output cadence."""
 
-    timestep: float = Field(2.0, gt=0, le=10, description="Integration timestep, fs.")
+    timestep: float = Field(
+        2.0, gt=0, le=10, description="Integration timestep, fs. 2 with HBonds constraints; 1 without constraints.")
     friction: float = Field(1.0, gt=0, description="Langevin friction coefficient, 1/ps.")
     minimize: bool = Field(True, description="Energy-minimise the starting structure before MD.")
     equilibration: float = Field(
-        10.0, ge=0, description="Unbiased, unsampled equilibration before each run, ps."
+        10.0, ge=0, description="Equilibration before each run, ps: no ABF samples recorded (no bias builds up), no frames "
+        "saved. A few ps let the velocities and the extended variable settle."
     )
-    report_interval: int = Field(100, gt=0, description="Steps between saved frames and COLVAR rows.")
+    report_interval: int = Field(
+        100, gt=0, description="Steps between saved frames and COLVAR rows, steps. The frames are the training "
+        "data: aim for a few thousand per iteration (100 steps of 2 fs: 500 frames per 0.1 ns).",
+    )
     segment_steps: int = Field(
-        25000, gt=0, description="Steps between checkpoints; a crash loses at most one segment."
+        25000, gt=0, description="Steps between checkpoints, steps; a crash loses at most one segment. A multiple "
+        "of report_interval; shorter segments cost a read-out of the accumulators each."
     )
     seed: int = Field(2022, ge=0, description="Random seed for velocities and the Langevin thermostat.")
     cv_interval: int = Field(
         1, ge=1,
         description="Multiple time stepping: evaluate the CV/eABF force once every this many steps (1 = every "
-        "step). Must divide report_interval and segment_steps; the outer step must stay below a tenth of the "
-        "extended-variable period.",
+        "step), steps. Must divide report_interval and segment_steps; the outer step (cv_interval x timestep) must "
+        "stay below a tenth of the extended system's shortest period and leave the CV spring >= 8 outer steps per "
+        "period (else kappa is capped); 2 halves the CV cost where those allow it.",
     )
+
+    @property
+    def timestep_ps(self) -> float:
+        """The integration timestep in ps (OpenMM's unit)."""
+        return self.timestep * PS_PER_FS
+
+    def steps(self, ps: float) -> int:
+        """Number of (inner) steps covering ``ps`` picoseconds, rounded to the nearest."""
+        return int(round(ps / self.timestep_ps))
+
+    def ns(self, steps: int) -> float:
+        """Simulated time of ``steps`` steps, ns."""
+        return steps * self.timestep_ps / PS_PER_NS
 
     @model_validator(mode="after")
     def _segment_multiple(self) -> "MDConfig":
@@ -187,21 +212,23 @@ class EABFConfig(_Section):
         "cv.scale_range; the margin beyond it lets eABF push the system past the states it was trained on.",
     )
     grid_max: float = Field(1.5, description="Upper edge of the ABF grid in every CV dimension, CV units.")
-    bins: int = Field(30, gt=0, description="Grid bins per CV dimension (30 over [-1.5, 1.5]: width 0.1).")
+    bins: int = Field(
+        30, gt=0, description="ABF grid bins per CV dimension (30 over [-1.5, 1.5]: width 0.1, CV units). Coarse "
+        "bins fill fast; the free energy has its own finer grid (czar_bins).",
+    )
     kappa: float = Field(
         3000.0, gt=0,
-        description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2. Tight: "
-        "coupling width sqrt(kT/kappa) ~ 0.03 at 300 K, a third of a bin, so that kappa exceeds the curvature of "
-        "the free energy on the barriers the learned CV compresses (with 300 the alanine dipeptide loop crossed "
-        "C7eq/C7ax about once per 2 ns and overestimated Delta F by 5-11 kJ/mol). Stiff: keep md.cv_interval 1 "
-        "(the CV spring on the atoms has a ~16 fs period for alanine dipeptide). Each iteration caps it so that "
-        "this period spans >= 8 (outer) time steps for its CV (logged; the value used is in metrics.json).",
+        description="Coupling spring constant between CV and extended variable, kJ/mol/(CV unit)^2. The coupling "
+        "width sqrt(kT/kappa) (0.03 at 300 K with the default) should be below the ABF bin width and kappa above "
+        "the curvature of the free energy on the barriers: raise it when Delta F depends on it, lower it when the "
+        "cap below binds. Each iteration caps it so that the CV spring's period on the atoms spans >= 8 (outer) "
+        "time steps for its CV (logged; the value used is in metrics.json). Measurements: "
+        "benchmarks/LOOP_RESULTS.md.",
     )
     extended_period: float = Field(
-        0.2, gt=0, description="Oscillation period of the extended variable in its spring, ps (sets its mass)."
-    )
-    extended_temperature: Optional[float] = Field(
-        None, gt=0, description="Temperature of the extended variable, K (default: the system's)."
+        0.2, gt=0, description="Oscillation period of the extended variable in its spring, ps (sets its mass "
+        "kappa (period / 2 pi)^2). Longer: lambda moves slower and the outer MTS step may be longer; it must stay "
+        "well above the timestep.",
     )
     czar_bins: Optional[int] = Field(
         None, gt=0,
@@ -217,14 +244,19 @@ class EABFConfig(_Section):
         "say; a higher floor cuts more of the less-sampled basin's fringe and biases Delta F towards it, so raise it "
         "only when isolated noisy bins show up.",
     )
-    full_samples: int = Field(100, gt=0, description="Samples in a bin for the full ABF bias (linear ramp).")
+    full_samples: int = Field(
+        100, gt=0, description="Samples in an ABF bin for the full bias (linear ramp from min_samples), samples. "
+        "Larger: a less noisy bias early on, slower to push out of a basin.",
+    )
+    min_samples: int = Field(
+        50, ge=0, description="Samples in an ABF bin below which no bias is applied, samples (< full_samples)."
+    )
     cuda_graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="Capture the eABF force in a CUDA graph (openmm-torch's useCUDAGraphs; CUDA platform "
         "only; it removes per-op launch costs). auto: on CUDA when the CV has no op that waits for the host "
         "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
         "always ask (the run fails if the capture fails); off: never.",
     )
-    min_samples: int = Field(50, ge=0, description="Samples in a bin below which no bias is applied.")
     wall_kappa: float = Field(
         30000.0, gt=0,
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
@@ -235,8 +267,8 @@ class EABFConfig(_Section):
         description="How frames are weighted back to the Boltzmann measure (training weights, Delta F, drift). "
         "'czar': w ~ exp(-beta A(xi)) / n(xi), the CZAR free energy of the CV over its biased histogram; needs "
         "only the fast extended variable to relax at fixed xi. 'naive': w ~ exp(-beta F_kappa(lambda)) (the "
-        "paper's form); also needs the atoms to relax at fixed lambda, which the barrier bins rarely allow "
-        "(measured on alanine dipeptide in benchmarks/LOOP_RESULTS.md, fourth session).",
+        "paper's form); also needs the atoms to relax at fixed lambda, so it is biased in finite runs with "
+        "barrier crossings (benchmarks/LOOP_RESULTS.md).",
     )
 
     @model_validator(mode="after")
@@ -267,14 +299,22 @@ class TrainingConfig(_Section):
 class LoopConfig(_Section):
     """The iterative eABF <-> retraining driver."""
 
-    initial_md: float = Field(0.1, gt=0, description="Unbiased MD of iteration 0 (per starting structure), ns.")
-    eabf_per_iteration: float = Field(0.1, gt=0, description="eABF simulation per iteration, ns (the paper used 10).")
-    max_iterations: int = Field(4, ge=1, description="Maximum number of eABF iterations after iteration 0.")
+    initial_md: float = Field(
+        0.1, gt=0, description="Unbiased MD of iteration 0 (per starting structure), ns: long enough to sample the "
+        "starting basin (alanine dipeptide: ~1 ns).",
+    )
+    eabf_per_iteration: float = Field(
+        0.1, gt=0, description="eABF simulation per iteration and walker, ns (the paper used 10). Raise it while the "
+        "free-energy drift or error stays above loop.free_energy_tolerance.",
+    )
+    max_iterations: int = Field(
+        4, ge=1, description="Maximum number of eABF iterations after iteration 0 (the loop stops there, converged "
+        "or not; `aesample resume RUN --max-iterations N` goes on).",
+    )
     min_iterations: int = Field(
         2, ge=1, description="First eABF iteration that may declare convergence. Iteration 1 runs along a CV learned "
-        "from unbiased MD, which only saw the starting basin: on alanine dipeptide its Delta F was 5-10 kJ/mol high "
-        "in all four runs measured (either weighting), twice with R^2 >= 0.999 and a drift below 0.6 kJ/mol. Above max_iterations: the "
-        "loop never declares convergence.",
+        "from unbiased MD, which has seen only the starting basin, so keep it >= 2 (benchmarks/LOOP_RESULTS.md). "
+        "Above max_iterations: the loop never declares convergence.",
     )
     convergence_threshold: float = Field(
         0.99, gt=0, le=1, description="Stop when the regression score R^2 of xi_k on xi_(k-1) reaches this."
@@ -292,8 +332,9 @@ class LoopConfig(_Section):
         1, ge=1, le=64, description="Independent eABF walkers per iteration (k >= 1), each running "
         "eabf_per_iteration ns with its own seed from the previous iteration's final structures in turn. Their "
         "accumulators are pooled for the free energy, the training weights and the drift; the spread of their own "
-        "Delta F estimates is reported (metrics delta_f_phi_walkers, delta_f_phi_sem for dipeptides): one 1-2 ns "
-        "alanine dipeptide walker scatters by 3-6 kJ/mol (SD, measured), which its two halves do not reveal.",
+        "Delta F estimates is reported (metrics delta_f_phi_walkers, delta_f_phi_sem for dipeptides). Use >= 2 "
+        "when the free energy must come with an error bar: one walker's own error estimates understate the "
+        "scatter between walkers (benchmarks/LOOP_RESULTS.md).",
     )
     walker_processes: Optional[int] = Field(
         None, ge=1, description="Walkers run at once, each in its own process (null: all of them; 1: one after "
@@ -375,6 +416,34 @@ class Config(_Section):
 
 
 # ---------------------------------------------------------------------------
+# `aesample eabf` along standard CVs (angles in rad, distances in nm): the grid defaults there depend on the CV.
+
+#: ABF bins per component: an angle of a 1D CV, an angle of a 2D/3D CV, any other component.
+STANDARD_CV_BINS = {"angle_1d": 72, "angle": 36, "other": 50}
+#: Samples per bin for the full bias: 1D, 2D/3D.
+STANDARD_CV_FULL_SAMPLES = {"1d": 500, "nd": 100}
+
+
+def standard_cv_defaults(periodic: list[bool], grid_min: list[float], grid_max: list[float], temperature: float,
+                         bins: Optional[list[int]] = None) -> dict[str, Any]:
+    """Grid defaults of ``aesample eabf`` along standard CVs, per component (kappa in kJ/mol/unit^2).
+
+    bins (unless given): :data:`STANDARD_CV_BINS` (2D angles: 36 x 36 with the full bias at 100 samples fill in
+    ~2 ns); kappa: kT / (bin width)^2, a coupling width of one bin; full_samples: :data:`STANDARD_CV_FULL_SAMPLES`.
+    The learned CVs of the loop use the ``eabf`` section instead (CV units on a fixed grid).
+    """
+    from .estimators import kT
+
+    d = len(periodic)
+    if bins is None:
+        bins = [(STANDARD_CV_BINS["angle_1d"] if d == 1 else STANDARD_CV_BINS["angle"]) if p else
+                STANDARD_CV_BINS["other"] for p in periodic]
+    width = [(b - a) / n for a, b, n in zip(grid_min, grid_max, bins)]
+    return {"bins": bins, "kappa": [kT(temperature) / w ** 2 for w in width],
+            "full_samples": STANDARD_CV_FULL_SAMPLES["1d" if d == 1 else "nd"]}
+
+
+# ---------------------------------------------------------------------------
 # Error formatting: pydantic's messages reworded to name key, value and rule.
 
 _SECTIONS = {name: field.annotation for name, field in Config.model_fields.items()}
@@ -438,11 +507,26 @@ def config_from_dict(data: dict[str, Any] | None, source: str | None = None) -> 
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source or 'config'}: expected a mapping of sections, got {type(data).__name__}")
+    data = _without_retired_keys(data, source)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         _raise_validation(exc, source)
         raise  # unreachable; keeps type checkers happy
+
+
+def _without_retired_keys(data: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """Drop keys that older versions wrote with their only allowed value (``eabf.extended_temperature: null``: the
+    extended variable always runs at ``system.temperature``), so that their run.yaml files still load; any other
+    value is refused, naming the key."""
+    eabf = data.get("eabf")
+    if isinstance(eabf, dict) and "extended_temperature" in eabf:
+        if eabf["extended_temperature"] is not None:
+            prefix = f"{source}: " if source else ""
+            raise ConfigError(f"{prefix}eabf.extended_temperature: no longer supported (got "
+                              f"{eabf['extended_temperature']!r}); the extended variable runs at system.temperature")
+        data = dict(data, eabf={k: v for k, v in eabf.items() if k != "extended_temperature"})
+    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -26,71 +26,34 @@ kill at any moment; inside MD stages at most one segment is lost.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 
-from .config import Config, ConfigError, load_config, save_config
+from .config import Config, save_config
 from .io import atomic_write_json
+from .runlayout import STAGES, LoopState, RunDirectoryError, RunLayout
 
-__all__ = ["LoopDriver", "LoopState", "RunDirectoryError"]
+__all__ = ["LoopDriver", "LoopState", "RunDirectoryError", "STAGES"]
 
 log = logging.getLogger("aesample")
 
-STAGES = ("md", "train", "analyse")
 
-
-class RunDirectoryError(ValueError):
-    """The run directory is missing, not a run, or would be overwritten."""
-
-
-@dataclass
-class LoopState:
-    """Progress of a run, persisted as ``state.json``."""
-
-    iteration: int = 0
-    stage: str = "md"
-    finished: bool = False
-    converged: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-    version: int = 1
-
-    @classmethod
-    def load(cls, path: Path) -> "LoopState":
-        try:
-            data = json.loads(Path(path).read_text())
-            state = cls(**data)
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise RunDirectoryError(f"{path}: unreadable run state: {exc}") from None
-        if state.stage not in STAGES:
-            raise RunDirectoryError(f"{path}: unknown stage {state.stage!r}")
-        return state
-
-    def save(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
-
-
-def _iter_dir(run_dir: Path, iteration: int) -> Path:
-    return run_dir / f"iter_{iteration:03d}"
-
-
-class LoopDriver:
+class LoopDriver(RunLayout):
     """Runs (or resumes) the eABF <-> retraining loop in a run directory.
 
-    Use :meth:`create` for a new run and :meth:`open` to resume one; then :meth:`run`.
+    Use :meth:`create` for a new run and :meth:`open` to resume one; then :meth:`run`. The stages get the run's
+    layout (:class:`~aesample.runlayout.RunLayout`: directory, configuration, system), which this class extends
+    with the progress record, the log and the lock.
     """
 
     def __init__(self, run_dir: Path, config: Config, state: LoopState):
-        self.run_dir = Path(run_dir)
-        self.config = config
+        super().__init__(run_dir, config)
         self.state = state
-        self._system = None
         self._setup_logging()
 
     # ------------------------------------------------------------------ creation
@@ -135,13 +98,7 @@ class LoopDriver:
     def open(cls, run_dir: Path) -> "LoopDriver":
         """Re-open an existing run directory (for resume, status, report)."""
         run_dir = Path(run_dir)
-        if not (run_dir / "run.yaml").is_file() or not (run_dir / "state.json").is_file():
-            raise RunDirectoryError(f"{run_dir} is not an aesample run directory (no run.yaml/state.json)")
-        try:
-            config = load_config(run_dir / "run.yaml")
-        except ConfigError as exc:
-            raise RunDirectoryError(str(exc)) from None
-        return cls(run_dir, config, LoopState.load(run_dir / "state.json"))
+        return cls(run_dir, cls.read_config(run_dir), LoopState.load(run_dir / "state.json"))
 
     def extend(self, max_iterations: int) -> None:
         """Raise ``loop.max_iterations`` of this run to ``max_iterations`` so that it continues.
@@ -185,18 +142,6 @@ class LoopDriver:
         log.setLevel(logging.INFO)
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def system(self):
-        """The parametrised :class:`~aesample.systems.MolecularSystem` (built lazily, once)."""
-        if self._system is None:
-            from .systems import system_from_config
-
-            self._system = system_from_config(self.config.system)
-        return self._system
-
-    def iteration_dir(self, iteration: int) -> Path:
-        return _iter_dir(self.run_dir, iteration)
-
     def _save_state(self) -> None:
         self.state.save(self.run_dir / "state.json")
 
@@ -288,7 +233,7 @@ class LoopDriver:
         if cfg.output.plots:
             from .report import write_report
 
-            write_report(self)
+            write_report(self, self.state)
         return summary
 
     # ------------------------------------------------------------------ outputs

@@ -67,11 +67,13 @@ import numpy as np
 import torch
 
 from . import cvs as _cvs
+from .config import EABFConfig
 from .torchbinding import make_torch_force
 
 __all__ = ["ExtendedABF", "EABFState", "EABFError", "coupled_czar_bins", "decode_readout", "encode_readout_numpy"]
 
 TWO_PI = 2.0 * math.pi
+_DEFAULTS = EABFConfig()  # the configuration owns the defaults shared with ExtendedABF's constructor
 _MASK21 = (1 << 21) - 1
 _MASK22 = (1 << 22) - 1
 _NO_SAMPLE = 1.0e300
@@ -750,6 +752,20 @@ def _zero_interaction_entries(system, n_old: int, d: int) -> None:
             raise EABFError(f"ExtendedABF: {name} is not supported (cannot add non-interacting particles to it)")
 
 
+def _free_force_group(system) -> int:
+    """The highest force group no force of ``system`` uses (the choice of ``app.Metadynamics``)."""
+    free = set(range(32)) - {system.getForce(i).getForceGroup() for i in range(system.getNumForces())}
+    if not free:
+        raise EABFError("every force group 0..31 of the System is in use; the eABF force needs one of its own "
+                        "(pass forceGroup= after freeing one)")
+    return max(free)
+
+
+def _context_of(target):
+    """The ``openmm.Context`` of a Simulation, or ``target`` itself when it is a Context."""
+    return getattr(target, "context", target)
+
+
 def _jacobian_route(cv, positions, box, d: int, want: Optional[bool]) -> bool:
     """Whether the eABF force can use ``cv.value_and_jacobian`` (checked against autograd on ``positions``)."""
     if want is False:
@@ -811,15 +827,17 @@ class ExtendedABF:
     extendedMass : float or sequence (amu nm^2/CV unit^2), optional
         Mass of the lambda particles; default from ``extendedPeriod``: ``kappa (period / 2 pi)^2``.
     extendedPeriod : float or Quantity (ps)
-        Period of the lambda oscillator (default 0.15 ps) when ``extendedMass`` is not given.
+        Period of the lambda oscillator when ``extendedMass`` is not given (default: the configuration's
+        ``eabf.extended_period``, 0.2 ps).
     fullSamples : int
-        Samples per bin at which the full bias applies (default 500).
+        Samples per bin at which the full bias applies (default: the configuration's ``eabf.full_samples``, 100).
     minSamples : int, optional
         Samples below which no bias applies (default ``fullSamples // 2``). Linear ramp in between.
     wallKappa : float or sequence, optional
         Spring constant of the walls keeping lambda on the grid (default ``10 * kappa``).
-    forceGroup : int
-        Force group of the eABF TorchForce (default 30); no other force may use it (read-out relies on it).
+    forceGroup : int, optional
+        Force group of the eABF TorchForce; no other force may use it (read-out relies on it). Default: the
+        highest group no force of ``system`` uses, as ``app.Metadynamics`` picks its own.
     positions : array (N, 3) nm, optional
         Configuration used to validate the CV output (default: a random compact configuration).
     box : array (3, 3) nm, optional
@@ -832,8 +850,10 @@ class ExtendedABF:
         Ask openmm-torch to capture the module in a CUDA graph (honoured by the CUDA platform only). The module is
         then built graph-safe: forces and read-out share one branch-free path with no host synchronisation (a few
         more operations per step, the same numbers).
-    extendedTemperature : None
-        Reserved; only None (lambda at the integrator's temperature) is supported.
+    temperature : float or Quantity (K), optional
+        Temperature of the simulation, used by :meth:`getFreeEnergy` when the integrator does not report one
+        (e.g. a CustomIntegrator). Does not change the dynamics: the extended particles are thermostatted with
+        the atoms by the integrator.
     czarBins : int or sequence of int, optional
         Bins per component of the CZAR grid on xi (same range as the ABF grid; default: ``bins``). Finer than the
         ABF grid, near the coupling width ``sqrt(kT / kappa)``, it resolves a free energy that varies on that scale
@@ -855,26 +875,21 @@ class ExtendedABF:
         kappa,
         periodic=None,
         extendedMass=None,
-        extendedPeriod=0.15,
-        fullSamples: int = 500,
+        extendedPeriod=_DEFAULTS.extended_period,
+        fullSamples: int = _DEFAULTS.full_samples,
         minSamples: Optional[int] = None,
         wallKappa=None,
-        forceGroup: int = 30,
+        forceGroup: Optional[int] = None,
         positions=None,
         box=None,
         initialState: Optional[Union[EABFState, str, Path]] = None,
         parameterPrefix: str = "aesample_",
         useCUDAGraphs: bool = False,
-        extendedTemperature=None,
         cvJacobian: Optional[bool] = None,
         czarBins=None,
+        temperature=None,
     ):
         import openmm
-
-        if extendedTemperature is not None:
-            raise EABFError(
-                f"extendedTemperature={extendedTemperature}: a separate thermostat for lambda is not implemented; "
-                "the extended particles are thermostatted with the system by the integrator")
 
         if not isinstance(system, openmm.System):
             raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
@@ -937,6 +952,8 @@ class ExtendedABF:
         if not 0 <= minSamples <= fullSamples:
             raise EABFError(f"minSamples must be in 0..fullSamples={fullSamples}, got {minSamples}")
         wk = [10.0 * k for k in kap] if wallKappa is None else _per_dim(wallKappa, d, "wallKappa")
+        if forceGroup is None:
+            forceGroup = _free_force_group(system)
         forceGroup = int(forceGroup)
         if not 0 <= forceGroup <= 31:
             raise EABFError(f"forceGroup must be in 0..31, got {forceGroup}")
@@ -975,6 +992,9 @@ class ExtendedABF:
         self.minSamples = minSamples
         self.wallKappa = np.array(wk)
         self.forceGroup = forceGroup
+        self.temperature = None if temperature is None else float(_strip(temperature, "K"))
+        self._lastState: Optional[EABFState] = None
+        self._lastTemperature: Optional[float] = None
         self.prefix = parameterPrefix
         self.sampleParameter = parameterPrefix + "sample"
         self.readoutParameter = parameterPrefix + "readout"
@@ -1038,14 +1058,20 @@ class ExtendedABF:
         wrapped = self.gridMin + np.mod(v - self.gridMin, span)
         return np.where(self.periodic, wrapped, v)
 
-    def getLambda(self, context) -> np.ndarray:
-        """Current lambda (d,), periodic components wrapped."""
-        pos = context.getState(getPositions=True).getPositions(asNumpy=True)._value
+    @property
+    def moleculeAtoms(self) -> List[int]:
+        """Indices of the System's own particles (without the extended ones): ``atomSubset`` of a DCDReporter."""
+        return list(range(self.n_molecule))
+
+    def getLambda(self, simulation) -> np.ndarray:
+        """Current lambda (d,), periodic components wrapped (``simulation``: a Simulation or a Context)."""
+        pos = _context_of(simulation).getState(getPositions=True).getPositions(asNumpy=True)._value
         return self.wrap(np.asarray(pos)[self.extendedIndices, 0])
 
-    def getCollectiveVariables(self, context) -> np.ndarray:
-        """Current xi (d,), computed on the host from the Context positions."""
-        st = context.getState(getPositions=True)
+    def getCollectiveVariables(self, simulation) -> np.ndarray:
+        """Current xi (d,), computed on the host from the positions of ``simulation`` (a Simulation or a
+        Context), like ``app.Metadynamics.getCollectiveVariables``; CV units."""
+        st = _context_of(simulation).getState(getPositions=True)
         pos = np.asarray(st.getPositions(asNumpy=True)._value)
         box = np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value) if self.usesPeriodic else None
         return self.evaluateCV(pos, box)
@@ -1088,8 +1114,9 @@ class ExtendedABF:
         return self._read_range(context, 0, self._flat_len)
 
     def getState(self, context) -> EABFState:
-        """Copy the device accumulators into an :class:`EABFState` (adds no samples)."""
-        flat = self.readFlat(context)
+        """Copy the device accumulators of ``context`` (a Context or a Simulation) into an :class:`EABFState`
+        (adds no samples)."""
+        flat = self.readFlat(_context_of(context))
         L = self._layout
         shape = tuple(int(b) for b in self.bins)
         zshape = tuple(int(b) for b in self.czarBins)
@@ -1109,6 +1136,55 @@ class ExtendedABF:
             zcount=acc[nb:, 0].reshape(zshape), czar=acc[nb:, 1:].reshape(zshape + (d,)),
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
         )
+
+    def step(self, simulation, steps: int) -> None:
+        """Advance ``simulation`` by ``steps`` steps and keep a copy of the accumulators for :meth:`getFreeEnergy`.
+
+        Unlike ``app.Metadynamics.step`` nothing needs to happen between steps (the bias lives in the Context);
+        ``simulation.step(steps)`` alone is as good, followed by ``getFreeEnergy(simulation)``.
+        """
+        simulation.step(int(steps))
+        self._lastState = self.getState(simulation.context)
+        self._lastTemperature = self._temperature_of(simulation)
+
+    def getFreeEnergy(self, simulation=None, estimator: str = "czar"):
+        """Free energy along the CV (kJ/mol Quantity, array of the grid's shape; ``nan`` where never sampled).
+
+        Parameters
+        ----------
+        simulation : app.Simulation or openmm.Context, optional
+            Where to read the accumulators; default: the copy taken by the last :meth:`step`.
+        estimator : {"czar", "naive"}
+            ``"czar"``: the CZAR estimate A(xi) on the ``czarBins`` grid (needs the temperature: the integrator's,
+            else ``temperature`` given to the constructor); ``"naive"``: the integrated eABF estimate
+            F_kappa(lambda) on the ``bins`` grid.
+
+        Bin centres: ``getState(simulation).z_centers()`` (CZAR) or ``.centers()`` (naive).
+        """
+        from openmm import unit
+
+        if estimator not in ("czar", "naive"):
+            raise EABFError(f"estimator must be 'czar' or 'naive', got {estimator!r}")
+        if simulation is not None:
+            state, temperature = self.getState(_context_of(simulation)), self._temperature_of(simulation)
+        elif self._lastState is not None:
+            state, temperature = self._lastState, self._lastTemperature
+        else:
+            raise EABFError("getFreeEnergy: no accumulators read yet; pass the Simulation or run step() first")
+        if estimator == "naive":
+            return state.naive_free_energy() * unit.kilojoule_per_mole
+        if temperature is None:
+            raise EABFError("getFreeEnergy: the integrator reports no temperature; give ExtendedABF(..., "
+                            "temperature=...)")
+        return state.czar_free_energy(temperature) * unit.kilojoule_per_mole
+
+    def _temperature_of(self, simulation) -> Optional[float]:
+        """The integrator's temperature (K) when it has one, else the constructor's ``temperature``."""
+        context = _context_of(simulation)
+        integrator = getattr(simulation, "integrator", None) or context.getIntegrator()
+        if hasattr(integrator, "getTemperature"):
+            return float(_strip(integrator.getTemperature(), "K"))
+        return self.temperature
 
     def setSampling(self, context, on: bool) -> None:
         """Switch sampling on/off (e.g. off for minimisation/equilibration)."""

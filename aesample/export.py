@@ -27,28 +27,7 @@ from .io import atomic_write_bytes
 from .models import AutoEncoder
 from .training import CVScaling
 
-__all__ = ["ExportedCV", "CVPipeline", "build_cv_module", "export_cv", "load_cv", "compute_cv", "cv_stiffness"]
-
-
-class CVPipeline(nn.Module):
-    """Un-folded reference pipeline (Python): scaling(encode(featurizer(positions, box))).
-
-    Used to check the exported module; featurizer standardisation is applied as stored.
-    """
-
-    def __init__(self, featurizer: AlignedPositions, model: AutoEncoder, scaling: Optional[CVScaling] = None):
-        super().__init__()
-        self.featurizer = featurizer
-        self.model = model
-        self.scaling = scaling
-
-    def forward(self, positions: Tensor, box: Tensor) -> Tensor:
-        f = self.featurizer(positions, box)
-        p = next(self.model.parameters())
-        z = self.model.encode(f.to(p.dtype))
-        if self.scaling is not None:
-            z = z * self.scaling.factor_tensor(z) + self.scaling.shift_tensor(z)
-        return z.to(positions.dtype)
+__all__ = ["ExportedCV", "build_cv_module", "export_cv", "load_cv", "compute_cv", "cv_stiffness"]
 
 
 class ExportedCV(nn.Module):
@@ -299,10 +278,9 @@ def compute_cv(
 
     Parameters
     ----------
-    cv : module following the CV contract (exported or :class:`CVPipeline`)
+    cv : module following the CV contract (exported, or any module taking (positions, box))
     frames : array (T, N, 3) nm, or an iterable of chunks, each an array (t, N, 3) or a
-        tuple ``(xyz, box_or_None)`` / an object with ``xyz`` and ``box`` attributes
-        (as yielded by :func:`aesample.data.iter_trajectory`).
+        tuple ``(xyz, box_or_None)`` / an object with ``xyz`` and ``box`` attributes.
     box : array (3, 3) or (T, 3, 3) nm, optional (array input only); None = non-periodic.
     chunk_size : frames per evaluation for array input.
 

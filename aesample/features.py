@@ -69,7 +69,6 @@ __all__ = [
     "spanning_tree_parents",
     "check_frames_finite",
     "validate_reference",
-    "kabsch_rotation_numpy",
 ]
 
 ALIGNMENT_METHODS = ("implicit", "power", "eigh", "svd")
@@ -632,12 +631,3 @@ def check_frames_finite(frames, source: str = "frames", offset: int = 0) -> None
             f"{source}: frame {first + offset} contains NaN or infinite coordinates "
             f"({int(bad.sum())} bad frame(s) in this block of {arr.shape[0]})"
         )
-
-
-def kabsch_rotation_numpy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Reference Kabsch rotation (numpy) with y_c ~= x_c @ R^T; used in tests."""
-    xc = x - x.mean(0)
-    yc = y - y.mean(0)
-    U, _, Vt = np.linalg.svd(xc.T @ yc)
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    return Vt.T @ np.diag([1.0, 1.0, d]) @ U.T

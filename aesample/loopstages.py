@@ -1,7 +1,8 @@
 """The three stages of one loop iteration (MD, training, analysis), as used by :mod:`aesample.driver`.
 
-Each stage reads what earlier stages wrote in the run directory and writes its own
-outputs atomically, so re-running a stage after a crash gives the same result.
+Each stage takes the run's :class:`~aesample.runlayout.RunLayout` (directory, configuration, system), reads what
+earlier stages wrote in the run directory and writes its own outputs atomically, so re-running a stage after a
+crash gives the same result. Nothing here imports the driver.
 """
 
 from __future__ import annotations
@@ -11,45 +12,52 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import mdtraj
 import numpy as np
 import torch
 from openmm import unit
 
+from . import analysis, md
+from .config import PS_PER_NS
+from .estimators import kT, reweighted_free_energy
+from .export import compute_cv, cv_stiffness, export_cv, load_cv
+from .features import AlignedPositions, spanning_tree_parents
+from .hiddenbarrier import hidden_barrier
 from .io import atomic_path, atomic_write_json
+from .md import EABFSettings, MDSettings
+from .models import ModelSpec
+from .runlayout import RunLayout
+from .selection import select_atoms
+from .systems import check_pdb_file
 from .threads import apply_torch_threads, plan_threads, single_thread_pools_for_children
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .driver import LoopDriver
+from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
 
 log = logging.getLogger("aesample")
 
 __all__ = ["run_md_stage", "run_train_stage", "run_analyse_stage", "format_metrics", "md_progress", "preflight",
            "write_iteration_trajectory"]
 
-def _kT(driver: "LoopDriver") -> float:
-    from .estimators import kT
-
-    return kT(driver.config.system.temperature)
+def _kT(run: RunLayout) -> float:
+    return kT(run.config.system.temperature)
 
 
-def _steps(ns: float, timestep_fs: float, multiple: int) -> int:
-    """Number of MD steps for ``ns``, rounded up to a whole number of report intervals."""
-    steps = int(round(ns * 1e6 / timestep_fs))
-    return max(multiple, int(math.ceil(steps / multiple)) * multiple)
+def _steps(ns: float, md) -> int:
+    """Number of MD steps for ``ns`` with the ``md`` section's timestep, rounded up to a whole number of report
+    intervals."""
+    steps = md.steps(ns * PS_PER_NS)
+    return max(md.report_interval, int(math.ceil(steps / md.report_interval)) * md.report_interval)
 
 
 # ---------------------------------------------------------------------------------- MD
-def _starting_structures(driver: "LoopDriver") -> list[np.ndarray]:
+def _starting_structures(run: RunLayout) -> list[np.ndarray]:
     """Positions (nm) of every starting structure of iteration 0, checked against the system."""
-    ms = driver.system
+    ms = run.system
     starts = [ms.positions]
-    for path in driver.config.loop.initial_structures:
+    for path in run.config.loop.initial_structures:
         from openmm.app import PDBFile
 
-        from .systems import check_pdb_file
 
         check_pdb_file(path, what="loop.initial_structures")
         try:
@@ -96,16 +104,11 @@ def preflight(config, system) -> None:
     """
     from types import SimpleNamespace
 
-    from .selection import select_atoms
 
     indices = select_atoms(system.mdtraj_topology, config.cv.selection, what="cv.selection")
     if len(indices) < 3:
         raise ValueError(f"cv.selection: {config.cv.selection!r} selects {len(indices)} atom(s); the CV aligns the "
                          "selected atoms onto a reference and needs at least 3")
-    t_ext = config.eabf.extended_temperature
-    if t_ext is not None and abs(t_ext - config.system.temperature) > 1e-9:
-        raise ValueError(f"eabf.extended_temperature: {t_ext} K differs from system.temperature "
-                         f"{config.system.temperature} K (a separate lambda thermostat is not implemented)")
     view = SimpleNamespace(system=system, config=config)
     starts = _starting_structures(view)
     sources = [str(system.source)] + [str(p) for p in config.loop.initial_structures]
@@ -113,64 +116,45 @@ def preflight(config, system) -> None:
         check_finite_energy(system, start, source)
 
 
-def iteration_trajectory_path(driver: "LoopDriver", k: int) -> Path:
+def iteration_trajectory_path(run: RunLayout, k: int) -> Path:
     """``iter_NNN/trajectory.dcd`` (or ``.xtc``): iteration ``k``'s frames, every run joined in run order."""
-    return driver.iteration_dir(k) / f"trajectory.{driver.config.output.trajectory_format}"
+    return run.iteration_dir(k) / f"trajectory.{run.config.output.trajectory_format}"
 
 
-def write_iteration_trajectory(driver: "LoopDriver", k: int) -> Path:
+def write_iteration_trajectory(run: RunLayout, k: int) -> Path:
     """Join iteration ``k``'s trajectory segments (``md_J/traj/seg_*``, J = 0, 1, ... in order) into one file and
     write the molecule's topology beside it (``topology.pdb``, the atoms PDBFixer added included), so that
     ``mdtraj.load("iter_NNN/trajectory.dcd", top="iter_NNN/topology.pdb")`` gives every frame of the iteration in
     the order of its weights (``weights.npy`` starts with them). Both files are written atomically; the segments
     stay (resume and the loop read them)."""
-    from . import md
-
-    top = driver.system.mdtraj_topology
-    trajs = [md.load_result(d).load_trajectory(top) for d in _md_dirs(driver, k)]
+    top = run.system.mdtraj_topology
+    trajs = [md.load_result(d).load_trajectory(top) for d in _md_dirs(run, k)]
     traj = mdtraj.join(trajs) if len(trajs) > 1 else trajs[0]
-    out = driver.iteration_dir(k)
+    out = run.iteration_dir(k)
     with atomic_path(out / "topology.pdb") as tmp:
         traj[0].save_pdb(str(tmp), force_overwrite=True)
-    path = iteration_trajectory_path(driver, k)
+    path = iteration_trajectory_path(run, k)
     with atomic_path(path) as tmp:
-        getattr(traj, f"save_{driver.config.output.trajectory_format}")(str(tmp), force_overwrite=True)
+        getattr(traj, f"save_{run.config.output.trajectory_format}")(str(tmp), force_overwrite=True)
     return path
 
 
-def _md_dirs(driver: "LoopDriver", k: int) -> list[Path]:
+def _md_dirs(run: RunLayout, k: int) -> list[Path]:
     """Iteration 0: one unbiased run per starting structure; k >= 1: one eABF run per walker."""
-    out = driver.iteration_dir(k)
-    n = len(driver.config.loop.initial_structures) + 1 if k == 0 else driver.config.loop.walkers
+    out = run.iteration_dir(k)
+    n = len(run.config.loop.initial_structures) + 1 if k == 0 else run.config.loop.walkers
     return [out / f"md_{j}" for j in range(n)]
 
 
-def _md_settings(driver: "LoopDriver", seed_offset: int):
-    from .md import MDSettings
-
-    cfg = driver.config
-    return MDSettings(
-        timestep=cfg.md.timestep * 1e-3,
-        friction=cfg.md.friction,
-        temperature=cfg.system.temperature,
-        report_interval=cfg.md.report_interval,
-        segment_steps=cfg.md.segment_steps,
-        seed=cfg.md.seed + seed_offset,
-        minimize=cfg.md.minimize,
-        equilibration_steps=int(round(cfg.md.equilibration / (cfg.md.timestep * 1e-3))),
-        platform=cfg.system.platform,
-        precision=cfg.system.precision,
-        trajectory_format=cfg.output.trajectory_format,
-        cv_interval=cfg.md.cv_interval,
-        cpu_threads=plan_threads(cfg.execution.threads).openmm,
-    )
+def _md_settings(run: RunLayout, seed_offset: int):
+    return MDSettings.from_config(run.config, seed_offset)
 
 
 # The fastest oscillation the CV spring adds to the atoms must span at least this many (outer) time steps.
 MIN_STEPS_PER_CV_PERIOD = 8
 
 
-def coupling_constant(driver: "LoopDriver", k: int, cv) -> tuple[float, float]:
+def coupling_constant(run: RunLayout, k: int, cv) -> tuple[float, float]:
     """(kappa used by iteration k's eABF, the largest kappa the time step allows for this CV).
 
     ``eabf.kappa`` is capped at ``(2 pi / (MIN_STEPS_PER_CV_PERIOD * outer step))^2 / stiffness``, the stiffness
@@ -178,85 +162,58 @@ def coupling_constant(driver: "LoopDriver", k: int, cv) -> tuple[float, float]:
     from a narrow sample stretches it onto the scaled range and can be so steep that the configured spring would
     blow the system up. Deterministic (files only), so a resume recomputes the same value.
     """
-    from .export import cv_stiffness
-
-    cfg = driver.config
-    traj, _, _ = _frames(driver, k - 1)
+    cfg = run.config
+    traj, _, _ = _frames(run, k - 1)
     frames = traj.xyz[:: max(1, traj.n_frames // 200)].astype(np.float64)
     box = _box(traj)
     if box is not None:
         box = box[:: max(1, traj.n_frames // 200)]
-    system = driver.system.system
+    system = run.system.system
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(traj.n_atoms)])
     stiffness = cv_stiffness(cv, frames, masses, box)
-    outer = cfg.md.timestep * 1e-3 * cfg.md.cv_interval  # ps
+    outer = cfg.md.timestep_ps * cfg.md.cv_interval  # ps
     kappa_max = (2 * np.pi / (MIN_STEPS_PER_CV_PERIOD * outer)) ** 2 / max(stiffness, 1e-300)
     return min(cfg.eabf.kappa, kappa_max), kappa_max
 
 
-def _eabf_settings(driver: "LoopDriver", d: int, kappa: Optional[float] = None):
-    from .eabf import coupled_czar_bins
-    from .md import EABFSettings
-
-    e = driver.config.eabf
-    kappa = e.kappa if kappa is None else kappa
-    return EABFSettings(
-        grid_min=[e.grid_min] * d,
-        grid_max=[e.grid_max] * d,
-        bins=[e.bins] * d,
-        kappa=[kappa] * d,
-        extended_period=e.extended_period,
-        extended_temperature=e.extended_temperature,
-        full_samples=e.full_samples,
-        min_samples=e.min_samples,
-        # walls scale with the spring: their period relative to the extended period stays the same
-        wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
-        czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
-            [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d, [kappa] * d, driver.config.system.temperature),
-        czar_min_count=e.czar_min_count,
-        cuda_graphs=e.cuda_graphs,
-    )
+def _eabf_settings(run: RunLayout, d: int, kappa: Optional[float] = None):
+    return EABFSettings.from_config(run.config, d, kappa)
 
 
-def run_md_stage(driver: "LoopDriver", k: int, progress: bool = True) -> None:
+def run_md_stage(run: RunLayout, k: int, progress: bool = True) -> None:
     """Iteration 0: unbiased MD from each starting structure; k >= 1: eABF along xi_{k-1}."""
-    from . import md
-
-    cfg = driver.config
-    dirs = _md_dirs(driver, k)
+    cfg = run.config
+    dirs = _md_dirs(run, k)
     done_before = sum(md.steps_done(d) for d in dirs)
     t0 = time.perf_counter()
-    _run_md_runs(driver, k, dirs, progress)
+    _run_md_runs(run, k, dirs, progress)
     # Throughput of this process's share of the stage (a resumed stage counts only what it ran).
     steps = sum(md.steps_done(d) for d in dirs)
-    ns = steps * cfg.md.timestep * 1e-6
-    ran_ns = (steps - done_before) * cfg.md.timestep * 1e-6
+    ns = cfg.md.ns(steps)
+    ran_ns = cfg.md.ns(steps - done_before)
     seconds = time.perf_counter() - t0
-    atomic_write_json(driver.iteration_dir(k) / "md_timing.json", {
+    atomic_write_json(run.iteration_dir(k) / "md_timing.json", {
         "ns": ns, "ns_this_process": ran_ns, "seconds": seconds,
         "ns_per_day": ran_ns / seconds * 86400.0 if ran_ns > 0 and seconds > 0 else None,
     })
 
 
-def _run_md_runs(driver: "LoopDriver", k: int, dirs: list[Path], progress: bool) -> None:
-    from . import md
-    from .export import load_cv
-
-    cfg = driver.config
+def _run_md_runs(run: RunLayout, k: int, dirs: list[Path], progress: bool) -> None:
+    cfg = run.config
     if k == 0:
-        steps = _steps(cfg.loop.initial_md, cfg.md.timestep, cfg.md.report_interval)
-        starts = _starting_structures(driver)
-        sources = [str(driver.system.source)] + [str(p) for p in cfg.loop.initial_structures]
+        steps = _steps(cfg.loop.initial_md, cfg.md)
+        starts = _starting_structures(run)
+        sources = [str(run.system.source)] + [str(p) for p in cfg.loop.initial_structures]
         for start, source in zip(starts, sources):
-            check_finite_energy(driver.system, start, source)
+            check_finite_energy(run.system, start, source)
         for j, (start, out) in enumerate(zip(starts, dirs)):
             md.run_md(
-                driver.system, out, steps, _md_settings(driver, 1000 * j), positions=start,
+                run.system, out, steps, _md_settings(run, 1000 * j), positions=start,
                 progress=progress, description=f"iter 0 MD {j}", resume=True, log=log.info,
             )
         return
-    cv, _ = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
-    kappa, kappa_max = coupling_constant(driver, k, cv)
+    cv, _ = load_cv(run.iteration_dir(k - 1) / "cv.pt")
+    kappa, kappa_max = coupling_constant(run, k, cv)
     if kappa < cfg.eabf.kappa:
         log.warning("iteration %d: eabf.kappa %.4g capped at %.4g: the CV is steep enough that the configured spring "
                     "would oscillate faster than %d time steps of %.2g fs", k, cfg.eabf.kappa, kappa,
@@ -265,12 +222,12 @@ def _run_md_runs(driver: "LoopDriver", k: int, dirs: list[Path], progress: bool)
     processes = min(n, cfg.loop.walker_processes or n)
     if processes == 1:
         for j in range(n):
-            run_eabf_walker(driver, k, j, kappa, progress=progress)
+            run_eabf_walker(run, k, j, kappa, progress=progress)
         return
-    _run_walkers_in_processes(driver, k, kappa, processes, progress)
+    _run_walkers_in_processes(run, k, kappa, processes, progress)
 
 
-def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress: bool = True,
+def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool = True,
                     threads: Optional[int] = None) -> None:
     """eABF walker ``j`` of iteration ``k`` along xi_{k-1} (resumes from its checkpoint).
 
@@ -278,21 +235,18 @@ def run_eabf_walker(driver: "LoopDriver", k: int, j: int, kappa: float, progress
     (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: all of
     ``execution.threads``, for a walker that runs alone).
     """
-    from . import md
-    from .export import load_cv
-
-    cfg = driver.config
-    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md.timestep, cfg.md.report_interval)
-    cv, meta = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
-    prev = _md_dirs(driver, k - 1)
+    cfg = run.config
+    steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
+    cv, meta = load_cv(run.iteration_dir(k - 1) / "cv.pt")
+    prev = _md_dirs(run, k - 1)
     start = md.final_positions(prev[j % len(prev)])
-    settings = _md_settings(driver, 1000 * k + j)
+    settings = _md_settings(run, 1000 * k + j)
     if threads is not None:
         settings.cpu_threads = threads
     walkers = cfg.loop.walkers
     md.run_eabf(
-        driver.system, cv, _eabf_settings(driver, int(meta.get("cv_dim", cfg.cv.dimension)), kappa),
-        _md_dirs(driver, k)[j], steps, settings, positions=start, progress=progress,
+        run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), settings,
+        _md_dirs(run, k)[j], steps, positions=start, progress=progress,
         description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
         resume=True, log=log.info,
     )
@@ -316,14 +270,12 @@ def _die_with_parent(parent_pid: int) -> None:
 def _walker_process(run_dir: str, k: int, j: int, kappa: float, threads: int, progress: bool,
                     parent_pid: int) -> None:
     """Entry point of a walker process (spawned: nothing is inherited but the arguments and the environment)."""
-    from .driver import LoopDriver
-
     _die_with_parent(parent_pid)
     apply_torch_threads()
-    run_eabf_walker(LoopDriver.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
+    run_eabf_walker(RunLayout.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
 
 
-def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, processes: int, progress: bool) -> None:
+def _run_walkers_in_processes(run: RunLayout, k: int, kappa: float, processes: int, progress: bool) -> None:
     """Walkers of iteration ``k`` in ``processes`` spawned processes; the cores are divided among them.
 
     Every walker is waited for (each keeps its checkpoints) before the first failure is raised, naming the walker.
@@ -332,13 +284,13 @@ def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, proces
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = plan_threads(driver.config.execution.threads, processes).openmm
-    n = driver.config.loop.walkers
+    threads = plan_threads(run.config.execution.threads, processes).openmm
+    n = run.config.loop.walkers
     log.info("iteration %d: %d eABF walkers in %d processes, %d OpenMM thread(s) and 1 torch thread each",
              k, n, processes, threads)
     with single_thread_pools_for_children(), \
             ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_walker_process, str(driver.run_dir), k, j, kappa, threads, progress and j == 0,
+        futures = [pool.submit(_walker_process, str(run.run_dir), k, j, kappa, threads, progress and j == 0,
                                os.getpid()) for j in range(n)]
         errors = []
         for j, fut in enumerate(futures):
@@ -349,35 +301,31 @@ def _run_walkers_in_processes(driver: "LoopDriver", k: int, kappa: float, proces
     if errors:
         j, exc = errors[0]
         others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""
-        raise RuntimeError(f"iteration {k}: eABF walker {j} ({_md_dirs(driver, k)[j]}) failed: {exc}{others}") from exc
+        raise RuntimeError(f"iteration {k}: eABF walker {j} ({_md_dirs(run, k)[j]}) failed: {exc}{others}") from exc
 
 
-def md_progress(driver: "LoopDriver", k: int) -> tuple[int, int]:
+def md_progress(run: RunLayout, k: int) -> tuple[int, int]:
     """(steps done, steps planned) of iteration ``k``'s MD, from its checkpoints, in ps."""
-    from . import md
-
-    cfg = driver.config
+    cfg = run.config
     ns = cfg.loop.initial_md if k == 0 else cfg.loop.eabf_per_iteration
-    dirs = _md_dirs(driver, k)
-    total = _steps(ns, cfg.md.timestep, cfg.md.report_interval) * len(dirs)
+    dirs = _md_dirs(run, k)
+    total = _steps(ns, cfg.md) * len(dirs)
     done = sum(md.steps_done(d) for d in dirs)
-    ps = cfg.md.timestep * 1e-3
+    ps = cfg.md.timestep_ps
     return int(done * ps), int(total * ps)
 
 
 # ---------------------------------------------------------------------------------- data
-def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Optional[np.ndarray]]:
+def _frames(run: RunLayout, k: int) -> tuple[mdtraj.Trajectory, np.ndarray, Optional[np.ndarray]]:
     """Trajectory frames of iteration ``k`` (molecule only), their weights and lambdas.
 
     Weights: uniform at iteration 0; for eABF iterations from ``eabf.estimator`` (CZAR: exp(-beta A(xi)) / n(xi);
     naive: exp(-beta F_kappa(lambda))).
     """
-    from . import md
-
     trajs, lambdas, xis = [], [], []
-    for out in _md_dirs(driver, k):
+    for out in _md_dirs(run, k):
         result = md.load_result(out)
-        trajs.append(result.load_trajectory(driver.system.mdtraj_topology))
+        trajs.append(result.load_trajectory(run.system.mdtraj_topology))
         if k > 0:
             lambdas.append(result.colvar_lambda())
             xis.append(result.colvar_xi())
@@ -387,25 +335,23 @@ def _frames(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray
     lam = np.concatenate(lambdas)
     if len(lam) != traj.n_frames:
         raise RuntimeError(f"iteration {k}: {traj.n_frames} frames but {len(lam)} COLVAR rows")
-    weights = _estimates(driver, k).reweighting_weights(driver.config.eabf.estimator, lambdas=lam,
+    weights = _estimates(run, k).reweighting_weights(run.config.eabf.estimator, lambdas=lam,
                                                           xis=np.concatenate(xis))
     return traj, weights, lam
 
 
-def _estimates(driver: "LoopDriver", k: int):
+def _estimates(run: RunLayout, k: int):
     """Iteration ``k``'s eABF walkers pooled (:class:`aesample.md.PooledRuns`), frames in walker order."""
-    from . import md
-
-    return md.PooledRuns([md.load_result(d) for d in _md_dirs(driver, k)])
+    return md.PooledRuns([md.load_result(d) for d in _md_dirs(run, k)])
 
 
-def _training_set(driver: "LoopDriver", k: int) -> tuple[mdtraj.Trajectory, np.ndarray]:
-    traj, weights, _ = _frames(driver, k)
-    if not driver.config.loop.pool_iterations or k == 0:
+def _training_set(run: RunLayout, k: int) -> tuple[mdtraj.Trajectory, np.ndarray]:
+    traj, weights, _ = _frames(run, k)
+    if not run.config.loop.pool_iterations or k == 0:
         return traj, weights
     trajs, ws = [traj], [weights]
     for j in range(k):
-        t, w, _ = _frames(driver, j)
+        t, w, _ = _frames(run, j)
         trajs.append(t)
         ws.append(w)
     # Each iteration's weights are normalised on its own; pooling gives iterations equal mass.
@@ -417,12 +363,9 @@ def _box(traj: mdtraj.Trajectory) -> Optional[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------- training
-def _featurizer(driver: "LoopDriver"):
-    from .features import AlignedPositions, spanning_tree_parents
-    from .selection import select_atoms
-
-    ms = driver.system
-    indices = select_atoms(ms.mdtraj_topology, driver.config.cv.selection, what="cv.selection")
+def _featurizer(run: RunLayout):
+    ms = run.system
+    indices = select_atoms(ms.mdtraj_topology, run.config.cv.selection, what="cv.selection")
     parents = spanning_tree_parents(ms.mdtraj_topology, indices) if ms.periodic else None
     # Reference: the built structure's selected atoms (the same for every iteration). Fixing
     # `periodic` spares the exported CV a per-step box check (a host sync on GPUs).
@@ -430,16 +373,12 @@ def _featurizer(driver: "LoopDriver"):
     return featurizer, indices
 
 
-def run_train_stage(driver: "LoopDriver", k: int) -> None:
+def run_train_stage(run: RunLayout, k: int) -> None:
     """Train the autoencoder on iteration ``k``'s reweighted frames and export xi_k."""
-    from .export import compute_cv, export_cv
-    from .models import ModelSpec
-    from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
-
-    cfg = driver.config
-    out = driver.iteration_dir(k)
-    traj, weights = _training_set(driver, k)
-    featurizer, indices = _featurizer(driver)
+    cfg = run.config
+    out = run.iteration_dir(k)
+    traj, weights = _training_set(run, k)
+    featurizer, indices = _featurizer(run)
     xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
     box = _box(traj)
     with torch.no_grad():
@@ -465,7 +404,7 @@ def run_train_stage(driver: "LoopDriver", k: int) -> None:
     )
     warm = None
     if cfg.training.warm_start and k > 0:
-        warm = torch.load(driver.iteration_dir(k - 1) / "model.pt", weights_only=True)["state_dict"]
+        warm = torch.load(run.iteration_dir(k - 1) / "model.pt", weights_only=True)["state_dict"]
     result = fit_autoencoder(features, weights, spec, options, warm_start=warm)
     model = result.model.cpu().double().eval()
     with torch.no_grad():
@@ -485,7 +424,6 @@ def run_train_stage(driver: "LoopDriver", k: int) -> None:
             np.save(handle, weights)
     save_history(result.history, out / "loss", plot=cfg.output.plots)
     # Sanity: the exported CV reproduces the scaled code on the training frames.
-    from .export import load_cv
 
     cv, _ = load_cv(out / "cv.pt")
     xi = compute_cv(cv, traj.xyz.astype(np.float64), box=box)
@@ -496,14 +434,13 @@ def run_train_stage(driver: "LoopDriver", k: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- analysis
-def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
+def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
     """Scores, diagnostics and plots of iteration ``k``; writes ``metrics.json``."""
-    from . import analysis, md, plots
-    from .export import compute_cv, load_cv
+    from . import plots
 
-    cfg = driver.config
-    out = driver.iteration_dir(k)
-    traj, weights, lambdas = _frames(driver, k)
+    cfg = run.config
+    out = run.iteration_dir(k)
+    traj, weights, lambdas = _frames(run, k)
     box = _box(traj)
     cv_k, _ = load_cv(out / "cv.pt")
     xi_k = compute_cv(cv_k, traj.xyz.astype(np.float64), box=box)
@@ -521,15 +458,15 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
         # estimate), weight 0: more than a few percent means the run is too short for its grid
         "unweighted_fraction": float(np.mean(weights == 0)),
     }
-    results = [md.load_result(d) for d in _md_dirs(driver, k)]
+    results = [md.load_result(d) for d in _md_dirs(run, k)]
     timing = json.loads((out / "md_timing.json").read_text())
     metrics["ns"] = timing["ns"]
     metrics["ns_per_day"] = timing["ns_per_day"]
     if k > 0:
-        prev, _ = load_cv(driver.iteration_dir(k - 1) / "cv.pt")
+        prev, _ = load_cv(run.iteration_dir(k - 1) / "cv.pt")
         xi_prev = compute_cv(prev, traj.xyz.astype(np.float64), box=box)
         metrics["regression_score"] = analysis.regression_score(xi_k, xi_prev)
-    kT = _kT(driver)
+    kT = _kT(run)
     metrics["kappa"] = float(np.ravel(results[0].state.kappa)[0]) if k > 0 else None  # after any cap
     estimator = cfg.eabf.estimator
     metrics["estimator"] = estimator if k > 0 else None
@@ -543,15 +480,17 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
     metrics["free_energy_sem"] = None if spread is None else spread["sem"]
     metrics["free_energy_sem_frames"] = None if spread is None else spread["frames"]
     # ... and within the run: block bootstrap of its accumulators (one walker can be judged on its own)
-    dipeptide = cfg.system.name.startswith("alanine-dipeptide") or _is_dipeptide(driver)
-    angles = analysis.phi_psi(traj) if dipeptide else None
+    # structural observables of the system (its recipe's hook): phi/psi of a dipeptide, RMSD of a mini-protein, ...
+    observables = run.system.observables(traj) if run.system.observables is not None else {}
+    dipeptide = "phi" in observables and "psi" in observables
+    angles = np.column_stack([observables["phi"], observables["psi"]]) if dipeptide else None
     labels = analysis.c7ax_labels(angles[:, 0]) if dipeptide else None
     error = pooled.free_energy_error(estimator, n_boot=40, seed=k, lambdas=lambdas,
                                      delta_f_labels=labels) if k > 0 else None
     metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
     metrics["hidden_barrier_fraction"] = None
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
-        metrics.update(_hidden_barrier_metrics(driver, traj, pooled, weights, len(results)))
+        metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, len(results)))
     plotting = cfg.output.plots
     if dipeptide:
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
@@ -581,17 +520,13 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
             overlap = analysis.basin_overlap(angles[:, 0], labels, weights)
             metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited
         if plotting:
-            from .estimators import reweighted_free_energy
 
             plots.plot_dihedral_scatter(angles, xi_k, out / "phi_psi_cv.png", f"iteration {k}: (phi, psi) by CV")
             fes, edges = reweighted_free_energy(angles, weights, 36, cfg.system.temperature,
                                                 range_=[(-np.pi, np.pi), (-np.pi, np.pi)])
             plots.plot_dihedral_free_energy(fes, edges, out / "phi_psi_fes.png", f"iteration {k}: reweighted F(phi, psi)")
-    if cfg.system.name.startswith("chignolin"):
-        from .systems import systems_dir
-
-        folded = mdtraj.load(str(systems_dir() / "chignolin_cln025_5awl.pdb"))
-        obs = analysis.chignolin_observables(traj, folded)
+    if "rmsd_ca" in observables:  # folding of a mini-protein (chignolin)
+        obs = observables
         metrics["rmsd_ca_mean"] = float(np.average(obs["rmsd_ca"], weights=weights))
         metrics["folded_fraction"] = float(weights[obs["rmsd_ca"] < 0.2].sum() / weights.sum())
         metrics["rg_mean"] = float(np.average(obs["rg"], weights=weights))
@@ -607,13 +542,12 @@ def run_analyse_stage(driver: "LoopDriver", k: int) -> dict[str, Any]:
             plots.plot_free_energy(centers, pmf, out / "free_energy.png",
                                    f"iteration {k}: CZAR free energy along xi_{k - 1}", cv_label=f"xi_{k - 1}")
         else:
-            from .estimators import reweighted_free_energy
 
             fes, edges = reweighted_free_energy(xi_k, weights, 40, cfg.system.temperature)
             centers = [0.5 * (e[1:] + e[:-1]) for e in edges]
             plots.plot_free_energy(centers, fes, out / "free_energy.png",
                                    "iteration 0: free energy along xi_0 (unbiased MD)", cv_label="xi_0")
-        history = [h for h in driver.state.history if h["iteration"] != k] + [metrics]
+        history = [m for m in (run.metrics(j) for j in range(k)) if m is not None] + [metrics]
         its = [h["iteration"] for h in history if h.get("regression_score") is not None]
         if its:
             scores = [h["regression_score"] for h in history if h.get("regression_score") is not None]
@@ -630,12 +564,10 @@ def _finite_or_none(value) -> Optional[float]:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def _hidden_barrier_metrics(driver: "LoopDriver", traj, pooled, weights: np.ndarray, n_runs: int) -> dict[str, Any]:
+def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, n_runs: int) -> dict[str, Any]:
     """The hidden-barrier diagnostic (:func:`aesample.hiddenbarrier.hidden_barrier`) on the model's input
     features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along."""
-    from .hiddenbarrier import hidden_barrier
-
-    featurizer, _ = _featurizer(driver)
+    featurizer, _ = _featurizer(run)
     xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
     box = _box(traj)
     with torch.no_grad():
@@ -654,8 +586,6 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
     ``phi``: the pooled frames' phi in walker order. The pooled Delta F is not their mean, but its statistical
     error is about that of the mean when the walkers are independent: SD / sqrt(n).
     """
-    from . import analysis
-
     values, offset = [], 0
     for result in results:
         n = len(result.colvar_xi())
@@ -696,11 +626,6 @@ def is_converged(metrics: dict[str, Any], loop) -> bool:
     if not within(metrics.get("free_energy_drift")):
         return False
     return loop.walkers < 2 or within(metrics.get("free_energy_sem"))
-
-
-def _is_dipeptide(driver: "LoopDriver") -> bool:
-    names = [r.name for r in driver.system.mdtraj_topology.residues if r.is_protein]
-    return names == ["ACE", "ALA", "NME"]
 
 
 def format_metrics(m: dict[str, Any]) -> str:

@@ -42,15 +42,17 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .config import Config, EABFConfig, MDConfig, OutputConfig, SystemConfig
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
-from .threads import threads_in_effect
+from .threads import plan_threads, threads_in_effect
 from .torchbinding import resolve_cuda_graphs
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
@@ -62,32 +64,64 @@ __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates",
            "mts_langevin_integrator"]
 
 
+# Defaults and units are owned by aesample.config (the fields' descriptions); the settings below are the same
+# parameters in the engine's units (ps, steps), converted once by from_config.
+_MD = MDConfig()
+_EABF = EABFConfig()
+_SYSTEM = SystemConfig()
+_OUTPUT = OutputConfig()
+
+
 @dataclass
 class EABFSettings:
     """eABF parameters (plain floats in CV units / kJ/mol / ps; see :class:`~aesample.eabf.ExtendedABF`).
 
     grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
     periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
-    full_samples, min_samples : linear ramp; wall_kappa : walls (default 10 kappa); force_group : 0..31;
-    cuda_graphs : "auto" | "on" | "off" (see :func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the CZAR xi grid (None: ``bins``);
-    czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded in the state's meta).
+    full_samples, min_samples : linear ramp (None: ``full_samples // 2``); wall_kappa : walls (default 10 kappa);
+    force_group : 0..31 (None: a free one); cuda_graphs : "auto" | "on" | "off"
+    (:func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the
+    CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
+    in the state's meta). Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
     """
 
     grid_min: Union[float, Sequence[float]]
     grid_max: Union[float, Sequence[float]]
-    bins: Union[int, Sequence[int]] = 50
-    kappa: Union[float, Sequence[float]] = 500.0
+    bins: Union[int, Sequence[int]] = _EABF.bins
+    kappa: Union[float, Sequence[float]] = _EABF.kappa
     periodic: Optional[Sequence[bool]] = None
-    extended_period: float = 0.15
+    extended_period: float = _EABF.extended_period
     extended_mass: Optional[Union[float, Sequence[float]]] = None
-    full_samples: int = 500
+    full_samples: int = _EABF.full_samples
     min_samples: Optional[int] = None
     wall_kappa: Optional[Union[float, Sequence[float]]] = None
-    force_group: int = 30
-    cuda_graphs: str = "auto"
-    extended_temperature: Optional[float] = None  # None: the MD temperature (only supported value for now)
+    force_group: Optional[int] = None
+    cuda_graphs: str = _EABF.cuda_graphs
     czar_bins: Optional[Union[int, Sequence[int]]] = None
-    czar_min_count: int = 1
+    czar_min_count: int = _EABF.czar_min_count
+
+    @classmethod
+    def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
+        """The ``eabf`` section of ``config`` for a ``d``-dimensional CV, with ``kappa`` in place of ``eabf.kappa``
+        (a capped coupling; the walls scale with it). ``czar_bins`` null: :func:`aesample.eabf.coupled_czar_bins`
+        at ``system.temperature``."""
+        from .eabf import coupled_czar_bins
+
+        e = config.eabf
+        if e.czar_bins is None and config.system.temperature is None:
+            raise ValueError("system.temperature: not set (the CZAR bins follow the coupling width sqrt(kT/kappa)); "
+                             "pass aesample.config.effective_config(config)")
+        kappa = e.kappa if kappa is None else float(kappa)
+        bins, gmin, gmax = [e.bins] * d, [e.grid_min] * d, [e.grid_max] * d
+        return cls(
+            grid_min=gmin, grid_max=gmax, bins=bins, kappa=[kappa] * d, extended_period=e.extended_period,
+            full_samples=e.full_samples, min_samples=e.min_samples,
+            # walls scale with the spring: their period relative to the extended period stays the same
+            wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
+            czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
+                bins, gmin, gmax, [kappa] * d, config.system.temperature),
+            czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs,
+        )
 
 
 @dataclass
@@ -101,8 +135,8 @@ class MDSettings:
     steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
     precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc";
     error_blocks : time blocks per biased run whose accumulators are saved for block-bootstrap error bars;
-    cpu_threads : threads of the CPU platform when that is the one chosen (None: OpenMM's default;
-    ``platform_properties`` win over it).
+    cpu_threads : threads of the CPU platform when that is the one chosen (None: every core this process may run
+    on, see :mod:`aesample.threads`; ``platform_properties`` win over it).
 
     cv_interval : int, >= 1 (default 1)
         Multiple time stepping for biased runs. 1: LangevinMiddleIntegrator, the eABF force (CV, coupling, ABF
@@ -115,28 +149,68 @@ class MDSettings:
         ``segment_steps``, ``equilibration_steps``) stay in inner steps of ``timestep``: ``report_interval`` and
         ``segment_steps`` must be multiples of K, ``n_steps`` and ``equilibration_steps`` are rounded up to one.
         Stability: ``K * timestep`` must not exceed a tenth of the shortest period of the extended system
-        (:meth:`aesample.eabf.ExtendedABF.maxOuterTimestep`: 15 fs for periodic CVs with the default 0.15 ps
-        period; 4.5 fs for non-periodic CVs because of the default walls, 10 kappa), else a ValueError. A run must
+        (:meth:`aesample.eabf.ExtendedABF.maxOuterTimestep`: 20 fs for periodic CVs with the default 0.2 ps
+        period; 6 fs for non-periodic CVs because of the default walls, 10 kappa), else a ValueError. A run must
         be resumed with the cv_interval it was started with. Ignored by :func:`run_md` (no eABF force).
     """
 
     temperature: Optional[float] = None
-    timestep: float = 0.002
-    friction: float = 1.0
-    platform: Any = "auto"
+    timestep: float = _MD.timestep_ps
+    friction: float = _MD.friction
+    platform: Any = _SYSTEM.platform
     platform_properties: Optional[Dict[str, str]] = None
-    report_interval: int = 500
-    segment_steps: int = 50000
-    minimize: bool = True
+    report_interval: int = _MD.report_interval
+    segment_steps: int = _MD.segment_steps
+    minimize: bool = _MD.minimize
     minimize_max_iterations: int = 1000
-    equilibration_steps: int = 0
-    seed: int = 0
+    equilibration_steps: int = _MD.steps(_MD.equilibration)
+    seed: int = _MD.seed
     progress: bool = True
-    precision: str = "auto"
-    trajectory_format: str = "dcd"
-    cv_interval: int = 1
+    precision: str = _SYSTEM.precision
+    trajectory_format: str = _OUTPUT.trajectory_format
+    cv_interval: int = _MD.cv_interval
     cpu_threads: Optional[int] = None
     error_blocks: int = 20
+
+    @classmethod
+    def from_config(cls, config: Config, seed_offset: int = 0) -> "MDSettings":
+        """The ``md`` section (with the system's temperature, platform and precision and the trajectory format) of
+        ``config`` in the engine's units: timestep fs -> ps, equilibration ps -> steps; seed ``md.seed +
+        seed_offset``."""
+        md = config.md
+        return cls(
+            timestep=md.timestep_ps, friction=md.friction, temperature=config.system.temperature,
+            report_interval=md.report_interval, segment_steps=md.segment_steps, seed=md.seed + seed_offset,
+            minimize=md.minimize, equilibration_steps=md.steps(md.equilibration),
+            platform=config.system.platform, precision=config.system.precision,
+            trajectory_format=config.output.trajectory_format, cv_interval=md.cv_interval,
+            cpu_threads=None if config.execution.threads is None else plan_threads(config.execution.threads).openmm,
+        )
+
+    def check(self, biased: bool = True) -> int:
+        """Validate the step counts; returns the multiple-time-stepping factor in use (1 for unbiased runs).
+
+        Raises ValueError naming the setting: ``report_interval``/``segment_steps`` not positive, ``segment_steps``
+        not a multiple of ``report_interval``, ``cv_interval`` not an integer >= 1 or not dividing both, a
+        ``trajectory_format`` other than dcd/xtc.
+        """
+        if self.report_interval <= 0 or self.segment_steps <= 0:
+            raise ValueError(f"report_interval and segment_steps must be > 0, got {self.report_interval}, "
+                             f"{self.segment_steps}")
+        if self.segment_steps % self.report_interval:
+            raise ValueError(f"segment_steps={self.segment_steps} must be a multiple of "
+                             f"report_interval={self.report_interval}")
+        if self.trajectory_format not in ("dcd", "xtc"):
+            raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {self.trajectory_format!r}")
+        cv_interval = int(self.cv_interval)
+        if cv_interval != self.cv_interval or cv_interval < 1:
+            raise ValueError(f"cv_interval must be an integer >= 1, got {self.cv_interval!r}")
+        if not biased:
+            return 1  # nothing to put on a slow force group
+        if self.report_interval % cv_interval or self.segment_steps % cv_interval:
+            raise ValueError(f"report_interval={self.report_interval} and segment_steps={self.segment_steps} must be "
+                             f"multiples of cv_interval={cv_interval} (the MTS outer step)")
+        return cv_interval
 
 
 @dataclass
@@ -178,9 +252,7 @@ def make_integrator(system, eabf: Optional[ExtendedABF], temperature: float, fri
     cv_interval = int(cv_interval)
     if eabf is None or cv_interval == 1:
         return openmm.LangevinMiddleIntegrator(temperature, friction, timestep)
-    if cv_interval < 1:
-        raise ValueError(f"cv_interval must be >= 1, got {cv_interval}")
-    outer = cv_interval * timestep
+    outer = cv_interval * timestep  # cv_interval checked by MDSettings.check (mts_langevin_integrator: >= 1)
     try:
         eabf.checkOuterTimestep(outer)
     except ValueError as exc:
@@ -210,7 +282,8 @@ def mts_langevin_integrator(temperature: float, friction: float, outer_timestep:
     Parameters: K, 1/ps, ps (outer step), number of inner steps per outer step, force groups.
     """
     import openmm
-    from openmm import unit
+
+    from .estimators import kT
 
     k = int(substeps)
     if k < 1:
@@ -222,8 +295,7 @@ def mts_langevin_integrator(temperature: float, friction: float, outer_timestep:
     integ = openmm.CustomIntegrator(float(outer_timestep))
     integ.addGlobalVariable("a", math.exp(-float(friction) * h))
     integ.addGlobalVariable("b", math.sqrt(1.0 - math.exp(-2.0 * float(friction) * h)))
-    integ.addGlobalVariable("kT", (unit.MOLAR_GAS_CONSTANT_R * float(temperature) * unit.kelvin).value_in_unit(
-        unit.kilojoule_per_mole))
+    integ.addGlobalVariable("kT", kT(float(temperature)))
     integ.addPerDofVariable("x1", 0)
     integ.addUpdateContextState()
     sub = f"(dt/{k})"
@@ -254,9 +326,9 @@ def _platform(md: MDSettings, n_atoms: int):
         from .platforms import select_platform
     except ImportError:  # pragma: no cover - the lead's module exists in the package
         return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
-    platform, props = select_platform(md.platform, n_atoms, getattr(md, "precision", "auto"))
-    if md.cpu_threads is not None and platform.getName() == "CPU":
-        props["Threads"] = str(md.cpu_threads)
+    platform, props = select_platform(md.platform, n_atoms, md.precision)
+    if platform.getName() == "CPU":  # explicit, never OpenMM's own guess (None: every core this process may use)
+        props["Threads"] = str(md.cpu_threads if md.cpu_threads is not None else plan_threads().openmm)
     props.update(md.platform_properties or {})
     return platform, props
 
@@ -323,10 +395,9 @@ def run_eabf(
     eabf_settings: EABFSettings,
     md_settings: MDSettings,
     out_dir: Union[str, Path],
-    n_steps: Any = None,
+    n_steps: int,
     resume: bool = False,
     initial_state: Optional[EABFState] = None,
-    initial_positions: Optional[np.ndarray] = None,
     cv_units: str = "CV units",
     log=print,
     positions: Optional[np.ndarray] = None,
@@ -334,9 +405,6 @@ def run_eabf(
     description: str = "eABF",
 ) -> EABFRunResult:
     """Run (or resume) eABF production of ``n_steps`` steps in checkpointed segments.
-
-    Canonical call: ``run_eabf(ms, cv, eabf_settings, md_settings, out_dir, n_steps)``. The order
-    ``run_eabf(ms, cv, eabf_settings, out_dir, n_steps, md_settings)`` is also accepted (detected by type).
 
     Parameters
     ----------
@@ -356,8 +424,8 @@ def run_eabf(
         Continue from ``out_dir/checkpoint.json`` when it exists (fresh start otherwise).
     initial_state
         Accumulators to start from (fresh runs only).
-    initial_positions, positions
-        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions`` (aliases).
+    positions
+        Starting molecule positions (N, 3) nm instead of ``molecular_system.positions``.
     cv_units
         Text for the grid headers.
     log
@@ -369,14 +437,11 @@ def run_eabf(
     -------
     EABFRunResult
     """
-    if isinstance(md_settings, (str, Path)) and isinstance(n_steps, MDSettings):
-        md_settings, out_dir, n_steps = n_steps, md_settings, out_dir
-    if n_steps is None:
-        raise TypeError("run_eabf: n_steps is required")
-    if positions is not None:
-        initial_positions = positions
-    return _run(molecular_system, cv_module, eabf_settings, md_settings, out_dir, int(n_steps), resume,
-                initial_state, initial_positions, cv_units, log, progress, description)
+    if not isinstance(md_settings, MDSettings):
+        raise TypeError(f"run_eabf(molecular_system, cv, eabf_settings, md_settings, out_dir, n_steps): "
+                        f"md_settings must be an MDSettings, got {type(md_settings).__name__}")
+    return _run(_RunRequest(molecular_system, cv_module, eabf_settings, md_settings, Path(out_dir), int(n_steps),
+                            resume, initial_state, positions, cv_units, log, progress, description))
 
 
 def run_md(
@@ -394,251 +459,308 @@ def run_md(
 
     Returns an :class:`EABFRunResult` whose ``state`` is None.
     """
-    return _run(molecular_system, None, None, md_settings, out_dir, int(n_steps), resume, None, positions,
-                "", log, progress, description)
+    return _run(_RunRequest(molecular_system, None, None, md_settings, Path(out_dir), int(n_steps), resume, None,
+                            positions, "", log, progress, description))
 
 
-def _run(molecular_system, cv_module, es, md, out_dir, n_steps, resume, initial_state, initial_positions, cv_units,
-         log, progress, description):
-    import openmm
+@dataclass
+class _RunRequest:
+    """One call of :func:`run_eabf` / :func:`run_md` (unbiased when ``cv_module`` is None)."""
 
-    log = log or (lambda *a, **k: None)
-    out = Path(out_dir)
-    (out / "traj").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint").mkdir(parents=True, exist_ok=True)
-    biased = cv_module is not None
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-    if md.report_interval <= 0 or md.segment_steps <= 0:
-        raise ValueError(f"report_interval and segment_steps must be > 0, got {md.report_interval}, {md.segment_steps}")
-    if md.segment_steps % md.report_interval:
-        raise ValueError(f"segment_steps={md.segment_steps} must be a multiple of report_interval={md.report_interval}")
-    fmt = getattr(md, "trajectory_format", "dcd")
-    if fmt not in ("dcd", "xtc"):
-        raise ValueError(f"trajectory_format must be 'dcd' or 'xtc', got {fmt!r}")
-    cv_interval = int(getattr(md, "cv_interval", 1))
-    if cv_interval != getattr(md, "cv_interval", 1) or cv_interval < 1:
-        raise ValueError(f"cv_interval must be an integer >= 1, got {getattr(md, 'cv_interval', None)!r}")
-    if not biased:
-        cv_interval = 1  # nothing to put on a slow force group
-    if md.report_interval % cv_interval or md.segment_steps % cv_interval:
-        raise ValueError(f"report_interval={md.report_interval} and segment_steps={md.segment_steps} must be multiples "
-                         f"of cv_interval={cv_interval} (the MTS outer step)")
-    n_steps = -(-n_steps // cv_interval) * cv_interval  # whole outer steps
-    temperature = float(md.temperature if md.temperature is not None else getattr(molecular_system, "temperature", 300.0))
-    if biased and es.extended_temperature is not None and abs(es.extended_temperature - temperature) > 1e-9:
-        raise ValueError(f"extended_temperature={es.extended_temperature} K differs from the MD temperature "
-                         f"{temperature} K: a separate lambda thermostat is not implemented yet")
-    ckpt_json = out / "checkpoint.json"
-    ck = json.loads(ckpt_json.read_text()) if (resume and ckpt_json.exists()) else None
-    if ck is not None and (out / "run.json").exists():
-        run_info = json.loads((out / "run.json").read_text())
-        started = int(run_info.get("cv_interval", 1))
-        if started != cv_interval:
-            raise ValueError(f"{out} was started with cv_interval={started}; resume it with the same value, "
-                             f"got cv_interval={cv_interval}")
-        if int(run_info["report_interval"]) != md.report_interval:  # frames and COLVAR rows must stay in step
-            raise ValueError(f"{out} was started with report_interval={run_info['report_interval']}; resume it with "
-                             f"the same value, got report_interval={md.report_interval}")
-    if ck is not None and biased:
-        initial_state = EABFState.load(out / "checkpoint" / ck["eabf"])
+    molecular_system: Any
+    cv_module: Any
+    eabf_settings: Optional[EABFSettings]
+    md: MDSettings
+    out: Path
+    n_steps: int
+    resume: bool = False
+    initial_state: Optional[EABFState] = None
+    positions: Optional[np.ndarray] = None
+    cv_units: str = ""
+    log: Any = None
+    progress: Optional[bool] = None
+    description: str = "MD"
 
-    system = copy_system(molecular_system.system)
-    pos0 = np.asarray(initial_positions if initial_positions is not None else molecular_system.positions, dtype=float)
-    box = getattr(molecular_system, "box", None)
-    eabf = None
-    platform, props = _platform(md, system.getNumParticles() + (len(np.atleast_1d(es.grid_min)) if biased else 0))
-    if biased:
-        graphs, why = resolve_cuda_graphs(es.cuda_graphs, platform.getName(), cv_module)
-        if platform.getName() == "CUDA":
-            log(why)
-        eabf = ExtendedABF(
-            system, cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
-            extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
-            minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=pos0, box=box,
-            initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
-        )
-    integrator = make_integrator(system, eabf, temperature, md.friction, md.timestep, cv_interval)
-    integrator.setRandomNumberSeed(int(md.seed))
-    context = openmm.Context(system, integrator, platform, props)
-    topo = _mdtraj_topology(molecular_system)
-    solute = _solute_indices(molecular_system)
-    sub_top = topo.subset(solute)
-    colvar_path = out / "COLVAR"
-    n_mol = molecular_system.system.getNumParticles()
 
-    def extend(p):
-        return eabf.extendPositions(p, box) if biased else p
+def _run(request: _RunRequest) -> EABFRunResult:
+    return _SegmentedRun(request).run()
 
-    if ck is None:
-        if box is not None:
-            context.setPeriodicBoxVectors(*np.asarray(box))
-        context.setPositions(extend(pos0))
+
+class _SegmentedRun:
+    """A run in checkpointed segments: set up (fresh or from the checkpoint), produce, write each segment's outputs
+    and checkpoint, finish. See the module docstring for the files."""
+
+    def __init__(self, request: _RunRequest):
+        import openmm
+
+        r = request
+        md, es = r.md, r.eabf_settings
+        self.md, self.es, self.cv_units = md, es, r.cv_units
+        self.log = r.log or (lambda *a, **k: None)
+        self.progress = md.progress if r.progress is None else r.progress
+        self.description = r.description
+        out = self.out = Path(r.out)
+        (out / "traj").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        self.biased = biased = r.cv_module is not None
+        if r.n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {r.n_steps}")
+        self.cv_interval = cv_interval = md.check(biased)
+        self.fmt = md.trajectory_format
+        self.n_steps = -(-int(r.n_steps) // cv_interval) * cv_interval  # whole outer steps
+        ms = r.molecular_system
+        self.temperature = float(md.temperature if md.temperature is not None else getattr(ms, "temperature", 300.0))
+        self.ckpt_json = out / "checkpoint.json"
+        self.ck = json.loads(self.ckpt_json.read_text()) if (r.resume and self.ckpt_json.exists()) else None
+        initial_state = r.initial_state
+        if self.ck is not None:
+            self._check_resumable()
+            if biased:
+                initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
+
+        self.system = copy_system(ms.system)
+        self.pos0 = np.asarray(r.positions if r.positions is not None else ms.positions, dtype=float)
+        self.box = getattr(ms, "box", None)
+        self.eabf = None
+        # the platform first: whether the force is captured in a CUDA graph depends on it
+        self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
+                                                                              if biased else 0))
         if biased:
-            eabf.setSampling(context, False)
+            graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
+            if self.platform.getName() == "CUDA":
+                self.log(why)
+            self.eabf = ExtendedABF(
+                self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
+                extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
+                minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
+                box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
+            )
+        self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
+                                          cv_interval)
+        self.integrator.setRandomNumberSeed(int(md.seed))
+        self.context = openmm.Context(self.system, self.integrator, self.platform, props)
+        self.solute = _solute_indices(ms)
+        self.sub_top = _mdtraj_topology(ms).subset(self.solute)
+        self.colvar_path = out / "COLVAR"
+        self.n_mol = ms.system.getNumParticles()
+        self.meta = {"cv_units": self.cv_units, "temperature": str(self.temperature),
+                     "czar_min_count": str(int(es.czar_min_count)) if biased else "1"}
+        self.state: Optional[EABFState] = None  # the eABF state last read out ...
+        self.state_step = -1  # ... and at which production step
+        self.writer: Optional[ColvarWriter] = None
+
+    def _check_resumable(self) -> None:
+        """A resume must keep the cv_interval and report_interval the run was started with."""
+        if not (self.out / "run.json").exists():
+            return
+        run_info = json.loads((self.out / "run.json").read_text())
+        started = int(run_info.get("cv_interval", 1))
+        if started != self.cv_interval:
+            raise ValueError(f"{self.out} was started with cv_interval={started}; resume it with the same value, "
+                             f"got cv_interval={self.cv_interval}")
+        if int(run_info["report_interval"]) != self.md.report_interval:  # frames and COLVAR rows must stay in step
+            raise ValueError(f"{self.out} was started with report_interval={run_info['report_interval']}; resume it "
+                             f"with the same value, got report_interval={self.md.report_interval}")
+
+    def _extend(self, positions: np.ndarray) -> np.ndarray:
+        return self.eabf.extendPositions(positions, self.box) if self.biased else positions
+
+    # ------------------------------------------------------------------ start
+    def _start_fresh(self) -> Tuple[int, int]:
+        """Minimise and equilibrate with sampling off, clear stale outputs, write ``run.json``; (segment, step)."""
+        import openmm
+
+        md, context, out = self.md, self.context, self.out
+        if self.box is not None:
+            context.setPeriodicBoxVectors(*np.asarray(self.box))
+        context.setPositions(self._extend(self.pos0))
+        if self.biased:
+            self.eabf.setSampling(context, False)
         if md.minimize:
             openmm.LocalEnergyMinimizer.minimize(context, 10.0, int(md.minimize_max_iterations))
             # lambda follows xi during minimisation (it is coupled); restart it exactly at xi
             p = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
-            context.setPositions(extend(p[:n_mol]))
-        context.setVelocitiesToTemperature(temperature, int(md.seed))
+            context.setPositions(self._extend(p[:self.n_mol]))
+        context.setVelocitiesToTemperature(self.temperature, int(md.seed))
         if md.equilibration_steps > 0:
-            integrator.step(-(-int(md.equilibration_steps) // cv_interval))
+            self.integrator.step(-(-int(md.equilibration_steps) // self.cv_interval))
         context.setTime(0.0)
         context.setStepCount(0)
-        if biased:
-            eabf.setSampling(context, True)
-        seg = 0
-        done = 0
+        if self.biased:
+            self.eabf.setSampling(context, True)
         for old in (out / "traj").glob("seg_*"):  # fresh run: stale segments would be mixed in
             old.unlink()
         (out / HALF_STATE).unlink(missing_ok=True)
         for old in (out / BLOCKS_DIR).glob("step_*.npz"):
             old.unlink()
-        writer = ColvarWriter(colvar_path, eabf.d, append=False, units=cv_units) if biased else None
+        if self.biased:
+            self.writer = ColvarWriter(self.colvar_path, self.eabf.d, append=False, units=self.cv_units)
         atomic_write_json(out / "run.json", {
-            "biased": biased, "temperature": temperature, "timestep": md.timestep, "solute": solute.tolist(),
-            "report_interval": md.report_interval, "n_steps": n_steps, "trajectory_format": fmt,
-            "n_molecule": n_mol, "cv_interval": cv_interval, "threads": threads_in_effect(context),
+            "biased": self.biased, "temperature": self.temperature, "timestep": md.timestep,
+            "solute": self.solute.tolist(), "report_interval": md.report_interval, "n_steps": self.n_steps,
+            "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
+            "threads": threads_in_effect(self.context),
         })
-    else:
+        return 0, 0
+
+    def _resume(self) -> Tuple[int, int]:
+        """Load the checkpoint (the XML State on another platform), drop outputs past it; (segment, step)."""
+        import openmm
+
+        ck, out, context = self.ck, self.out, self.context
         try:
             context.loadCheckpoint((out / "checkpoint" / ck["chk"]).read_bytes())
         except Exception as exc:  # different platform/build: fall back to the portable State
-            log(f"checkpoint {ck['chk']} not loadable here ({exc}); using the XML State (not bit-reproducible)")
-            state = openmm.XmlSerializer.deserialize((out / "checkpoint" / ck["xml"]).read_text())
-            context.setState(state)
-        if biased:
-            eabf.setSampling(context, True)
-        seg = int(ck["segment"]) + 1
-        done = int(ck["step"])
-        if biased:
-            _truncate_colvar(colvar_path, int(ck["step"]) // md.report_interval)  # one row per report_interval
+            self.log(f"checkpoint {ck['chk']} not loadable here ({exc}); using the XML State (not bit-reproducible)")
+            context.setState(openmm.XmlSerializer.deserialize((out / "checkpoint" / ck["xml"]).read_text()))
+        if self.biased:
+            self.eabf.setSampling(context, True)
+        seg, done = int(ck["segment"]) + 1, int(ck["step"])
+        if self.biased:
+            _truncate_colvar(self.colvar_path, done // self.md.report_interval)  # one row per report_interval
             for old in (out / BLOCKS_DIR).glob("step_*.npz"):  # written after the checkpoint: redone below
-                if _block_step(old) > int(ck["step"]):
+                if _block_step(old) > done:
                     old.unlink()
-        writer = ColvarWriter(colvar_path, eabf.d, append=True, units=cv_units) if biased else None
-        log(f"resuming {out} at step {done} (segment {seg})")
+            self.writer = ColvarWriter(self.colvar_path, self.eabf.d, append=True, units=self.cv_units)
+        self.log(f"resuming {out} at step {done} (segment {seg})")
+        return seg, done
 
-    # block ends in whole report intervals (frames then fall into one block each)
-    n_blocks = max(1, int(getattr(md, "error_blocks", 20)))
-    block_steps = max(1, -(-n_steps // (n_blocks * md.report_interval))) * md.report_interval
-    if biased:
-        (out / BLOCKS_DIR).mkdir(exist_ok=True)
-    meta = {"cv_units": cv_units, "temperature": str(temperature),
-            "czar_min_count": str(int(getattr(es, "czar_min_count", 1))) if biased else "1"}
-    trajectories = sorted((out / "traj").glob("seg_*." + fmt))
-    show = md.progress if progress is None else progress
-    bar = None
-    if show:
+    def _progress_bar(self, done: int):
+        if not self.progress:
+            return None
         try:
             from tqdm import tqdm
-
-            # Progress in simulated ns (what users plan in), with ns/day and tqdm's ETA.
-            ns_per_step = md.timestep * 1e-3
-            bar = tqdm(total=n_steps * ns_per_step, initial=min(done, n_steps) * ns_per_step, desc=description,
-                       leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} ns "
-                       "[{elapsed}<{remaining}{postfix}]",
-                       # Redirected to a file, every redraw is kept: one line every 30 s, not per report.
-                       mininterval=0.1 if sys.stderr.isatty() else 30.0)
         except ImportError:  # pragma: no cover
-            bar = None
-    t_wall = time.perf_counter()
-    steps_timed = 0
-    ns_day = float("nan")
-    state, state_step = None, -1  # the eABF state last read out, and at which production step
-    try:
-        while done < n_steps:
-            nseg = min(md.segment_steps, n_steps - done)
-            frames, times, boxes = [], [], []
-            left = nseg
-            while left > 0:
-                k = min(md.report_interval, left)
-                integrator.step(k // cv_interval)  # outer steps (= inner steps without MTS)
-                left -= k
-                done += k
-                steps_timed += k
-                if (context.getStepCount() * cv_interval) % md.report_interval == 0:
-                    st = context.getState(getPositions=True)
-                    pos = np.asarray(st.getPositions(asNumpy=True)._value)
-                    frames.append(pos[solute])
-                    times.append(st.getTime()._value)
-                    if system.usesPeriodicBoundaryConditions():
-                        boxes.append(np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value))
-                    if biased:
-                        xi, lam, fb = eabf.getInstantaneous(context)
-                        writer.write(times[-1], xi, lam, fb)
-                if biased and (done % block_steps == 0 or done == n_steps):
-                    state = eabf.getState(context)
-                    state.meta.update(meta)
-                    state.save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
-                    state_step = done
-                elapsed = time.perf_counter() - t_wall
-                ns_day = steps_timed * md.timestep * 1e-3 / max(elapsed, 1e-9) * 86400.0
-                if bar is not None:
-                    # set n from the integer step count: summing float increments overshoots the total
-                    bar.n = done * ns_per_step
-                    bar.set_postfix_str(f"{ns_day:.1f} ns/day", refresh=False)
-                    bar.update(0)  # redraws at most every mininterval
-            # ---- end of segment: outputs, then checkpoint (checkpoint.json last = commit point) ----
-            if frames:
-                path = out / "traj" / f"seg_{seg:05d}.{fmt}"
-                _write_traj(path, np.array(frames), sub_top, np.array(times), np.array(boxes) if boxes else None)
-                if path not in trajectories:
-                    trajectories.append(path)
-            names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml"}
-            if biased:
-                writer.flush()
-                if state_step != done:  # a read-out costs one force evaluation per slot chunk: reuse the block's
-                    state = eabf.getState(context)
-                    state.meta.update(meta)
-                    state_step = done
-                write_eabf_grids(out / "eabf", state, temperature, cv_units)
-                names["eabf"] = f"seg_{seg:05d}.eabf.npz"
-                state.save(out / "checkpoint" / names["eabf"])
-                # Written once: after a crash the redone segment reproduces it, so an existing file stays valid.
-                if 2 * done >= n_steps and done < n_steps and not (out / HALF_STATE).exists():
-                    state.save(out / HALF_STATE)
-            with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
-                tmp.write_bytes(context.createCheckpoint())
-            xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
-                                         getIntegratorParameters=True)
-            atomic_write_text(out / "checkpoint" / names["xml"], openmm.XmlSerializer.serialize(xml_state))
-            old = json.loads(ckpt_json.read_text()) if ckpt_json.exists() else None
-            atomic_write_json(ckpt_json, {
-                "segment": seg, "step": done, "time": float(context.getTime()._value),
-                "n_samples": state.n_samples if biased else 0, "temperature": temperature,
-                "platform": platform.getName(), **names,
-            })
-            if old is not None and old.get("segment") != seg:
-                for key in ("chk", "xml", "eabf"):
-                    p = out / "checkpoint" / old.get(key, "")
-                    if p.is_file():
-                        p.unlink()
-            seg += 1
-    finally:
-        if writer is not None:
-            writer.close()
-        if bar is not None:
-            bar.close()
+            return None
+        # Progress in simulated ns (what users plan in), with ns/day and tqdm's ETA.
+        ns_per_step = self.md.timestep * 1e-3
+        return tqdm(total=self.n_steps * ns_per_step, initial=min(done, self.n_steps) * ns_per_step,
+                    desc=self.description, leave=False,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.4f}/{total:.4f} ns [{elapsed}<{remaining}{postfix}]",
+                    # Redirected to a file, every redraw is kept: one line every 30 s, not per report.
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
-    grids: Dict[str, np.ndarray] = {}
-    if biased:
-        if state_step != done:  # no segment ran in this call (a resume of a finished run)
-            state = eabf.getState(context)
-            state.meta.update(meta)
-        grids = write_eabf_grids(out / "eabf", state, temperature, cv_units)
-    final = np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)._value)
-    with atomic_path(out / "final_positions.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, final[:n_mol])
-    result = EABFRunResult(
-        out_dir=out, n_steps=done, state=state, colvar=colvar_path, trajectories=sorted(trajectories),
-        grids=grids, grid_prefix=out / "eabf", temperature=temperature, ns_per_day=ns_day, positions=final,
-        platform=platform.getName(),
-    )
-    del context, integrator
-    return result
+    def _read_state(self, done: int) -> EABFState:
+        """The eABF state at production step ``done`` (one read-out per step at most)."""
+        if self.state_step != done:  # a read-out costs one force evaluation per slot chunk: reuse the block's
+            self.state = self.eabf.getState(self.context)
+            self.state.meta.update(self.meta)
+            self.state_step = done
+        return self.state
+
+    # ------------------------------------------------------------------ production
+    def run(self) -> EABFRunResult:
+        md, out, context = self.md, self.out, self.context
+        seg, done = self._start_fresh() if self.ck is None else self._resume()
+        # block ends in whole report intervals (frames then fall into one block each)
+        n_blocks = max(1, int(md.error_blocks))
+        block_steps = max(1, -(-self.n_steps // (n_blocks * md.report_interval))) * md.report_interval
+        if self.biased:
+            (out / BLOCKS_DIR).mkdir(exist_ok=True)
+        trajectories = sorted((out / "traj").glob("seg_*." + self.fmt))
+        bar = self._progress_bar(done)
+        ns_per_step = md.timestep * 1e-3
+        t_wall = time.perf_counter()
+        steps_timed = 0
+        ns_day = float("nan")
+        periodic = self.system.usesPeriodicBoundaryConditions()
+        try:
+            while done < self.n_steps:
+                frames, times, boxes = [], [], []
+                left = min(md.segment_steps, self.n_steps - done)
+                while left > 0:
+                    k = min(md.report_interval, left)
+                    self.integrator.step(k // self.cv_interval)  # outer steps (= inner steps without MTS)
+                    left -= k
+                    done += k
+                    steps_timed += k
+                    if (context.getStepCount() * self.cv_interval) % md.report_interval == 0:
+                        st = context.getState(getPositions=True)
+                        pos = np.asarray(st.getPositions(asNumpy=True)._value)
+                        frames.append(pos[self.solute])
+                        times.append(st.getTime()._value)
+                        if periodic:
+                            boxes.append(np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value))
+                        if self.biased:
+                            xi, lam, fb = self.eabf.getInstantaneous(context)
+                            self.writer.write(times[-1], xi, lam, fb)
+                    if self.biased and (done % block_steps == 0 or done == self.n_steps):
+                        self._read_state(done).save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
+                    elapsed = time.perf_counter() - t_wall
+                    ns_day = steps_timed * ns_per_step / max(elapsed, 1e-9) * 86400.0
+                    if bar is not None:
+                        # set n from the integer step count: summing float increments overshoots the total
+                        bar.n = done * ns_per_step
+                        bar.set_postfix_str(f"{ns_day:.1f} ns/day", refresh=False)
+                        bar.update(0)  # redraws at most every mininterval
+                if frames:
+                    path = out / "traj" / f"seg_{seg:05d}.{self.fmt}"
+                    _write_traj(path, np.array(frames), self.sub_top, np.array(times),
+                                np.array(boxes) if boxes else None)
+                    if path not in trajectories:
+                        trajectories.append(path)
+                self._end_segment(seg, done)
+                seg += 1
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            if bar is not None:
+                bar.close()
+        return self._finish(done, trajectories, ns_day)
+
+    def _end_segment(self, seg: int, done: int) -> None:
+        """Grids, accumulators and the half-time state, then the checkpoint; ``checkpoint.json`` last (the commit
+        point), after which the previous segment's checkpoint files go."""
+        import openmm
+
+        out, context = self.out, self.context
+        names = {"chk": f"seg_{seg:05d}.chk", "xml": f"seg_{seg:05d}.xml"}
+        state = None
+        if self.biased:
+            self.writer.flush()
+            state = self._read_state(done)
+            write_eabf_grids(out / "eabf", state, self.temperature, self.cv_units)
+            names["eabf"] = f"seg_{seg:05d}.eabf.npz"
+            state.save(out / "checkpoint" / names["eabf"])
+            # Written once: after a crash the redone segment reproduces it, so an existing file stays valid.
+            if 2 * done >= self.n_steps and done < self.n_steps and not (out / HALF_STATE).exists():
+                state.save(out / HALF_STATE)
+        with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
+            tmp.write_bytes(context.createCheckpoint())
+        xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
+                                     getIntegratorParameters=True)
+        atomic_write_text(out / "checkpoint" / names["xml"], openmm.XmlSerializer.serialize(xml_state))
+        old = json.loads(self.ckpt_json.read_text()) if self.ckpt_json.exists() else None
+        atomic_write_json(self.ckpt_json, {
+            "segment": seg, "step": done, "time": float(context.getTime()._value),
+            "n_samples": state.n_samples if self.biased else 0, "temperature": self.temperature,
+            "platform": self.platform.getName(), **names,
+        })
+        if old is not None and old.get("segment") != seg:
+            for key in ("chk", "xml", "eabf"):
+                p = out / "checkpoint" / old.get(key, "")
+                if p.is_file():
+                    p.unlink()
+
+    def _finish(self, done: int, trajectories: List[Path], ns_day: float) -> EABFRunResult:
+        """Final grids (a resume of a finished run reads the state once more) and positions; the result."""
+        out = self.out
+        grids: Dict[str, np.ndarray] = {}
+        state = None
+        if self.biased:
+            state = self._read_state(done)
+            grids = write_eabf_grids(out / "eabf", state, self.temperature, self.cv_units)
+        final = np.asarray(self.context.getState(getPositions=True).getPositions(asNumpy=True)._value)
+        with atomic_path(out / "final_positions.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, final[:self.n_mol])
+        result = EABFRunResult(
+            out_dir=out, n_steps=done, state=state, colvar=self.colvar_path, trajectories=sorted(trajectories),
+            grids=grids, grid_prefix=out / "eabf", temperature=self.temperature, ns_per_day=ns_day,
+            positions=final, platform=self.platform.getName(),
+        )
+        del self.context, self.integrator
+        return result
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -874,18 +996,24 @@ def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_in
 
 @dataclass
 class RunOutputs(FreeEnergyEstimates):
-    """A run directory read back: trajectory, COLVAR, eABF state, estimators."""
+    """A run directory read back: trajectory, COLVAR, eABF state, estimators.
+
+    A snapshot: each file is read once, on first use, and kept (``state``, ``half_state``, the COLVAR); after the
+    run continues, read it again with :func:`load_result`.
+    """
 
     out_dir: Path
     run: Dict[str, Any]
     checkpoint: Dict[str, Any]
+    _colvar: Optional[Tuple[List[str], np.ndarray]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def temperature(self) -> float:
         return float(self.run["temperature"])
 
-    @property
+    @cached_property
     def state(self) -> Optional[EABFState]:
+        """The eABF accumulators at the last checkpoint (None for an unbiased run)."""
         name = self.checkpoint.get("eabf")
         return EABFState.load(self.out_dir / "checkpoint" / name) if name else None
 
@@ -908,9 +1036,11 @@ class RunOutputs(FreeEnergyEstimates):
         with _quiet_native_stdout():  # mdtraj's DCD plugin prints two lines per file from C
             return mdtraj.load(files, top=topology)
 
-    def colvar(self):
-        fields, data = read_colvar(self.out_dir / "COLVAR")
-        return fields, data
+    def colvar(self) -> Tuple[List[str], np.ndarray]:
+        """(fields, rows) of the run's COLVAR, read once."""
+        if self._colvar is None:
+            self._colvar = read_colvar(self.out_dir / "COLVAR")
+        return self._colvar
 
     def colvar_lambda(self) -> np.ndarray:
         """lambda per frame (T, d), aligned with the trajectory frames."""
@@ -921,7 +1051,7 @@ class RunOutputs(FreeEnergyEstimates):
         fields, data = self.colvar()
         return data[:, [i for i, f in enumerate(fields) if f.startswith("xi_")]]
 
-    @property
+    @cached_property
     def half_state(self) -> Optional[EABFState]:
         """eABF state at the first checkpoint past half of the run (None: unbiased, or a single segment)."""
         p = self.out_dir / HALF_STATE
@@ -959,19 +1089,28 @@ class PooledRuns(FreeEnergyEstimates):
     def _pool(states: List[Optional[EABFState]]) -> Optional[EABFState]:
         return None if any(st is None for st in states) else EABFState.pooled(states)
 
-    @property
+    @cached_property
     def state(self) -> Optional[EABFState]:
+        """The walkers' accumulators summed (pooled once)."""
         return self._pool([r.state for r in self.runs])
 
-    @property
+    @cached_property
     def half_state(self) -> Optional[EABFState]:
         return self._pool([r.half_state for r in self.runs])
 
-    def colvar_lambda(self) -> np.ndarray:
+    @cached_property
+    def _colvar_lambda(self) -> np.ndarray:
         return np.concatenate([r.colvar_lambda() for r in self.runs])
 
-    def colvar_xi(self) -> np.ndarray:
+    @cached_property
+    def _colvar_xi(self) -> np.ndarray:
         return np.concatenate([r.colvar_xi() for r in self.runs])
+
+    def colvar_lambda(self) -> np.ndarray:
+        return self._colvar_lambda.copy()
+
+    def colvar_xi(self) -> np.ndarray:
+        return self._colvar_xi.copy()
 
     def block_increments(self):
         return [b for r in self.runs for b in r.block_increments()]

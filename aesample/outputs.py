@@ -5,6 +5,7 @@ COLVAR
     row per report; time in ps, CVs in their own units, ``fbias`` is the ABF force applied on lambda (kJ/mol per CV unit).
     :class:`ColvarReporter` is an OpenMM reporter (``describeNextReport``/``report``) around an
     :class:`~aesample.eabf.ExtendedABF`; :class:`ColvarWriter` writes rows you supply.
+    :class:`EABFCheckpointReporter` saves an OpenMM checkpoint together with the eABF accumulators.
 
 Grids (Colvars multicol format)
     ``<prefix>.grad`` (naive eABF gradient of F_kappa, per lambda bin), ``.count`` (lambda samples), ``.pmf``
@@ -27,9 +28,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["ColvarWriter", "ColvarReporter", "write_grid", "read_grid", "write_eabf_grids", "read_colvar",
+__all__ = ["ColvarWriter", "ColvarReporter", "EABFCheckpointReporter", "write_grid", "read_grid", "write_eabf_grids", "read_colvar",
            "GRID_SUFFIXES"]
 
 #: Comment line of a grid file with bins that have no value: aesample writes the fill value ``nan`` where there is
@@ -133,6 +134,42 @@ class ColvarReporter:
             self.close()
         except Exception:
             pass
+
+
+class EABFCheckpointReporter:
+    """OpenMM reporter saving a restartable checkpoint of an eABF simulation every ``reportInterval`` steps.
+
+    OpenMM's own ``CheckpointReporter`` saves positions, velocities and the random state, but the eABF
+    accumulators live inside the TorchForce and are not part of it. This reporter writes both, each atomically:
+    ``file`` (``Context.createCheckpoint()``) and ``file + ".eabf.npz"`` (:class:`~aesample.eabf.EABFState`).
+    To continue: build ``ExtendedABF(..., initialState=file + ".eabf.npz")`` on a fresh System, then
+    ``simulation.loadCheckpoint(file)``.
+
+    Parameters
+    ----------
+    file : str or Path
+        Checkpoint path; the accumulators go beside it.
+    eabf : ExtendedABF
+        The eABF force of the simulation.
+    reportInterval : int
+        Steps between checkpoints.
+    """
+
+    def __init__(self, file, eabf, reportInterval: int):
+        self.file = Path(file)
+        self.stateFile = self.file.with_name(self.file.name + ".eabf.npz")
+        self.eabf = eabf
+        self.interval = int(reportInterval)
+        if self.interval <= 0:
+            raise ValueError(f"reportInterval must be > 0, got {reportInterval}")
+
+    def describeNextReport(self, simulation):
+        steps = self.interval - simulation.currentStep % self.interval
+        return {"steps": steps, "periodic": None, "include": []}
+
+    def report(self, simulation, state=None) -> None:
+        self.eabf.getState(simulation.context).save(self.stateFile)
+        atomic_write_bytes(self.file, simulation.context.createCheckpoint())
 
 
 def read_colvar(path) -> Tuple[List[str], np.ndarray]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from .io import atomic_write_text
+from .runlayout import LoopState, RunLayout
 from .verdict import run_verdict, sampling_warnings
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .driver import LoopDriver
 
 __all__ = ["write_report", "first_screen"]
 
@@ -129,10 +128,14 @@ def _per_iteration(history: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def first_screen(driver: "LoopDriver") -> dict[str, Any]:
-    """The answers of the report's first screen, as plain strings (shared by the markdown and HTML pages)."""
-    history = driver.state.history
-    verdict = run_verdict(driver.state, driver.config.loop)
+def first_screen(run: RunLayout, state: Optional[LoopState] = None) -> dict[str, Any]:
+    """The answers of the report's first screen, as plain strings (shared by the markdown and HTML pages).
+
+    ``state``: the run's progress record (default: ``state.json`` as on disk).
+    """
+    state = run.read_state() if state is None else state
+    history = state.history
+    verdict = run_verdict(state, run.config.loop)
     last = history[-1] if history else None
     lines = []
     if last is not None:
@@ -145,20 +148,20 @@ def first_screen(driver: "LoopDriver") -> dict[str, Any]:
                          "metastable states.")
     advice = []
     if verdict["status"] == "not converged":
-        advice.append(f"aesample resume {driver.run_dir} --max-iterations {driver.config.loop.max_iterations + 2}")
-    elif verdict["status"] == "in progress" and not driver.state.finished:
+        advice.append(f"aesample resume {run.run_dir} --max-iterations {run.config.loop.max_iterations + 2}")
+    elif verdict["status"] == "in progress" and not state.finished:
         from . import runlock
 
-        lock = runlock.read_lock(driver.run_dir)
+        lock = runlock.read_lock(run.run_dir)
         if lock is None or lock.alive is False:
-            advice.append(f"aesample resume {driver.run_dir}")
+            advice.append(f"aesample resume {run.run_dir}")
     warnings = [(m["iteration"], w) for m in history for w in sampling_warnings(m)]
     k = last["iteration"] if last is not None else None
     files = [("run.yaml", "effective configuration"), ("summary.json", "every metric, machine-readable"),
              ("aesample.log", "log")]
     if k is not None:
         it = f"iter_{k:03d}"
-        fmt = driver.config.output.trajectory_format
+        fmt = run.config.output.trajectory_format
         files += [(f"{it}/trajectory.{fmt}", f"iteration {k}'s frames, its runs joined; one such file per iteration"),
                   (f"{it}/topology.pdb", "its topology: mdtraj.load(trajectory, top=topology.pdb)"),
                   (f"{it}/cv.pt", f"the last CV {_xi(k)} (TorchScript; cv.json beside it)"),
@@ -174,18 +177,22 @@ def _plots(folder: Path) -> list[str]:
     return [n for n in _PLOT_ORDER if n in names] + [n for n in names if n not in _PLOT_ORDER]
 
 
-def write_report(driver: "LoopDriver") -> Path:
-    """Write the markdown and HTML reports of a run; returns the markdown path."""
-    history = driver.state.history
-    screen = first_screen(driver)
+def write_report(run: RunLayout, state: Optional[LoopState] = None) -> Path:
+    """Write the markdown and HTML reports of a run; returns the markdown path.
+
+    ``state``: the run's progress record (default: ``state.json`` as on disk).
+    """
+    state = run.read_state() if state is None else state
+    history = state.history
+    screen = first_screen(run, state)
     verdict = screen["verdict"]
     columns = [c for c in _COLUMNS if any(h.get(c[0]) is not None for h in history)]
     head, rows = _per_iteration(history)
-    name = driver.run_dir.name
-    system = driver.config.system.name
+    name = run.run_dir.name
+    system = run.config.system.name
     last = screen["last"]
     fe_png = None
-    if last is not None and (driver.iteration_dir(last["iteration"]) / "free_energy.png").is_file():
+    if last is not None and (run.iteration_dir(last["iteration"]) / "free_energy.png").is_file():
         fe_png = f"iter_{last['iteration']:03d}/free_energy.png"
 
     # ------------------------------------------------------------------ markdown
@@ -202,15 +209,15 @@ def write_report(driver: "LoopDriver") -> Path:
         md += [f"![free energy]({fe_png})", ""]
     md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", f"Files (in {driver.run_dir}):", ""] + [f"- [{f}]({f}): {what}" for f, what in screen["files"]]
+    md += ["", f"Files (in {run.run_dir}):", ""] + [f"- [{f}]({f}): {what}" for f, what in screen["files"]]
     md += ["", "## All metrics", "",
            "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for h in history:
         md.append("| " + " | ".join(_cell(h, key, fmt) for key, _, fmt in columns) + " |")
     for h in history:
         k = h["iteration"]
-        md += ["", f"## Iteration {k}", ""] + [f"![{p}](iter_{k:03d}/{p})" for p in _plots(driver.iteration_dir(k))]
-    atomic_write_text(driver.run_dir / "report.md", "\n".join(md) + "\n")
+        md += ["", f"## Iteration {k}", ""] + [f"![{p}](iter_{k:03d}/{p})" for p in _plots(run.iteration_dir(k))]
+    atomic_write_text(run.run_dir / "report.md", "\n".join(md) + "\n")
 
     # ------------------------------------------------------------------ HTML
     e = html.escape
@@ -239,7 +246,7 @@ def write_report(driver: "LoopDriver") -> Path:
     left = "<ul>" + "".join(f"<li>{e(line)}</li>" for line in screen["lines"]) + "</ul>"
     left += ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
-    left += ("<p><b>Files</b> (in " + e(str(driver.run_dir)) + "):</p><ul>"
+    left += ("<p><b>Files</b> (in " + e(str(run.run_dir)) + "):</p><ul>"
              + "".join(f"<li><a href='{e(f)}'>{e(f)}</a>: {e(what)}</li>" for f, what in screen["files"])
              + "</ul>")
     right = f"<a href='{fe_png}'><img src='{fe_png}' alt='free energy'></a>" if fe_png else ""
@@ -251,6 +258,6 @@ def write_report(driver: "LoopDriver") -> Path:
         k = h["iteration"]
         parts.append(f"<h2>Iteration {k}</h2>" + "".join(
             f"<figure><a href='iter_{k:03d}/{p}'><img src='iter_{k:03d}/{p}'></a>"
-            f"<figcaption>{e(p)}</figcaption></figure>" for p in _plots(driver.iteration_dir(k))))
-    atomic_write_text(driver.run_dir / "report.html", "".join(parts))
-    return driver.run_dir / "report.md"
+            f"<figcaption>{e(p)}</figcaption></figure>" for p in _plots(run.iteration_dir(k))))
+    atomic_write_text(run.run_dir / "report.html", "".join(parts))
+    return run.run_dir / "report.md"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import mdtraj
 import numpy as np
@@ -18,7 +18,11 @@ from openmm import app, unit
 
 from .selection import HEAVY_PEPTIDE, default_selection
 
-__all__ = ["SYSTEMS", "SystemSpec", "MolecularSystem", "SystemError", "build_system", "systems_dir"]
+__all__ = ["SYSTEMS", "SystemSpec", "MolecularSystem", "SystemError", "build_system", "systems_dir",
+           "dipeptide_observables", "chignolin_folding_observables"]
+
+#: Per-frame structural observables of a system: frames (molecule atoms) -> {name: (n_frames,) array}.
+Observables = Callable[[mdtraj.Trajectory], "dict[str, np.ndarray]"]
 
 
 class SystemError(ValueError):  # noqa: A001 - named for the concept, not the builtin OSError alias
@@ -26,13 +30,39 @@ class SystemError(ValueError):  # noqa: A001 - named for the concept, not the bu
 
 
 def systems_dir() -> Path:
-    """Folder holding the built-in structures (``systems/`` of the source tree)."""
-    return Path(__file__).resolve().parent.parent / "systems"
+    """Folder holding the built-in structures: the package data ``aesample/data/`` (installed with the package)."""
+    return Path(__file__).resolve().parent / "data"
+
+
+def dipeptide_observables(traj: mdtraj.Trajectory) -> dict[str, np.ndarray]:
+    """Backbone dihedrals of a dipeptide, radians: ``{"phi": (n,), "psi": (n,)}``.
+
+    The loop's analysis reports the named-basin Delta F (C7ax vs the rest), transitions and the (phi, psi) plots
+    for systems whose observables include ``phi`` and ``psi``.
+    """
+    from .analysis import phi_psi
+
+    angles = phi_psi(traj)
+    return {"phi": angles[:, 0], "psi": angles[:, 1]}
+
+
+def chignolin_folding_observables(traj: mdtraj.Trajectory) -> dict[str, np.ndarray]:
+    """Folding observables of CLN025 against the built-in folded structure (nm):
+    ``rmsd_ca``, ``rg``, ``hbond_d3o_t6n``, ``hbond_d3n_t8o`` (see :func:`aesample.analysis.chignolin_observables`).
+    """
+    from .analysis import chignolin_observables as folding
+
+    return folding(traj, mdtraj.load(str(systems_dir() / "chignolin_cln025_5awl.pdb")))
 
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """Recipe of a built-in system."""
+    """Recipe of a built-in system.
+
+    ``observables``: per-frame structural observables the loop's analysis reports for this system (the hook that
+    replaces checks of the system's name): :func:`dipeptide_observables` gives ``phi``/``psi``,
+    :func:`chignolin_folding_observables` the C-alpha RMSD to the folded structure and its companions.
+    """
 
     pdb: str
     forcefield: tuple[str, ...]
@@ -41,24 +71,27 @@ class SystemSpec:
     selection: str  # default CV input atoms (mdtraj DSL)
     description: str
     implicit_model: str = "gbn2"
+    observables: Optional[Observables] = None
 
 
 SYSTEMS: dict[str, SystemSpec] = {
     "alanine-dipeptide": SystemSpec(
         "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml",), "vacuum", 300.0, HEAVY_PEPTIDE,
-        "ACE-ALA-NME, Amber ff14SB, vacuum, no cutoff, HBonds, 300 K",
+        "ACE-ALA-NME, Amber ff14SB, vacuum, no cutoff, HBonds, 300 K", observables=dipeptide_observables,
     ),
     "alanine-dipeptide-water": SystemSpec(
         "alanine_dipeptide_vacuum.pdb", ("amber14-all.xml", "amber14/tip3p.xml"), "explicit", 300.0, HEAVY_PEPTIDE,
         "ACE-ALA-NME, Amber ff14SB, TIP3P cubic box (1 nm padding), PME, HBonds, 300 K",
+        observables=dipeptide_observables,
     ),
     "chignolin": SystemSpec(
         "chignolin_cln025_5awl.pdb", ("amber14-all.xml", "implicit/gbn2.xml"), "implicit", 340.0, "name CA",
         "CLN025 (YYDPETGTWY) from 5AWL + PDBFixer H, Amber ff14SB, GBn2 implicit solvent, 340 K",
+        observables=chignolin_folding_observables,
     ),
     "chignolin-water": SystemSpec(
         "chignolin_cln025_5awl.pdb", ("amber14-all.xml", "amber14/tip3p.xml"), "explicit", 340.0, "name CA",
-        "CLN025 in TIP3P with neutralising Na+/Cl-, PME, HBonds, 340 K",
+        "CLN025 in TIP3P with neutralising Na+/Cl-, PME, HBonds, 340 K", observables=chignolin_folding_observables,
     ),
 }
 
@@ -89,6 +122,9 @@ class MolecularSystem:
         Default mdtraj selection for the CV input atoms.
     source
         The PDB file the solute came from.
+    observables
+        Per-frame structural observables reported by the loop (:attr:`SystemSpec.observables`; a custom ACE-ALA-NME
+        gets :func:`dipeptide_observables`), or None.
     """
 
     name: str
@@ -101,6 +137,7 @@ class MolecularSystem:
     selection: str
     source: Path
     solvent: str = "vacuum"
+    observables: Optional[Observables] = field(default=None, repr=False)
     mdtraj_topology: mdtraj.Topology = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -225,7 +262,7 @@ def build_system(
         spec = SYSTEMS[name]
         path = systems_dir() / spec.pdb
         if not path.is_file():
-            raise SystemError(f"built-in structure missing: {path} (is the source tree complete?)")
+            raise SystemError(f"built-in structure missing: {path} (is the aesample installation complete?)")
         pdbfile = app.PDBFile(str(path))
         topology, positions = pdbfile.topology, pdbfile.positions
     if constraints not in _CONSTRAINTS:
@@ -276,9 +313,13 @@ def build_system(
         name=name, system=system, topology=modeller.topology, positions=pos,
         temperature=float(temperature if temperature is not None else spec.temperature),
         periodic=periodic, box=box, selection=spec.selection, source=path, solvent=spec.solvent,
+        observables=spec.observables,
     )
     if pdb is not None:  # a custom structure: choose the CV atoms by its size
         ms.selection = default_selection(ms.mdtraj_topology)
+        protein = [r.name for r in ms.mdtraj_topology.residues if r.is_protein]
+        if protein == ["ACE", "ALA", "NME"]:
+            ms.observables = dipeptide_observables
     return ms
 
 

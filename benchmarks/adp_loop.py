@@ -64,9 +64,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reference_fes import delta_f_or_nan  # noqa: E402  (sibling script, found through the path set above)
+from aesample.benchmarking import (  # noqa: E402  (after the path lines above)
+    delta_f_from_profile, delta_f_or_nan, half_delta_f, load_reference, ns_to_tolerance, reference_phi_on,
+)
 
 PROFILES = {
     "cpu": {
@@ -176,12 +177,6 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
           f"loop.min_iterations on and, when loop.free_energy_tolerance is set, the drift within it): {state.get('converged')}")
 
 
-def _half_delta_f(phi: np.ndarray, w: np.ndarray, temperature: float) -> tuple[float, float]:
-    """Delta F(phi) from the first and the second half of the frames, each with its own share of the weights."""
-    h = len(phi) // 2
-    return delta_f_or_nan(phi[:h], w[:h], temperature), delta_f_or_nan(phi[h:], w[h:], temperature)
-
-
 def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
     """Where each iteration's frames were: phi > 0, the C7ax basin (0.3 < phi < 2 rad), reweighting degeneracy,
     the number of basin transitions and Delta F from each half of the frames (a spread far above 1 kJ/mol says
@@ -198,7 +193,7 @@ def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
         phi, w, temperature, n_runs = iteration_phi_weights(run_dir, k)
         w = w / w.sum()
         c7ax = (phi > 0.3) & (phi < 2.0)
-        h1, h2 = _half_delta_f(phi, w, temperature)
+        h1, h2 = half_delta_f(phi, w, temperature)
         r = {"iteration": k, "frames": int(len(phi)), "phi_pos": int((phi > 0).sum()), "c7ax": int(c7ax.sum()),
              "mass_phi_pos": float(w[phi > 0].sum()), "ess": float(1.0 / np.sum(w**2)), "max_weight": float(w.max()),
              "transitions": basin_transitions(phi, n_runs), "delta_f_first_half": h1, "delta_f_second_half": h2}
@@ -210,7 +205,6 @@ def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
 
 def accuracy(run_dir: Path, k: int, ref: dict) -> dict:
     from aesample.estimators import reweighted_free_energy
-    from reference_fes import delta_f_from_profile, reference_phi_on
 
     phi, w, temperature, _ = iteration_phi_weights(run_dir, k)
     fes, edges = reweighted_free_energy(phi, w, NBINS, temperature, range_=[(-np.pi, np.pi)])
@@ -247,15 +241,6 @@ def _prefix_delta_f(phi, w, temperature, ns_total, points=20):
     n = len(phi)
     ms = [max(2, int(n * j / points)) for j in range(1, points + 1)]
     return [(ns_total * m / n, delta_f_or_nan(phi[:m], w[:m], temperature)) for m in ms]
-
-
-def ns_to_tolerance(series, ref_df, tol):
-    """First ns after which |Delta F - ref| <= tol holds for every later point (None if never)."""
-    ok = [np.isfinite(d) and abs(d - ref_df) <= tol for _, d in series]
-    for i in range(len(series)):
-        if all(ok[i:]):
-            return series[i][0]
-    return None
 
 
 def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]) -> dict:
@@ -330,7 +315,6 @@ def main(argv=None) -> int:
     if rows and not a.water:
         report["coverage"] = coverage(run_dir, rows)
     if a.reference is not None and rows:
-        from reference_fes import load_reference
 
         ref = load_reference(a.reference)
         if a.water:

@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aesample.benchmarking import auc  # noqa: E402  (after the path line above)
+
 PROFILES = {
     "smoke": {"loop.initial_md": 0.002, "loop.eabf_per_iteration": 0.001, "loop.max_iterations": 1,
               "md.report_interval": 10, "md.segment_steps": 500, "md.equilibration": 0.2,
@@ -86,24 +88,6 @@ def hot_start(out: Path, ps: float, temperature: float = 600.0, seed: int = 11) 
     print(f"hot start: {ps:g} ps at {temperature:g} K in {time.perf_counter() - t0:.0f} s; "
           f"C-alpha RMSD to 5AWL {rmsd:.3f} nm -> {target}", flush=True)
     return target
-
-
-def auc(score: np.ndarray, positive: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney) of ``score`` for the boolean labels ``positive``; ties count one half."""
-    s = np.asarray(score, dtype=np.float64)
-    pos, neg = s[positive], s[~positive]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    # average ranks for ties
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    cum = np.cumsum(counts)
-    avg = cum - (counts - 1) / 2.0
-    ranks[order] = avg[inv]
-    r_pos = ranks[: len(pos)].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg)))
 
 
 def evaluate(run_dir: Path) -> dict:

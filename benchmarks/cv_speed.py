@@ -76,7 +76,7 @@ def main():
     torch.set_num_threads(args.threads)
     import mdtraj as md
 
-    traj = md.load(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
+    traj = md.load(str(ROOT / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"))
     top = traj.topology
     idx = select_atoms(top, default_selection(top))
     parents = spanning_tree_parents(top, idx)
@@ -152,7 +152,7 @@ def main():
                 forces.index_copy_(0, self.idx, -jac.sum(0))
                 return xi.sum(), forces
 
-        pdb = app.PDBFile(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
+        pdb = app.PDBFile(str(ROOT / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"))
         ff = app.ForceField("amber14-all.xml")
         for method, route in (("svd", "autograd"), ("implicit", "autograd"), ("implicit", "outputsForces+jacobian")):
             for with_cv in (False, True):

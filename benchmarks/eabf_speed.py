@@ -64,7 +64,7 @@ def _load_eabf_at(rev: str):
 def _alanine_vacuum():
     from openmm import app, unit
 
-    pdb = app.PDBFile(str(ROOT / "systems" / "alanine_dipeptide_vacuum.pdb"))
+    pdb = app.PDBFile(str(ROOT / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"))
     system = app.ForceField("amber14-all.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
                                                              constraints=app.HBonds)
     return system, pdb.topology, np.array(pdb.positions.value_in_unit(unit.nanometer))

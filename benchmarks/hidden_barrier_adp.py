@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from aesample.estimators import kT  # noqa: E402  (after the path line above)
+
 C7AX = (0.0, 2.3)  # rad: the C7ax side of the phi barrier, as in the issue
 
 
@@ -74,7 +76,7 @@ def load_run(run_dir: Path, featurize, topology):
     traj, xi = traj[:n], xi[:n]
     w = res.reweighting_weights("czar", xis=xi)
     phi = mdtraj.compute_phi(traj)[1][:, 0]
-    return featurize(traj.xyz), xi, w, phi, _grid(res), 0.0083144626 * res.temperature
+    return featurize(traj.xyz), xi, w, phi, _grid(res), kT(res.temperature)
 
 
 def analyse(name, feats, xi, w, phi, grid, kT, runs=None, **kw):
@@ -153,7 +155,7 @@ def main(argv=None):
         xi = np.concatenate([x for _, x, *_ in pooled])
         w = pr.reweighting_weights("czar", xis=xi)
         rows.append(analyse("pooled", np.concatenate([f for f, *_ in pooled]), xi, w,
-                            np.concatenate([ph for _, _, ph, *_ in pooled]), _grid(pr), 0.0083144626 * pr.temperature,
+                            np.concatenate([ph for _, _, ph, *_ in pooled]), _grid(pr), kT(pr.temperature),
                             runs=np.concatenate([r for *_, r, _ in pooled])))
     for d in a.control:
         feats, xi, w, phi, grid, kT = load_run(d, heavy_features, top)

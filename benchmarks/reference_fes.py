@@ -38,53 +38,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-KB = 0.00831446261815324  # kJ/mol/K
-TEMPERATURE = 300.0
+from aesample.benchmarking import (  # noqa: E402  (after the path line above)
+    REFERENCE_TEMPERATURE as TEMPERATURE, delta_f_from_profile, delta_f_or_nan, load_reference, marginal_phi,
+)
+from aesample.estimators import kT as _kT  # noqa: E402
+
 GRID = 72
 
 
 def kT(temperature: float = TEMPERATURE) -> float:
-    return KB * temperature
-
-
-def delta_f_or_nan(phi: np.ndarray, w: np.ndarray, temperature: float = TEMPERATURE) -> float:
-    """``aesample.analysis.basin_free_energy_difference`` (kJ/mol) of frames with weights ``w``, NaN where a basin
-    has no weight (never visited)."""
-    from aesample.analysis import basin_free_energy_difference
-
-    try:
-        return basin_free_energy_difference(phi, w, kT(temperature))
-    except ValueError:
-        return float("nan")
-
-
-def marginal_phi(fes: np.ndarray, temperature: float = TEMPERATURE) -> np.ndarray:
-    """F(phi) (min 0) from a 1D F(phi) or a 2D F[psi, phi] on the OpenMM grid (duplicate endpoint dropped)."""
-    f = np.asarray(fes, dtype=np.float64)
-    if f.ndim == 2:
-        # drop the duplicated periodic endpoint in psi before integrating over it
-        g = f[:-1, :]
-        m = -kT(temperature) * np.log(np.exp(-(g - g.min()) / kT(temperature)).sum(axis=0))
-    else:
-        m = f.copy()
-    return m - m.min()
-
-
-def delta_f_from_profile(phi: np.ndarray, f_phi: np.ndarray, temperature: float = TEMPERATURE,
-                         fine: int = 7200) -> float:
-    """F(phi > 0) - F(phi <= 0) in kJ/mol from F on a grid spanning [-pi, pi] (periodic, linear interpolation)."""
-    phi = np.asarray(phi, dtype=np.float64)
-    f = np.asarray(f_phi, dtype=np.float64)
-    x = -np.pi + (np.arange(fine) + 0.5) * (2 * np.pi / fine)
-    fi = np.interp(x, phi, f, period=2 * np.pi)
-    p = np.exp(-(fi - fi.min()) / kT(temperature))
-    return float(-kT(temperature) * math.log(p[x > 0].sum() / p[x <= 0].sum()))
-
-
-def reference_phi_on(centers: np.ndarray, ref: dict) -> np.ndarray:
-    """Reference F(phi) interpolated (periodic) at ``centers`` (rad), min 0 over those points."""
-    r = np.interp(np.asarray(centers, dtype=np.float64), ref["phi"], ref["f_phi"], period=2 * np.pi)
-    return r - r.min()
+    return _kT(temperature)
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -94,26 +57,6 @@ def _save_npz(path: Path, **arrays) -> None:
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     os.replace(tmp, path)
-
-
-def load_reference(path: Path) -> dict:
-    """Read a reference .npz written by this script (or a phi-only .npy on linspace(-pi, pi, n))."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        f = np.load(path)
-        if f.ndim != 1:
-            raise ValueError(f"{path}: expected a 1D phi free energy, got shape {f.shape}")
-        phi = np.linspace(-np.pi, np.pi, len(f))
-        fp = f - f.min()
-        return {"cvs": "phi", "phi": phi, "f_phi": fp, "delta_f": delta_f_from_profile(phi, fp),
-                "ns": float("nan"), "source": str(path)}
-    with np.load(path) as data:
-        ref = {k: data[k] for k in data.files}
-    ref["cvs"] = str(ref["cvs"])
-    ref["delta_f"] = float(ref["delta_f"])
-    ref["ns"] = float(ref["ns"])
-    ref["source"] = str(path)
-    return ref
 
 
 def run_metadynamics(cvs: str, ns: float, seed: int, blocks: int, platform_name: str = "Reference") -> dict:

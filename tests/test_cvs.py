@@ -7,7 +7,7 @@ import torch
 
 from aesample import cvs
 
-PDB = "systems/alanine_dipeptide_vacuum.pdb"
+PDB = "aesample/data/alanine_dipeptide_vacuum.pdb"
 
 
 @pytest.fixture(scope="module")

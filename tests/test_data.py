@@ -4,11 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from aesample.data import featurize_frames, featurize_trajectories, iter_trajectory, load_frames
 from aesample.features import AlignedPositions, FeatureError, default_selection, select_atoms, spanning_tree_parents
 
-PDB = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide_vacuum.pdb"
+from .trajdata import featurize_frames, featurize_trajectories, iter_trajectory, load_frames
+
+PDB = Path(__file__).resolve().parents[1] / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from openmm import app, unit
 from aesample import cvs
 from aesample.eabf import EABFError, EABFState, ExtendedABF, decode_readout, encode_readout_numpy
 
-PDB = "systems/alanine_dipeptide_vacuum.pdb"
+PDB = "aesample/data/alanine_dipeptide_vacuum.pdb"
 REF = openmm.Platform.getPlatformByName("Reference")
 
 

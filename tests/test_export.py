@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from aesample.export import CVPipeline, compute_cv, export_cv, load_cv
+from aesample.export import compute_cv, export_cv, load_cv
 from aesample.features import AlignedPositions, default_selection, select_atoms, spanning_tree_parents
 from aesample.models import ModelSpec, AutoEncoder
 from aesample.training import fit_cv_scaling
 
-PDB = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide_vacuum.pdb"
+from .oracles import CVPipeline
+
+PDB = Path(__file__).resolve().parents[1] / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,13 @@ from aesample.features import (
     FeatureError,
     check_frames_finite,
     default_selection,
-    kabsch_rotation_numpy,
     select_atoms,
     spanning_tree_parents,
 )
 
-PDB = Path(__file__).resolve().parents[1] / "systems" / "alanine_dipeptide_vacuum.pdb"
+from .oracles import kabsch_rotation_numpy
+
+PDB = Path(__file__).resolve().parents[1] / "aesample" / "data" / "alanine_dipeptide_vacuum.pdb"
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from aesample.outputs import read_colvar, read_grid
 
 
 def _alanine():
-    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    pdb = app.PDBFile("aesample/data/alanine_dipeptide_vacuum.pdb")
     ff = app.ForceField("amber14-all.xml")
     system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=app.HBonds)
     pos = np.array(pdb.positions.value_in_unit(unit.nanometer))
@@ -195,7 +195,7 @@ def test_mts_resume_reproduces_continuous_run(tmp_path):
 def test_mts_settings_are_validated(tmp_path):
     ms = _alanine()
     cv = cvs.parse_cv_spec("phi", ms.topology)
-    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0)
+    es = EABFSettings(grid_min=-math.pi, grid_max=math.pi, bins=12, kappa=200.0, extended_period=0.15)
     _, md = _mts_settings(cv_interval=10)  # 20 fs outer step > 0.15 ps / 10
     with pytest.raises(ValueError, match=r"cv_interval=10 .*period / 10 = 15 fs"):
         run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
@@ -204,7 +204,7 @@ def test_mts_settings_are_validated(tmp_path):
         run_eabf(ms, cv, es, md, tmp_path, 100, log=None)
     # non-periodic CV: the default walls (10 kappa) make the extended system stiffer
     dist = cvs.parse_cv_spec("distance:0,10", ms.topology)
-    es_d = EABFSettings(grid_min=0.2, grid_max=0.8, bins=12, kappa=200.0)
+    es_d = EABFSettings(grid_min=0.2, grid_max=0.8, bins=12, kappa=200.0, extended_period=0.15)
     _, md = _mts_settings(cv_interval=4)
     with pytest.raises(ValueError, match="shortest period is 45.2 fs"):
         run_eabf(ms, dist, es_d, md, tmp_path, 100, log=None)
@@ -215,7 +215,7 @@ def test_mts_integrator_matches_openmm_mts_langevin():
     from aesample.eabf import ExtendedABF
     from aesample.md import mts_langevin_integrator
 
-    pdb = app.PDBFile("systems/alanine_dipeptide_vacuum.pdb")
+    pdb = app.PDBFile("aesample/data/alanine_dipeptide_vacuum.pdb")
     ff = app.ForceField("amber14-all.xml")
     k, outer = 3, 0.0015
     runs = []
@@ -296,3 +296,32 @@ def test_czar_grid_and_time_blocks_survive_resume(tmp_path):
         block_w = np.array([mult[frame_block == i][0] for i in range(6)])
         assert st.zcount.sum() == pytest.approx(np.dot(block_w, sizes))
         assert not np.allclose(block_w, 1.0)
+
+
+def test_run_outputs_read_each_file_once(tmp_path, monkeypatch):
+    """A RunOutputs reads its COLVAR and accumulators once, however many estimators use them."""
+    import aesample.md as md_module
+
+    _phi_run_100_steps(tmp_path)
+    res = md_module.load_result(tmp_path)
+    reads = {"colvar": 0, "state": 0}
+    read_colvar_file, load_state = md_module.read_colvar, EABFState.load.__func__
+
+    def counting_colvar(path):
+        reads["colvar"] += 1
+        return read_colvar_file(path)
+
+    def counting_load(cls, path):
+        reads["state"] += 1
+        return load_state(cls, path)
+
+    monkeypatch.setattr(md_module, "read_colvar", counting_colvar)
+    monkeypatch.setattr(EABFState, "load", classmethod(counting_load))
+    xi, lam = res.colvar_xi(), res.colvar_lambda()
+    assert xi.shape == lam.shape == (4, 1)
+    w = res.reweighting_weights("czar")
+    assert w.shape == (4,) and res.state is res.state
+    res.free_energy("naive")
+    pooled = md_module.PooledRuns([res])
+    assert pooled.state is pooled.state and np.array_equal(pooled.colvar_xi(), xi)
+    assert reads == {"colvar": 1, "state": 1}

@@ -125,3 +125,19 @@ def test_platform_rules():
         assert props["Precision"] == "mixed"
     with pytest.raises(ValueError, match=r"system.platform: platform 'Metal' is not available here \(available: Reference"):
         select_platform("Metal")
+
+
+def test_observables_hook_of_the_system_recipe(adp):
+    """The loop's per-system observables come from the recipe (not from name checks in the stages)."""
+    from aesample.analysis import phi_psi
+    from aesample.systems import chignolin_folding_observables, dipeptide_observables
+
+    assert SYSTEMS["alanine-dipeptide"].observables is dipeptide_observables
+    assert SYSTEMS["alanine-dipeptide-water"].observables is dipeptide_observables
+    assert SYSTEMS["chignolin"].observables is chignolin_folding_observables
+    assert adp.observables is dipeptide_observables
+    traj = mdtraj.Trajectory(adp.positions[None].astype(np.float32), adp.mdtraj_topology)
+    obs = adp.observables(traj)
+    np.testing.assert_allclose(np.column_stack([obs["phi"], obs["psi"]]), phi_psi(traj))
+    custom = build_system(pdb=systems_dir() / "alanine_dipeptide_vacuum.pdb")  # an ACE-ALA-NME by its residues
+    assert custom.name == "custom" and custom.observables is dipeptide_observables

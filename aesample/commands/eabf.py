@@ -21,6 +21,11 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..config import EABFConfig, ExecutionConfig, MDConfig, SystemConfig
+
+# Every default below is the configuration's (aesample.config), so `aesample eabf` and the loop agree.
+_MD, _EABF, _SYSTEM, _EXEC = MDConfig(), EABFConfig(), SystemConfig(), ExecutionConfig()
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eabf", help="plain eABF run on standard CVs (phi, psi, dihedral:..., distance:...)",
@@ -31,32 +36,38 @@ def add_parser(subparsers) -> None:
     cvg.add_argument("--cv-model", type=Path, help="exported TorchScript CV (.pt, metadata .json beside it)")
     p.add_argument("--ns", type=float, default=1.0, help="production length, ns (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--platform", default="auto", help="auto | Reference | CPU | CUDA | OpenCL")
+    p.add_argument("--platform", default=_SYSTEM.platform, help="auto | Reference | CPU | CUDA | OpenCL")
     p.add_argument("--bins", type=int, nargs="+",
-                   help="ABF bins per CV component (default: angles 72 in 1D, 36 in 2D/3D; 50 otherwise)")
+                   help="ABF bins per CV component (default: angles 72 in 1D, 36 in 2D/3D; 50 otherwise: "
+                   "aesample.config.STANDARD_CV_BINS)")
     p.add_argument("--czar-bins", type=int, nargs="+",
                    help="CZAR bins per CV component on xi, same range (default: the ABF bins times "
                    "ceil(bin width / coupling width sqrt(kT/kappa)))")
-    p.add_argument("--czar-min-count", type=int, default=1,
-                   help="samples a CZAR bin needs for a gradient estimate (default 1)")
+    p.add_argument("--czar-min-count", type=int, default=_EABF.czar_min_count,
+                   help=f"samples a CZAR bin needs for a gradient estimate (default {_EABF.czar_min_count})")
     p.add_argument("--grid-min", type=float, nargs="+", help="grid lower bound(s), CV units (angles: -pi)")
     p.add_argument("--grid-max", type=float, nargs="+", help="grid upper bound(s), CV units (angles: +pi)")
     p.add_argument("--kappa", type=float, nargs="+",
                    help="coupling constant(s), kJ/mol/CVunit^2 (default: kT / bin width^2)")
     p.add_argument("--full-samples", type=int,
                    help="samples per bin for the full bias (default 500 in 1D, 100 in 2D/3D)")
-    p.add_argument("--extended-period", type=float, default=0.15, help="lambda oscillator period, ps (default 0.15)")
+    p.add_argument("--extended-period", type=float, default=_EABF.extended_period,
+                   help=f"lambda oscillator period, ps (default {_EABF.extended_period})")
     p.add_argument("--temperature", type=float, help="K (default: the system's)")
-    p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
-    p.add_argument("--friction", type=float, default=1.0, help="1/ps (default 1)")
-    p.add_argument("--report-interval", type=int, default=500, help="steps between frames/COLVAR rows (default 500)")
-    p.add_argument("--segment-steps", type=int, default=50000, help="steps per checkpointed segment (default 50000)")
-    p.add_argument("--equilibration", type=float, default=10.0, help="equilibration before sampling, ps (default 10)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--timestep", type=float, default=_MD.timestep, help=f"fs (default {_MD.timestep:g})")
+    p.add_argument("--friction", type=float, default=_MD.friction, help=f"1/ps (default {_MD.friction:g})")
+    p.add_argument("--report-interval", type=int, default=_MD.report_interval,
+                   help=f"steps between frames/COLVAR rows (default {_MD.report_interval})")
+    p.add_argument("--segment-steps", type=int, default=_MD.segment_steps,
+                   help=f"steps per checkpointed segment (default {_MD.segment_steps})")
+    p.add_argument("--equilibration", type=float, default=_MD.equilibration,
+                   help=f"equilibration before sampling, ps (default {_MD.equilibration:g})")
+    p.add_argument("--seed", type=int, default=_MD.seed, help=f"random seed (default {_MD.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default="auto",
-                   help="capture the eABF force in a CUDA graph (auto: on CUDA when the CV allows it)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default=_EABF.cuda_graphs,
+                   help=f"capture the eABF force in a CUDA graph (default {_EABF.cuda_graphs}: on CUDA when the CV "
+                   "allows it)")
+    p.add_argument("--threads", type=int, default=_EXEC.threads,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
@@ -75,8 +86,8 @@ def _per_dim(values: Optional[List[float]], d: int, name: str, default) -> list:
 def main(args: argparse.Namespace) -> int:
     _check_arguments(args)  # before the heavy imports: a typo costs no wait
     from .. import cvs
+    from ..config import PS_PER_FS, PS_PER_NS, standard_cv_defaults
     from ..eabf import coupled_czar_bins
-    from ..estimators import kT as kT_of
     from ..md import EABFSettings, MDSettings, run_eabf
     from ..systems import build_system
     from ..threads import plan_threads
@@ -106,15 +117,14 @@ def main(args: argparse.Namespace) -> int:
         if gmin[i] is None or gmax[i] is None:
             raise ValueError(f"--grid-min/--grid-max: component {i + 1} of {label!r} is not an angle; "
                              "give its grid bounds explicitly")
-    # 2D: 36 x 36 angle bins (and full bias at 100 samples) fill in ~2 ns; 72 x 72 at 500 did not reach C7ax
-    bins = _per_dim(args.bins, d, "bins", [(72 if d == 1 else 36) if p else 50 for p in periodic])
     temperature = float(args.temperature if args.temperature is not None else ms.temperature)
-    width = [(b - a) / n for a, b, n in zip(gmin, gmax, bins)]
-    kappa = _per_dim(args.kappa, d, "kappa", [kT_of(temperature) / w ** 2 for w in width])
+    bins = _per_dim(args.bins, d, "bins", standard_cv_defaults(periodic, gmin, gmax, temperature)["bins"])
+    defaults = standard_cv_defaults(periodic, gmin, gmax, temperature, bins=bins)
+    kappa = _per_dim(args.kappa, d, "kappa", defaults["kappa"])
     czar_bins = _per_dim(args.czar_bins, d, "czar-bins", coupled_czar_bins(bins, gmin, gmax, kappa, temperature))
-    full_samples = args.full_samples if args.full_samples is not None else (500 if d == 1 else 100)
-    dt_ps = args.timestep * 1e-3
-    n_steps = int(round(args.ns * 1000.0 / dt_ps))
+    full_samples = args.full_samples if args.full_samples is not None else defaults["full_samples"]
+    dt_ps = args.timestep * PS_PER_FS
+    n_steps = int(round(args.ns * PS_PER_NS / dt_ps))
     rep = int(args.report_interval)
     seg = max(rep, (int(args.segment_steps) // rep) * rep)
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,

@@ -18,6 +18,6 @@ def main(args: argparse.Namespace) -> int:
 
     driver = LoopDriver.open(args.run)
     driver.write_summary()
-    path = write_report(driver)
+    path = write_report(driver, driver.state)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0

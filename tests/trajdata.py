@@ -1,4 +1,5 @@
-"""Streaming trajectory input for training: frames -> features, chunk by chunk.
+"""Streaming trajectory input: frames -> features, chunk by chunk (used by the tests; the loop reads frames
+with mdtraj directly).
 
 Frames are read with ``mdtraj.iterload`` (DCD, XTC, and any format mdtraj reads), only
 the selected atoms are kept, and each chunk is featurised right away by
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .features import AlignedPositions, FeatureError, check_frames_finite
+from aesample.features import AlignedPositions, FeatureError, check_frames_finite
 
 __all__ = ["FrameChunk", "iter_trajectory", "load_frames", "featurize_trajectories", "featurize_frames"]
 

@@ -2,7 +2,7 @@
 
 Provenance script, run once by the maintainers (the output is committed):
 CLN025 (YYDPETGTWY), PDB 5AWL chain A, heavy atoms only -> hydrogens added by
-PDBFixer at pH 7.  Usage: ``python systems/prepare_chignolin.py HEAVY.pdb``.
+PDBFixer at pH 7.  Usage: ``python aesample/data/prepare_chignolin.py HEAVY.pdb``.
 """
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 from openmm.app import PDBFile
 from pdbfixer import PDBFixer
 
-source = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/cln025_5awl_heavy.pdb"
+source = sys.argv[1] if len(sys.argv) > 1 else "../../../shared/data/cln025_5awl_heavy.pdb"
 fixer = PDBFixer(filename=source)
 fixer.findMissingResidues()
 fixer.missingResidues = {}  # termini are real chain ends, do not build loops
