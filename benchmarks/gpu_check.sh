@@ -41,7 +41,11 @@ if [ -n "$quick" ]; then systems="alanine-dipeptide"; fi
   echo '```'
 } > "$results"
 export OMP_NUM_THREADS=1
+status=0
 timeout 420 "$py" benchmarks/learned_cv_speed.py --systems $systems --platform "$platform" --steps "$steps" \
-  --repeats "$repeats" --mts 2 --graphs --no-contention $quick 2>&1 \
-  | grep -v -E "^(USDT|ERROR):|UserWarning|_warn_once" >> "$results" || echo "benchmark failed or timed out (exit $?)" >> "$results"
+  --repeats "$repeats" --mts 2 --graphs --no-contention $quick > "$results.log" 2>&1 || status=$?
+grep -v -E "^(USDT|ERROR):|UserWarning|_warn_once" "$results.log" >> "$results" || true
+rm -f "$results.log"
+[ "$status" -eq 0 ] || echo "benchmark failed or timed out (exit $status)" >> "$results"
 echo "gpu_check: results in $results"
+exit "$status"

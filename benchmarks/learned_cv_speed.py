@@ -7,8 +7,8 @@
 The CV is built exactly as the loop's training stage builds it (``cv.selection`` default, the system's built
 structure as alignment reference, ``periodic`` fixed from the system, ``cv.hidden_layers``/``cv.dimension``,
 tanh, exported to TorchScript by :func:`aesample.export.export_cv`); its weights are untrained (random), which
-changes no op and no timing. eABF uses the loop's settings (30 bins on [-1.5, 1.5], kappa 3000, CZAR grid
-auto).
+changes no op and no timing. eABF uses the loop's settings (30 bins on [-1.5, 1.5], kappa 3000 capped as the loop
+caps it for the CV's stiffness and the outer time step, CZAR grid auto).
 
 Part 1, module: microseconds per call of the CV's ``value_and_jacobian`` and of the whole eABF force module (what
 openmm-torch calls once per step), aten ops per call (all / top level), timed as this thread's CPU time (robust
@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from aesample import cvs  # noqa: E402
 from aesample.config import Config  # noqa: E402
 from aesample.eabf import ExtendedABF  # noqa: E402
-from aesample.export import export_cv, load_cv  # noqa: E402
+from aesample.export import cv_stiffness, export_cv, load_cv  # noqa: E402
+from aesample.loopstages import MIN_STEPS_PER_CV_PERIOD  # noqa: E402
 from aesample.features import AlignedPositions, spanning_tree_parents  # noqa: E402
 from aesample.md import copy_system, make_integrator  # noqa: E402
 from aesample.models import AutoEncoder, ModelSpec  # noqa: E402
@@ -84,12 +85,25 @@ def loop_cv(ms, path: Path, rotation_solver: str = "eigh") -> Path:
     return path
 
 
-def _eabf(ms, cv, system=None, graphs: bool = False):
+def capped_kappa(ms, cv, outer_ps: float) -> float:
+    """KAPPA capped as the loop caps it (loopstages.coupling_constant) for this CV and outer time step, over
+    frames near the built structure."""
+    rng = np.random.default_rng(1)
+    frames = ms.positions[None] + rng.normal(scale=0.02, size=(20,) + ms.positions.shape)
+    masses = np.array([ms.system.getParticleMass(i).value_in_unit(openmm.unit.dalton)
+                       for i in range(ms.system.getNumParticles())])
+    box = None if ms.box is None else np.asarray(ms.box)
+    stiffness = cv_stiffness(cv, frames, masses, box)
+    kappa_max = (2 * np.pi / (MIN_STEPS_PER_CV_PERIOD * outer_ps)) ** 2 / max(stiffness, 1e-300)
+    return min(KAPPA, kappa_max)
+
+
+def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA):
     d = int(cv.cv_dim) if hasattr(cv, "cv_dim") else len(cv.periodic)
     box = None if ms.box is None else np.asarray(ms.box)
     system = copy_system(ms.system) if system is None else system
     if hasattr(cv, "cv_dim"):
-        e = ExtendedABF(system, cv, [GRID[0]] * d, [GRID[1]] * d, [BINS] * d, [KAPPA] * d, positions=ms.positions,
+        e = ExtendedABF(system, cv, [GRID[0]] * d, [GRID[1]] * d, [BINS] * d, [kappa] * d, positions=ms.positions,
                         box=box, periodic=[False] * d, useCUDAGraphs=graphs)
     else:  # (phi, psi)
         e = ExtendedABF(system, cv, [-np.pi] * d, [np.pi] * d, [36] * d, [300.0] * d, positions=ms.positions,
@@ -194,18 +208,19 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
         runs["unbiased"] = (_context(sys0, ms.positions, box, platform, props, integ, T), integ, 1)
         skipped = []
         for k in [1] + list(mts):
-            sys1, e = _eabf(ms, cv)
+            kappa = capped_kappa(ms, cv, dt * k)
+            sys1, e = _eabf(ms, cv, kappa=kappa)
             try:
                 integ = make_integrator(sys1, e, T, 1.0, dt, k)
             except ValueError as exc:
                 skipped.append(f"cv_interval {k}: {exc}")
                 continue
-            runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}")] = (
+            runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
                 _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
         if graphs:  # power-rotation CV (graph-capturable), graph-safe module without and with CUDA graphs
             pcv, _ = load_cv(loop_cv(ms, workdir / f"{name}_power.pt", rotation_solver="power"))
             for g in (False, True):
-                sys1, e = _eabf(ms, pcv, graphs=g)
+                sys1, e = _eabf(ms, pcv, graphs=g, kappa=capped_kappa(ms, pcv, dt))
                 integ = make_integrator(sys1, e, T, 1.0, dt)
                 runs[f"eABF learned CV, power rotation, graphs {'on' if g else 'off'}"] = (
                     _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
