@@ -91,3 +91,61 @@ def test_min_dwell_keeps_flicker_from_counting_as_visits():
     spread = dfs.std(ddof=1)
     assert np.sqrt(np.mean(errs1 ** 2)) / spread < 0.67  # every flicker a "visit": far too small
     assert 1 / 1.5 <= np.sqrt(np.mean(errs5 ** 2)) / spread <= 1.5
+
+
+def _two_basin_run(labels, weights, run_lengths):
+    """A run seen through FreeEnergyEstimates.free_energy_error: frames in two basins (xi bins 0 and 1), a free
+    energy that no bootstrap replicate changes, 20 time blocks of frames per run."""
+    from types import SimpleNamespace
+
+    from aesample.md import FreeEnergyEstimates
+
+    class Run(FreeEnergyEstimates):
+        temperature = 300.0
+        state = SimpleNamespace(grid_min=[0.0], z_bin_width=[1.0], bin_width=[1.0], periodic=[False])
+        half_state = None
+
+        def colvar_xi(self):
+            return labels.astype(float) + 0.5
+
+        def block_increments(self):
+            return [(np.arange(n) * 20 // n, [None] * 20) for n in run_lengths]
+
+        @staticmethod
+        def _bootstrap(runs, n_boot, seed):
+            rng = np.random.default_rng(seed)
+            for _ in range(n_boot):
+                yield None, np.concatenate([(rng.dirichlet(np.ones(20)) * 20)[fb] for fb, _ in runs])
+
+        def free_energy(self, estimator="czar", state=None):
+            return np.array([0.0, 2.0])
+
+        def reweighting_weights(self, estimator="czar", state=None, lambdas=None, xis=None):
+            return weights / weights.sum()
+
+    return Run()
+
+
+def test_free_energy_error_takes_the_larger_delta_f_error_and_adds_the_missing_part_to_rms():
+    rng = np.random.default_rng(5)
+    lab = np.concatenate([_two_state(rng, 3000, 300, 150), _two_state(rng, 3000, 300, 150)])
+    w = np.ones(lab.size)
+    run = _two_basin_run(lab, w, [3000, 3000])
+    out = run.free_energy_error("czar", n_boot=60, delta_f_labels=lab)
+    kT = est.kT(300.0)
+    visits = est.visit_delta_f_error(lab, w, kT, n_runs=2, min_dwell=5)
+    assert out["delta_f_error_visits"] == pytest.approx(visits["error"])
+    assert out["delta_f_visits"]["transitions"] == visits["transitions"]
+    boot = out["delta_f_error_bootstrap"]
+    assert 0 < boot < visits["error"]  # 20 blocks of 150 frames against dwell times of 150-300 frames
+    assert out["delta_f_error"] == pytest.approx(visits["error"])
+    assert out["rms_bootstrap"] == pytest.approx(0.0, abs=1e-9)  # the replicates' free energy never moves
+    f0, f1 = np.mean(lab == 0), np.mean(lab == 1)
+    assert out["rms"] == pytest.approx(np.sqrt((visits["error"] ** 2 - boot ** 2) * f0 * f1))
+    # other visit labels (cores with -1 between) are used for the count, not for Delta F
+    core = np.where(lab == 1, 1, 0)
+    core[::7] = -1
+    out2 = run.free_energy_error("czar", n_boot=60, delta_f_labels=lab, visit_labels=core)
+    assert out2["delta_f"] == pytest.approx(out["delta_f"])
+    assert out2["delta_f_error_visits"] == pytest.approx(est.visit_delta_f_error(core, w, kT, n_runs=2,
+                                                                                  min_dwell=5)["error"])
