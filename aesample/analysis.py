@@ -198,6 +198,16 @@ def c7ax_labels(phi: np.ndarray) -> np.ndarray:
     return ((phi > 0) & (phi < 2.3)).astype(int)
 
 
+def c7ax_core_labels(phi: np.ndarray) -> np.ndarray:
+    """Per frame: 1 in the core of C7ax (0.3 < phi < 2 rad), 0 on the C7eq/C5 side (phi < -0.5), -1 in between.
+
+    The cores of :func:`basin_transitions`: for counting visits (:func:`aesample.estimators.basin_visits`) without
+    counting recrossings of the barrier tops at phi = 0 and near 2.3 as visits.
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    return np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
+
+
 def basin_report(phi: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 1, error: Optional[float] = None,
                  min_transitions: int = 4, min_ess: float = 10.0) -> dict:
     """Delta F = F(C7ax) - F(rest) of a dipeptide from reweighted frames, reported only where it was sampled.

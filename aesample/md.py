@@ -899,7 +899,8 @@ class FreeEnergyEstimates:
 
     def free_energy_error(self, estimator: str = "czar", n_boot: int = 100, seed: int = 0,
                           lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None,
-                          delta_f_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+                          delta_f_labels: Optional[np.ndarray] = None, visit_labels: Optional[np.ndarray] = None,
+                          visit_min_dwell: int = 5) -> Dict[str, Any]:
         """Block-bootstrap error bars of the estimator's free energy (kJ/mol) and, optionally, of a Delta F.
 
         ``rms``: the bootstrap standard deviation of the free energy at each frame's grid point (constant offset
@@ -909,6 +910,15 @@ class FreeEnergyEstimates:
         ``delta_f_error`` its bootstrap standard deviation (NaN when a replicate leaves a basin empty). The
         replicates recompute the weights of frames by their replicate's free energy and histogram, so errors of
         the free energy along xi and of the frames' make-up at fixed xi both enter.
+
+        Blocks shorter than the time between crossings of the two basins make the bootstrap miss most of the error
+        of their population ratio, so with ``delta_f_labels`` ``delta_f_error`` is the larger of the bootstrap's
+        (``delta_f_error_bootstrap``) and the error the basin visits allow (``delta_f_error_visits``,
+        :func:`aesample.estimators.visit_delta_f_error` on ``visit_labels`` -- default ``delta_f_labels``; -1
+        for frames in neither basin -- with ``visit_min_dwell`` frames to commit to a basin; ``delta_f_visits``
+        has its record). When the visits' error is the larger, ``rms`` adds the missing part,
+        ``sqrt(err_visits^2 - err_bootstrap^2)``, as a step between the basins: ``sqrt(f0 f1)`` times it, f0, f1
+        the basins' shares of the frames (``rms_bootstrap`` keeps the bootstrap's own value).
         """
         from .estimators import kT as kT_of
         from .estimators import values_in_bins
@@ -938,11 +948,21 @@ class FreeEnergyEstimates:
         if ok.any():
             vv = v[:, ok] - v[:, ok].mean(axis=1, keepdims=True)
             out["rms"] = float(np.sqrt(np.mean(np.var(vv, axis=0, ddof=1))))
+        out["rms_bootstrap"] = out["rms"]
         if delta_f_labels is not None:
             w = self.reweighting_weights(estimator, lambdas=lambdas, xis=xis)
             out["delta_f"] = _delta_f(w, delta_f_labels, kT)
             d = np.asarray(dfs)
-            out["delta_f_error"] = float(np.std(d, ddof=1)) if np.all(np.isfinite(d)) and len(d) > 1 else float("nan")
+            boot = float(np.std(d, ddof=1)) if np.all(np.isfinite(d)) and len(d) > 1 else float("nan")
+            out.update(_visit_error(delta_f_labels if visit_labels is None else visit_labels, w, kT,
+                                    [len(fb) for fb, _ in runs], visit_min_dwell))
+            out["delta_f_error_bootstrap"] = boot
+            out["delta_f_error"] = float(np.fmax(boot, out["delta_f_error_visits"]))  # NaN only if both are
+            missing = out["delta_f_error"] ** 2 - (boot if np.isfinite(boot) else 0.0) ** 2
+            lab = np.asarray(delta_f_labels)
+            f0, f1 = float(np.mean(lab == 0)), float(np.mean(lab == 1))
+            if np.isfinite(out["rms"]) and np.isfinite(missing) and missing > 0:
+                out["rms"] = float(np.sqrt(out["rms"] ** 2 + missing * f0 * f1))
         return out
 
     def reweighting_weights(self, estimator: str = "czar", state: Optional[EABFState] = None,
@@ -969,6 +989,18 @@ def _delta_f(weights: np.ndarray, labels: np.ndarray, kT: float) -> float:
     labels = np.asarray(labels)
     pa, pb = float(weights[labels == 0].sum()), float(weights[labels == 1].sum())
     return float(-kT * np.log(pb / pa)) if pa > 0 and pb > 0 else float("nan")
+
+
+def _visit_error(labels: np.ndarray, weights: np.ndarray, kT: float, run_lengths: List[int],
+                 min_dwell: int) -> Dict[str, Any]:
+    """``delta_f_error_visits`` and ``delta_f_visits`` of :meth:`FreeEnergyEstimates.free_energy_error`."""
+    from .estimators import visit_delta_f_error
+
+    labels = np.asarray(labels)
+    runs = run_lengths if sum(run_lengths) == len(labels) else 1  # frames not aligned with blocks: one run
+    v = visit_delta_f_error(labels, weights, kT, n_runs=runs, min_dwell=min_dwell)
+    return {"delta_f_error_visits": v["error"],
+            "delta_f_visits": {k: v[k] for k in ("visits", "cv2", "transitions")}}
 
 
 def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_interval: int, checkpoint_step: int):
