@@ -53,6 +53,7 @@ from aesample.selection import select_atoms  # noqa: E402
 from aesample.systems import build_system  # noqa: E402
 from aesample.threads import apply_torch_threads  # noqa: E402
 from aesample.training import fit_cv_scaling  # noqa: E402
+from eabf_speed import _context  # noqa: E402  (this directory: a minimised, thermalised Context)
 
 GRID = (-1.5, 1.5)
 BINS = 30
@@ -174,17 +175,6 @@ def module_part(systems, workdir: Path, repeats: int, calls: int) -> list[dict]:
             print(f"| {name} | {lab} | {ops[lab][0]} / {ops[lab][1]} | {row['us_cpu']:.0f} | {row['us_wall']:.0f} |",
                   flush=True)
     return rows
-
-
-def _context(system, positions, box, platform, props, integrator, temperature):
-    integrator.setRandomNumberSeed(1)
-    ctx = openmm.Context(system, integrator, platform, props)
-    if box is not None:
-        ctx.setPeriodicBoxVectors(*box)
-    ctx.setPositions(positions)
-    openmm.LocalEnergyMinimizer.minimize(ctx, 10.0, 100)
-    ctx.setVelocitiesToTemperature(temperature, 1)
-    return ctx
 
 
 def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int, mts: list[int],

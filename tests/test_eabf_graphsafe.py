@@ -12,6 +12,7 @@ from aesample.eabf import ExtendedABF
 from aesample.export import export_cv, load_cv
 from aesample.features import AlignedPositions
 from aesample.models import AutoEncoder, ModelSpec
+from aesample.platforms import _gpu_usable
 from aesample.systems import build_system
 from aesample.training import fit_cv_scaling
 
@@ -112,21 +113,10 @@ def test_cuda_graphs_auto_asks_for_graphs_only_where_capture_can_work(adp, learn
         resolve_cuda_graphs("yes", "CUDA", power_cv)
 
 
-def _cuda_usable() -> bool:
-    try:
-        platform = openmm.Platform.getPlatformByName("CUDA")
-        s = openmm.System()
-        s.addParticle(1.0)
-        openmm.Context(s, openmm.VerletIntegrator(0.001), platform)
-        return True
-    except Exception:
-        return False
-
-
 @pytest.mark.gpu
 def test_cuda_graph_captured_eabf_matches_reference(adp):
     """On CUDA, the graph-captured force (power-rotation learned CV) gives Reference's forces and samples."""
-    if not _cuda_usable():
+    if not _gpu_usable("CUDA"):
         pytest.skip("no CUDA device")
     idx = np.asarray(adp.mdtraj_topology.select(adp.selection))
     feat = AlignedPositions(idx, adp.positions[idx], periodic=False, rotation_solver="power")
