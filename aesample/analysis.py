@@ -17,6 +17,7 @@ __all__ = [
     "periodic_features",
     "dihedral_score",
     "basin_free_energy_difference",
+    "support_growth",
     "basin_transitions",
     "basin_overlap",
     "chignolin_observables",
@@ -190,6 +191,37 @@ def chignolin_observables(traj: mdtraj.Trajectory, folded: mdtraj.Trajectory) ->
 
 
 C7AX_DEFINITION = "C7ax (0 < phi < 2.3 rad) vs the rest"
+
+
+def support_growth(bins: np.ndarray, runs: np.ndarray, weights: np.ndarray) -> float:
+    """Share of the weight in CV bins that no run reached in the first half of its time: is sampling still growing?
+
+    Parameters
+    ----------
+    bins : array (T,) of int
+        Each frame's bin (any integer label; negative: outside the grid, ignored), frames of each run in time order.
+    runs : array (T,) of int
+        Each frame's run (walker).
+    weights : array (T,)
+        The frames' (reweighted) weights.
+
+    Returns
+    -------
+    float
+        0 when the second halves only revisit bins the first halves had found; near 1 when most of the weight
+        lies where the runs only arrived late (a basin first entered near the end, say). NaN without weight.
+    """
+    bins, runs, w = np.asarray(bins).ravel(), np.asarray(runs).ravel(), np.asarray(weights, dtype=float).ravel()
+    if not (bins.shape == runs.shape == w.shape):
+        raise ValueError(f"bins, runs and weights need one entry per frame, got {bins.shape}, {runs.shape}, {w.shape}")
+    early = np.zeros(bins.shape, dtype=bool)
+    for r in np.unique(runs):
+        idx = np.flatnonzero(runs == r)
+        early[idx[: len(idx) // 2]] = True
+    seen_early = np.unique(bins[early & (bins >= 0)])
+    late_only = (bins >= 0) & ~np.isin(bins, seen_early)
+    total = w.sum()
+    return float(w[late_only].sum() / total) if total > 0 else float("nan")
 
 
 def c7ax_labels(phi: np.ndarray) -> np.ndarray:

@@ -345,6 +345,16 @@ class LoopConfig(_Section):
         description="Largest share of the reweighted weight allowed in CV bins whose frames form separate, slowly "
         "exchanging sets in feature space (aesample.hiddenbarrier) for convergence; null: not checked.",
     )
+    min_ess: Optional[float] = Field(
+        30.0, ge=0, description="Smallest Kish effective sample size of an iteration's reweighted frames for "
+        "convergence, frames (the autoencoder learns from about that many frames; with fewer, an R^2 near 1 says "
+        "nothing). Raise it with longer iterations; null: not checked.",
+    )
+    max_support_growth: Optional[float] = Field(
+        0.05, ge=0, le=1, description="Largest share of an iteration's reweighted weight allowed in CV bins that "
+        "the walkers first reached in the second half of their runs, for convergence (0-1): above it the run was "
+        "still discovering states (e.g. a basin entered only near the end). null: not checked.",
+    )
     basin_min_transitions: int = Field(
         4, ge=0, description="Committed transitions between two named basins a run needs before their Delta F is "
         "reported (dipeptides: C7ax, 0 < phi < 2.3 rad, against the rest); fewer: 'not sampled'.",

@@ -32,6 +32,7 @@ from .runlayout import RunLayout
 from .selection import select_atoms
 from .systems import check_pdb_file
 from .threads import apply_torch_threads, plan_threads, single_thread_pools_for_children
+from .verdict import convergence_blockers
 from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
 
 log = logging.getLogger("aesample")
@@ -489,8 +490,15 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                                      delta_f_labels=labels) if k > 0 else None
     metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
     metrics["hidden_barrier_fraction"] = None
+    metrics["support_growth"] = None
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
         metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, len(results)))
+        # weight in xi_{k-1} bins that the walkers only reached in the second half of their runs
+        st = pooled.state
+        cells = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
+        flat = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
+        metrics["support_growth"] = _finite_or_none(analysis.support_growth(flat, walker, weights))
     plotting = cfg.output.plots
     if dipeptide:
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
@@ -601,31 +609,12 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
-    """The driver's criterion: iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
-    ``loop.convergence_threshold`` and, when ``loop.free_energy_tolerance`` is set, a free-energy drift at most
-    that (a missing drift does not pass), with several walkers a walkers' standard error at most that too, and
-    the run's own block-bootstrap error (``free_energy_error``) at most that; no hidden barrier above
-    ``loop.hidden_barrier_tolerance``."""
-    hb = metrics.get("hidden_barrier_fraction")
-    if loop.hidden_barrier_tolerance is not None and hb is not None and hb > loop.hidden_barrier_tolerance:
-        return False
-    err = metrics.get("free_energy_error")
-    if loop.free_energy_tolerance is not None and err is not None and err > loop.free_energy_tolerance:
-        return False
-    if metrics.get("iteration", 0) < loop.min_iterations:
-        return False
-    score = metrics.get("regression_score")
-    if score is None or score < loop.convergence_threshold:
-        return False
-    if loop.free_energy_tolerance is None:
-        return True
-
-    def within(value) -> bool:
-        return value is not None and bool(np.isfinite(value)) and value <= loop.free_energy_tolerance
-
-    if not within(metrics.get("free_energy_drift")):
-        return False
-    return loop.walkers < 2 or within(metrics.get("free_energy_sem"))
+    """The driver's criterion: no blocker in :func:`aesample.verdict.convergence_blockers` (one statement of it,
+    which the report and ``aesample status`` print): iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
+    ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and block-bootstrap error
+    within ``loop.free_energy_tolerance``, no hidden barrier above ``loop.hidden_barrier_tolerance``, an effective
+    sample size of at least ``loop.min_ess`` and sampling that stopped growing (``loop.max_support_growth``)."""
+    return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -658,6 +647,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:
         parts.append(f"ESS={m['effective_sample_size']:.0f}/{m['frames']}")
+    if m.get("support_growth") is not None:  # weight in CV bins first reached in the runs' second halves
+        parts.append(f"late support={100 * m['support_growth']:.0f}%")
     parts.append(f"{m.get('ns', 0):.3f} ns")
     if m.get("ns_per_day"):
         parts.append(f"{m['ns_per_day']:.1f} ns/day")
