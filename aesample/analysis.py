@@ -17,6 +17,7 @@ __all__ = [
     "periodic_features",
     "dihedral_score",
     "basin_free_energy_difference",
+    "support_growth",
     "basin_transitions",
     "basin_overlap",
     "chignolin_observables",
@@ -192,10 +193,51 @@ def chignolin_observables(traj: mdtraj.Trajectory, folded: mdtraj.Trajectory) ->
 C7AX_DEFINITION = "C7ax (0 < phi < 2.3 rad) vs the rest"
 
 
+def support_growth(bins: np.ndarray, runs: np.ndarray, weights: np.ndarray) -> float:
+    """Share of the weight in CV bins that no run reached in the first half of its time: is sampling still growing?
+
+    Parameters
+    ----------
+    bins : array (T,) of int
+        Each frame's bin (any integer label; negative: outside the grid, ignored), frames of each run in time order.
+    runs : array (T,) of int
+        Each frame's run (walker).
+    weights : array (T,)
+        The frames' (reweighted) weights.
+
+    Returns
+    -------
+    float
+        0 when the second halves only revisit bins the first halves had found; near 1 when most of the weight
+        lies where the runs only arrived late (a basin first entered near the end, say). NaN without weight.
+    """
+    bins, runs, w = np.asarray(bins).ravel(), np.asarray(runs).ravel(), np.asarray(weights, dtype=float).ravel()
+    if not (bins.shape == runs.shape == w.shape):
+        raise ValueError(f"bins, runs and weights need one entry per frame, got {bins.shape}, {runs.shape}, {w.shape}")
+    early = np.zeros(bins.shape, dtype=bool)
+    for r in np.unique(runs):
+        idx = np.flatnonzero(runs == r)
+        early[idx[: len(idx) // 2]] = True
+    seen_early = np.unique(bins[early & (bins >= 0)])
+    late_only = (bins >= 0) & ~np.isin(bins, seen_early)
+    total = w.sum()
+    return float(w[late_only].sum() / total) if total > 0 else float("nan")
+
+
 def c7ax_labels(phi: np.ndarray) -> np.ndarray:
     """Per frame: 1 in C7ax (0 < phi < 2.3 rad), 0 elsewhere (C7eq, C5, alpha_R and the beta region past 2.3)."""
     phi = np.asarray(phi, dtype=np.float64)
     return ((phi > 0) & (phi < 2.3)).astype(int)
+
+
+def c7ax_core_labels(phi: np.ndarray) -> np.ndarray:
+    """Per frame: 1 in the core of C7ax (0.3 < phi < 2 rad), 0 on the C7eq/C5 side (phi < -0.5), -1 in between.
+
+    The cores of :func:`basin_transitions`: for counting visits (:func:`aesample.estimators.basin_visits`) without
+    counting recrossings of the barrier tops at phi = 0 and near 2.3 as visits.
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    return np.where(phi < -0.5, 0, np.where((phi > 0.3) & (phi < 2.0), 1, -1))
 
 
 def basin_report(phi: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 1, error: Optional[float] = None,

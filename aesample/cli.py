@@ -60,6 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .threads import apply_torch_threads
+
+    # Before any command touches torch: its default pool (one thread per core) spins on the tiny CV ops and
+    # slows MD by an order of magnitude as soon as another process competes for the cores.
+    apply_torch_threads()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -255,6 +255,12 @@ class EABFConfig(_Section):
     min_samples: int = Field(
         50, ge=0, description="Samples in an ABF bin below which no bias is applied, samples (< full_samples)."
     )
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="Capture the eABF force in a CUDA graph (openmm-torch's useCUDAGraphs; CUDA platform "
+        "only; it removes per-op launch costs). auto: on CUDA when the CV has no op that waits for the host "
+        "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
+        "always ask (the run fails if the capture fails); off: never.",
+    )
     wall_kappa: float = Field(
         30000.0, gt=0,
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
@@ -351,6 +357,16 @@ class LoopConfig(_Section):
         description="Largest share of the reweighted weight allowed in CV bins whose frames form separate, slowly "
         "exchanging sets in feature space (aesample.hiddenbarrier) for convergence; null: not checked.",
     )
+    min_ess: Optional[float] = Field(
+        30.0, ge=0, description="Smallest Kish effective sample size of an iteration's reweighted frames for "
+        "convergence, frames (the autoencoder learns from about that many frames; with fewer, an R^2 near 1 says "
+        "nothing). Raise it with longer iterations; null: not checked.",
+    )
+    max_support_growth: Optional[float] = Field(
+        0.05, ge=0, le=1, description="Largest share of an iteration's reweighted weight allowed in CV bins that "
+        "the walkers first reached in the second half of their runs, for convergence (0-1): above it the run was "
+        "still discovering states (e.g. a basin entered only near the end). null: not checked.",
+    )
     basin_min_transitions: int = Field(
         4, ge=0, description="Committed transitions between two named basins a run needs before their Delta F is "
         "reported (dipeptides: C7ax, 0 < phi < 2.3 rad, against the rest); fewer: 'not sampled'.",
@@ -381,6 +397,18 @@ class OutputConfig(_Section):
     plots: bool = Field(True, description="Write PNG plots and the report.")
 
 
+class ExecutionConfig(_Section):
+    """How the run uses the machine's cores."""
+
+    threads: Optional[int] = Field(
+        None, ge=1, description="CPU cores the whole run may use, shared by the walkers running at once: each MD "
+        "process gives OpenMM's CPU platform threads // (walkers at once) threads, and torch one intra-op and "
+        "one inter-op thread (the CV is too small to gain from more; extra torch threads spin and slow MD "
+        "down whenever anything else runs on the machine). null: every core this process may run on (its CPU "
+        "affinity). Set it below the core count to leave cores to other jobs on a shared machine.",
+    )
+
+
 class Config(_Section):
     """A complete aesample run configuration."""
 
@@ -391,6 +419,7 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @model_validator(mode="after")
     def _known_system(self) -> "Config":

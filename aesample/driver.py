@@ -151,6 +151,9 @@ class LoopDriver(RunLayout):
 
         Holds the run directory's lock (:mod:`aesample.runlock`) meanwhile: a second process is refused.
         """
+        from .threads import apply_torch_threads
+
+        apply_torch_threads()  # the CV and the small networks gain nothing from more; extra threads spin
         with self.locked():
             return self._run(progress)
 

@@ -136,6 +136,20 @@ def coupled_czar_bins(bins: Sequence[int], grid_min: Sequence[float], grid_max: 
 # ----------------------------------------------------------------------------------------------------------
 # readout encoding
 # ----------------------------------------------------------------------------------------------------------
+def readout_layout(d: int, n_bins: int, n_zbins: int) -> Tuple[Dict[str, Tuple[int, int]], int]:
+    """(offset, length) of each part of the read-out vector (``_EABFCore.flat_state``), and its total length.
+
+    Parts: ``info`` = [xi, lambda, applied bias] (3d); ``acc`` = the accumulator array (n_bins + n_zbins, 1 + d)
+    row-major (lambda-grid rows [count, sum kappa (lambda - xi)], then CZAR xi-grid rows [zcount, czar sum]);
+    ``last`` (2d); ``n_samples`` (1).
+    """
+    layout, offset = {}, 0
+    for key, length in (("info", 3 * d), ("acc", (n_bins + n_zbins) * (1 + d)), ("last", 2 * d), ("n_samples", 1)):
+        layout[key] = (offset, length)
+        offset += length
+    return layout, offset
+
+
 def decode_readout(slots: np.ndarray) -> np.ndarray:
     """Decode ``(k, 3)`` force rows produced in read-out mode into ``k`` float64 values (bit-exact).
 
@@ -169,8 +183,10 @@ class _EABFCore(torch.nn.Module):
     Op budget matters more than arithmetic here (TorchScript interprets each aten op, ~1-3 us on a CPU), so the
     common path is written with constant tensors precomputed in ``__init__``, one ``index_add_`` into a single
     float64 accumulator, masks folded into values instead of branches, and no host synchronisation except the
-    read-out switch.
+    read-out switch (graph-safe cores: none).
     """
+
+    __constants__ = ["graph_safe"]  # compile-time: the scripted module of a graph-safe core has no other path
 
     def __init__(
         self,
@@ -190,9 +206,12 @@ class _EABFCore(torch.nn.Module):
         slot_index: List[int],
         state: Optional["EABFState"] = None,
         zbins: Optional[List[int]] = None,
+        graph_safe: bool = False,
     ):
         super().__init__()
         d = len(ext_index)
+        # graph_safe: one code path for forces and read-out, no host synchronisation (CUDA-graph capture)
+        self.graph_safe = bool(graph_safe)
         f64 = torch.float64
         self.cv = cv
         self.d: int = d
@@ -262,10 +281,24 @@ class _EABFCore(torch.nn.Module):
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
         chunk: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Energy and forces, or a read-out chunk; ``_forces``/``_readout`` come from the CV route subclass."""
+        """Energy and forces, or a read-out chunk; ``_forces``/``_readout`` come from the CV route subclass.
+
+        Graph-safe cores take one branch-free path: the step's forces are computed either way (sampling off during
+        a read-out) and the read-out rows replace them when ``readout`` is set.
+        """
+        if self.graph_safe:
+            return self._forces_or_readout(positions, box, sample, readout, chunk)
         if readout.item() > 0.5:
             return self._readout(positions, box, chunk)
         return self._forces(positions, box, sample)
+
+    def _select_readout(self, positions: torch.Tensor, xi: torch.Tensor, lam: torch.Tensor, fbias: torch.Tensor,
+                        energy: torch.Tensor, forces: torch.Tensor, readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        """(energy, forces) of a step, or of the read-out chunk when ``readout`` > 0.5 (masked, no branch)."""
+        ro_energy, ro_forces = self.read_chunk(positions, torch.cat([xi, lam, fbias]), chunk)
+        on = readout > 0.5
+        return torch.where(on, ro_energy, energy), torch.where(on, ro_forces, forces)
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Accumulator rows (2,) and in-grid flags (2,) of the points v = [xi, lambda] (2, d), float64."""
@@ -291,10 +324,11 @@ class _EABFCore(torch.nn.Module):
         return row[1:] / torch.clamp(n, min=1.0) * ramp * inside
 
     def _coupling(self, xi: torch.Tensor, ext: torch.Tensor, sample: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor, torch.Tensor]:
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampling, ABF bias, walls and pins from xi (d,) and the extended positions (d, 3), all float64.
 
-        Returns (f_lam = kappa (lambda - xi) (d,), forces on the extended particles (d, 3), energy).
+        Returns (f_lam = kappa (lambda - xi) (d,), forces on the extended particles (d, 3), energy, applied ABF
+        bias force on lambda (d,)).
         """
         lam = ext.select(1, 0)
         diff = xi - lam
@@ -315,7 +349,7 @@ class _EABFCore(torch.nn.Module):
         f_r = self.neg_restr_k * ex
         f_ext = torch.addcmul(f_r, self.xcol, (fbias - f_lam).unsqueeze(1))
         energy = -0.5 * (torch.dot(f_lam, diff) + (f_r * ex).sum())
-        return f_lam, f_ext, energy
+        return f_lam, f_ext, energy, fbias
 
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
@@ -324,18 +358,15 @@ class _EABFCore(torch.nn.Module):
         return torch.cat([xi, lam, fbias])
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
-        nb = self.n_bins
-        return torch.cat(
-            [info, self.acc[:nb, 0], self.acc[:nb, 1:].reshape(-1), self.acc[nb:, 0], self.acc[nb:, 1:].reshape(-1),
-             self.last.reshape(-1), self.n_samples]
-        )
+        """The read-out vector, in the order of :func:`readout_layout` (the accumulator array row-major)."""
+        return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples])
 
     def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
         flat = self.flat_state(info)
         nslot = self.slot_index.shape[0]
-        start = int(chunk.item()) * nslot
-        idx = torch.arange(nslot, device=flat.device) + start
+        # the chunk index as a tensor: no host synchronisation
+        idx = torch.arange(nslot, device=flat.device) + (chunk * nslot).to(torch.long)
         valid = idx < flat.shape[0]
         vals = torch.where(valid, flat.index_select(0, torch.clamp(idx, max=flat.shape[0] - 1)), torch.zeros_like(idx, dtype=torch.float64))
         # float64 -> (mantissa, exponent) -> three integers < 2^22 (exact in float32 and fixed point)
@@ -353,19 +384,33 @@ class _EABFCore(torch.nn.Module):
 class _EABFCoreJacobian(_EABFCore):
     """CV route through the CV's closed-form ``value_and_jacobian`` (no autograd at all)."""
 
+    def _step(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(energy, forces, xi, lambda, applied bias); call under no_grad."""
+        xi, jac = self.cv.value_and_jacobian(positions, box)
+        xi64 = xi.to(torch.float64)
+        ext = positions.index_select(0, self.ext_index).to(torch.float64)
+        f_lam, f_ext, e64, fbias = self._coupling(xi64, ext, sample)
+        # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
+        f_atoms = torch.matmul(f_lam, jac.to(torch.float64).reshape(self.d, -1)).view(-1, 3)
+        forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
+            0, self.force_index, torch.cat([f_atoms, f_ext]))
+        return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
+
     def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
         # no_grad: buffer writes with grad mode on leak memory every call inside an OpenMM Context (openmm-torch
         # hands positions that require grad on some platforms)
         with torch.no_grad():
-            xi, jac = self.cv.value_and_jacobian(positions, box)
-            ext = positions.index_select(0, self.ext_index).to(torch.float64)
-            f_lam, f_ext, e64 = self._coupling(xi.to(torch.float64), ext, sample)
-            # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
-            f_atoms = torch.matmul(f_lam, jac.to(torch.float64).reshape(self.d, -1)).view(-1, 3)
-            forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
-                0, self.force_index, torch.cat([f_atoms, f_ext]))
-        return e64.to(positions.dtype), forces.to(positions.dtype)
+            step = self._step(positions, box, sample)
+        return step[0], step[1]
+
+    def _forces_or_readout(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor,
+                           readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            e, f, xi, lam, fbias = self._step(positions, box, sample * (readout < 0.5).to(sample.dtype))
+            out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
+        return out
 
     def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
@@ -379,14 +424,16 @@ class _EABFCoreJacobian(_EABFCore):
 class _EABFCoreAutograd(_EABFCore):
     """CV route through one autograd vector-Jacobian product (CVs without ``value_and_jacobian``)."""
 
-    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor]:
+    def _step(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(energy, forces, xi, lambda, applied bias)."""
         # (a separate method: TorchScript fails on with-blocks after an early return)
         pos = positions.detach().requires_grad_(True)
         xi = self.cv(pos, box)
         with torch.no_grad():  # buffer writes with grad mode on leak memory inside an OpenMM Context
+            xi64 = xi.detach().to(torch.float64)
             ext = positions.index_select(0, self.ext_index).to(torch.float64)
-            f_lam, f_ext, e64 = self._coupling(xi.detach().to(torch.float64), ext, sample)
+            f_lam, f_ext, e64, fbias = self._coupling(xi64, ext, sample)
         gout: List[Optional[torch.Tensor]] = [f_lam.to(xi.dtype)]
         grads = torch.autograd.grad([xi], [pos], grad_outputs=gout, allow_unused=True)
         g = grads[0]
@@ -394,7 +441,19 @@ class _EABFCoreAutograd(_EABFCore):
             g = torch.zeros_like(positions)
         with torch.no_grad():
             forces = g.to(torch.float64).index_add(0, self.ext_index, f_ext)
-        return e64.to(positions.dtype), forces.to(positions.dtype)
+        return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
+
+    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        step = self._step(positions, box, sample)
+        return step[0], step[1]
+
+    def _forces_or_readout(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor,
+                           readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        e, f, xi, lam, fbias = self._step(positions, box, sample * (readout < 0.5).to(sample.dtype))
+        with torch.no_grad():
+            out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
+        return out
 
     def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
@@ -788,7 +847,9 @@ class ExtendedABF:
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
-        Ask openmm-torch to capture the module in a CUDA graph (CUDA only).
+        Ask openmm-torch to capture the module in a CUDA graph (honoured by the CUDA platform only). The module is
+        then built graph-safe: forces and read-out share one branch-free path with no host synchronisation (a few
+        more operations per step, the same numbers).
     temperature : float or Quantity (K), optional
         Temperature of the simulation, used by :meth:`getFreeEnergy` when the integrator does not report one
         (e.g. a CustomIntegrator). Does not change the dynamics: the extended particles are thermostatted with
@@ -952,7 +1013,7 @@ class ExtendedABF:
         core_cls = _EABFCoreJacobian if use_jac else _EABFCoreAutograd
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
-            self.slotIndices, state, zbins,
+            self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs),
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)
@@ -966,14 +1027,7 @@ class ExtendedABF:
             name="aesample eABF",
         )
         self.forceIndex = system.addForce(self.force)
-        # the read-out vector's layout: the order of _EABFCore.flat_state
-        nb, nz = int(np.prod(nbins)), int(np.prod(zbins))
-        self._layout, offset = {}, 0
-        for key, length in (("info", 3 * d), ("count", nb), ("grad", nb * d), ("zcount", nz), ("czar", nz * d),
-                            ("last", 2 * d), ("n_samples", 1)):
-            self._layout[key] = (offset, length)
-            offset += length
-        self._flat_len = offset
+        self._layout, self._flat_len = readout_layout(d, int(np.prod(nbins)), int(np.prod(zbins)))
 
     # ---------------------------------------------------------------- positions
     def extendPositions(self, positions, box=None) -> np.ndarray:
@@ -1072,11 +1126,14 @@ class ExtendedABF:
             a, n = L[key]
             return flat[a: a + n]
 
+        nb = int(np.prod(shape))
+        acc = part("acc").reshape(-1, 1 + d)  # rows: lambda bins, then xi bins; columns: count, gradient sum
+
         return EABFState(
             grid_min=self.gridMin.copy(), grid_max=self.gridMax.copy(), bins=self.bins.copy(),
             periodic=self.periodic.copy(), kappa=self.kappa.copy(),
-            count=part("count").reshape(shape), grad=part("grad").reshape(shape + (d,)),
-            zcount=part("zcount").reshape(zshape), czar=part("czar").reshape(zshape + (d,)),
+            count=acc[:nb, 0].reshape(shape), grad=acc[:nb, 1:].reshape(shape + (d,)),
+            zcount=acc[nb:, 0].reshape(zshape), czar=acc[nb:, 1:].reshape(zshape + (d,)),
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
         )
 

@@ -11,6 +11,9 @@ first component slowest); gradient arrays add a last axis of length d. Energies 
   :func:`czar_reweighting_weights`: per-frame ``w ∝ exp(-beta A(xi)) / n(xi)`` from the CZAR free energy and the
   biased histogram of xi; :func:`reweighted_free_energy` (weighted histogram -> free energy).
 * :func:`free_energy_drift`: RMS change of a grid free energy between two times, where the frames are.
+* :func:`basin_visits` and :func:`visit_delta_f_error`: the error of a Delta F between two basins that the number
+  of independent visits to each basin allows, whatever the estimator (a block bootstrap with blocks shorter than
+  the time between crossings understates it).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ __all__ = [
     "values_in_bins",
     "free_energy_drift",
     "walker_standard_error",
+    "basin_visits",
+    "visit_delta_f_error",
 ]
 
 
@@ -516,3 +521,132 @@ def reweighted_free_energy(
     if np.isfinite(F).any():
         F -= np.nanmin(F)
     return F, edges
+
+
+def _run_bounds(n: int, n_runs) -> list:
+    """[(start, stop)] of the runs in a series of ``n`` frames: ``n_runs`` equal runs or a sequence of lengths."""
+    if np.ndim(n_runs) == 0:
+        k = int(n_runs)
+        if k < 1 or n % k:
+            raise ValueError(f"{n} frames do not split into {n_runs} runs of equal length")
+        lengths = [n // k] * k
+    else:
+        lengths = [int(x) for x in n_runs]
+        if sum(lengths) != n or min(lengths, default=0) < 0:
+            raise ValueError(f"run lengths {lengths} do not add up to the {n} frames")
+    ends = np.cumsum(lengths)
+    return list(zip((ends - lengths).tolist(), ends.tolist()))
+
+
+def basin_visits(labels: np.ndarray, n_runs=1, min_dwell: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """Split a frame series into visits to basins: (visit index of each frame, basin label of each visit).
+
+    A visit runs from the frame where the series commits to a basin to the frame before it commits to another one.
+    Frames labelled -1 (in no basin: barriers, transition regions) and excursions into another basin shorter than
+    ``min_dwell`` consecutive frames (recrossings of a basin edge that lies on a barrier) stay in the current visit.
+    Frames before the first commitment get visit index -1.
+
+    Parameters
+    ----------
+    labels : array (T,) of int
+        Per frame: a basin label >= 0, or -1 for none.
+    n_runs : int or sequence of int
+        ``labels`` holds that many runs of equal length one after another (walkers), or runs of these lengths:
+        a visit never spans two runs.
+    min_dwell : int
+        Frames another basin must hold in a row before the series commits to it (1: every change counts).
+
+    Returns
+    -------
+    visit : array (T,) of int
+    basin : array (number of visits,) of int
+
+    Raises
+    ------
+    ValueError
+        If the frames do not split into ``n_runs`` runs of equal length, or ``min_dwell`` < 1.
+    """
+    lab = np.asarray(labels, dtype=np.int64).ravel()
+    try:
+        bounds = _run_bounds(len(lab), n_runs)
+    except ValueError as exc:
+        raise ValueError(f"basin_visits: {exc}") from None
+    if min_dwell < 1:
+        raise ValueError(f"basin_visits: min_dwell must be >= 1, got {min_dwell}")
+    visit = np.full(len(lab), -1, dtype=np.int64)
+    basins: list = []
+    for lo, hi in bounds:
+        seg = lab[lo:hi]
+        if seg.size == 0:
+            continue
+        # run-length encoding: (start, label, length) of each stretch of equal labels
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+        lengths = np.diff(np.r_[starts, seg.size])
+        current = None  # basin of the open visit
+        for start, length in zip(starts, lengths):
+            b = int(seg[start])
+            if b >= 0 and b != current and (current is None or length >= min_dwell):
+                basins.append(b)
+                current = b
+            if current is not None:
+                visit[lo + start:lo + start + length] = len(basins) - 1
+    return visit, np.asarray(basins, dtype=np.int64)
+
+
+def visit_delta_f_error(labels: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 1,
+                        min_dwell: int = 1) -> dict:
+    """Error of ``Delta F = F_1 - F_0 = -kT ln(P_1 / P_0)`` from reweighted frames that the basin visits allow.
+
+    The population of a basin is the sum of its visits' weights. Visits of a metastable basin are independent
+    (the system forgets its past at each crossing), so with ``n`` visits whose weight sums have the squared
+    coefficient of variation ``c`` the relative variance of the basin's total is ``c / n``. Exit times of a
+    memoryless (Markov) basin are exponential, ``c = 1``, and the total is Gamma distributed with
+    ``var(ln total) = trigamma(n)``; here ``c`` is the larger of 1 and the visits' own squared coefficient of
+    variation (reweighting makes visits that reached a basin's minimum weigh far more than fringe visits), and
+    ``var(ln P_b) = trigamma(n_b / c_b)``. Then ``var(Delta F) = kT^2 (var(ln P_0) + var(ln P_1))``: for a
+    two-state process with ``N`` crossings, about ``2 kT^2 / (N / 2)``. It is a lower bound in the sense that it
+    ignores the error of the weights themselves (which a block bootstrap of the estimator sees): with a handful
+    of crossings it dominates, and a block bootstrap whose blocks are shorter than the time between crossings
+    misses it (measured: 1.3-2.3 kJ/mol per walker against a walker-to-walker SD of 4.8 on alanine dipeptide).
+
+    Parameters
+    ----------
+    labels : array (T,) of int
+        Per frame: 0 in basin 0, 1 in basin 1, -1 in neither (see :func:`basin_visits`).
+    weights : array (T,)
+        Per-frame reweighting weights (any normalisation).
+    kT : float
+        kJ/mol.
+    n_runs, min_dwell
+        As :func:`basin_visits`.
+
+    Returns
+    -------
+    dict
+        ``error`` (kJ/mol; ``inf`` if a basin has no visit with weight), ``visits`` ([n_0, n_1]),
+        ``cv2`` ([c_0, c_1], the squared coefficients of variation used, >= 1) and ``transitions`` (commitments
+        to a new basin within runs).
+    """
+    from scipy.special import polygamma
+
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    visit, basin = basin_visits(labels, n_runs=n_runs, min_dwell=min_dwell)
+    if w.shape != visit.shape:
+        raise ValueError(f"visit_delta_f_error: {w.size} weights for {visit.size} labels")
+    lab = np.asarray(labels).ravel()
+    inside = (visit >= 0) & (lab >= 0) & (lab == np.where(visit >= 0, basin[np.maximum(visit, 0)], -2))
+    sums = np.bincount(visit[inside], weights=w[inside], minlength=len(basin))
+    opened = sum(bool(np.any(visit[lo:hi] >= 0)) for lo, hi in _run_bounds(len(visit), n_runs))
+    transitions = int(len(basin) - opened)  # each run's first visit is no transition
+    var, visits, cv2 = 0.0, [], []
+    for b in (0, 1):
+        s = sums[(basin == b) & (sums > 0)]
+        visits.append(int(s.size))
+        if s.size == 0:
+            cv2.append(float("nan"))
+            var = float("inf")
+            continue
+        c = max(1.0, float(np.var(s, ddof=1) / np.mean(s) ** 2)) if s.size > 1 else 1.0
+        cv2.append(c)
+        var += float(polygamma(1, s.size / c))
+    return {"error": float(kT * np.sqrt(var)), "visits": visits, "cv2": cv2, "transitions": transitions}

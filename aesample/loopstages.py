@@ -31,6 +31,8 @@ from .models import ModelSpec
 from .runlayout import RunLayout
 from .selection import select_atoms
 from .systems import check_pdb_file
+from .threads import apply_torch_threads, plan_threads, single_thread_pools_for_children
+from .verdict import convergence_blockers
 from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
 
 log = logging.getLogger("aesample")
@@ -231,7 +233,8 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     """eABF walker ``j`` of iteration ``k`` along xi_{k-1} (resumes from its checkpoint).
 
     It starts from the final structure of run ``j mod n`` of iteration k-1 and its seed is ``md.seed + 1000 k + j``
-    (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: OpenMM's own choice).
+    (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: all of
+    ``execution.threads``, for a walker that runs alone).
     """
     cfg = run.config
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
@@ -239,7 +242,8 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     prev = _md_dirs(run, k - 1)
     start = md.final_positions(prev[j % len(prev)])
     settings = _md_settings(run, 1000 * k + j)
-    settings.cpu_threads = threads
+    if threads is not None:
+        settings.cpu_threads = threads
     walkers = cfg.loop.walkers
     md.run_eabf(
         run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), settings,
@@ -268,7 +272,7 @@ def _walker_process(run_dir: str, k: int, j: int, kappa: float, threads: int, pr
                     parent_pid: int) -> None:
     """Entry point of a walker process (spawned: nothing is inherited but the arguments and the environment)."""
     _die_with_parent(parent_pid)
-    torch.set_num_threads(threads)
+    apply_torch_threads()
     run_eabf_walker(RunLayout.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
 
 
@@ -281,27 +285,20 @@ def _run_walkers_in_processes(run: RunLayout, k: int, kappa: float, processes: i
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = plan_threads(run.config.execution.threads, processes).openmm
     n = run.config.loop.walkers
-    log.info("iteration %d: %d eABF walkers in %d processes, %d thread(s) each", k, n, processes, threads)
-    # The OpenMP pools of a spawned interpreter size themselves at import, before any argument arrives (the
-    # CPU platform gets its thread count from MDSettings.cpu_threads).
-    user_omp = os.environ.get("OMP_NUM_THREADS")  # a user's own setting is kept
-    if user_omp is None:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_walker_process, str(run.run_dir), k, j, kappa, threads, progress and j == 0,
-                                   os.getpid()) for j in range(n)]
-            errors = []
-            for j, fut in enumerate(futures):
-                try:
-                    fut.result()
-                except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
-                    errors.append((j, exc))
-    finally:
-        if user_omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+    log.info("iteration %d: %d eABF walkers in %d processes, %d OpenMM thread(s) and 1 torch thread each",
+             k, n, processes, threads)
+    with single_thread_pools_for_children(), \
+            ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_walker_process, str(run.run_dir), k, j, kappa, threads, progress and j == 0,
+                               os.getpid()) for j in range(n)]
+        errors = []
+        for j, fut in enumerate(futures):
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
+                errors.append((j, exc))
     if errors:
         j, exc = errors[0]
         others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""
@@ -493,8 +490,15 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                                      delta_f_labels=labels) if k > 0 else None
     metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
     metrics["hidden_barrier_fraction"] = None
+    metrics["support_growth"] = None
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
         metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, len(results)))
+        # weight in xi_{k-1} bins that the walkers only reached in the second half of their runs
+        st = pooled.state
+        cells = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
+        flat = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
+        metrics["support_growth"] = _finite_or_none(analysis.support_growth(flat, walker, weights))
     plotting = cfg.output.plots
     if dipeptide:
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
@@ -605,31 +609,12 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
-    """The driver's criterion: iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
-    ``loop.convergence_threshold`` and, when ``loop.free_energy_tolerance`` is set, a free-energy drift at most
-    that (a missing drift does not pass), with several walkers a walkers' standard error at most that too, and
-    the run's own block-bootstrap error (``free_energy_error``) at most that; no hidden barrier above
-    ``loop.hidden_barrier_tolerance``."""
-    hb = metrics.get("hidden_barrier_fraction")
-    if loop.hidden_barrier_tolerance is not None and hb is not None and hb > loop.hidden_barrier_tolerance:
-        return False
-    err = metrics.get("free_energy_error")
-    if loop.free_energy_tolerance is not None and err is not None and err > loop.free_energy_tolerance:
-        return False
-    if metrics.get("iteration", 0) < loop.min_iterations:
-        return False
-    score = metrics.get("regression_score")
-    if score is None or score < loop.convergence_threshold:
-        return False
-    if loop.free_energy_tolerance is None:
-        return True
-
-    def within(value) -> bool:
-        return value is not None and bool(np.isfinite(value)) and value <= loop.free_energy_tolerance
-
-    if not within(metrics.get("free_energy_drift")):
-        return False
-    return loop.walkers < 2 or within(metrics.get("free_energy_sem"))
+    """The driver's criterion: no blocker in :func:`aesample.verdict.convergence_blockers` (one statement of it,
+    which the report and ``aesample status`` print): iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
+    ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and block-bootstrap error
+    within ``loop.free_energy_tolerance``, no hidden barrier above ``loop.hidden_barrier_tolerance``, an effective
+    sample size of at least ``loop.min_ess`` and sampling that stopped growing (``loop.max_support_growth``)."""
+    return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
 
 
 def format_metrics(m: dict[str, Any]) -> str:
@@ -662,6 +647,8 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:
         parts.append(f"ESS={m['effective_sample_size']:.0f}/{m['frames']}")
+    if m.get("support_growth") is not None:  # weight in CV bins first reached in the runs' second halves
+        parts.append(f"late support={100 * m['support_growth']:.0f}%")
     parts.append(f"{m.get('ns', 0):.3f} ns")
     if m.get("ns_per_day"):
         parts.append(f"{m['ns_per_day']:.1f} ns/day")

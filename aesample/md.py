@@ -52,6 +52,8 @@ import numpy as np
 from .config import Config, EABFConfig, MDConfig, OutputConfig, SystemConfig
 from .eabf import EABFState, ExtendedABF
 from .io import atomic_path, atomic_write_json, atomic_write_text
+from .threads import plan_threads, threads_in_effect
+from .torchbinding import resolve_cuda_graphs
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
@@ -77,7 +79,8 @@ class EABFSettings:
     grid_min, grid_max : per-component grid bounds (CV units); bins : bins per component; kappa : kJ/mol/CVunit^2;
     periodic : per component or None (from the CV); extended_period : ps; extended_mass : amu nm^2/CVunit^2 or None;
     full_samples, min_samples : linear ramp (None: ``full_samples // 2``); wall_kappa : walls (default 10 kappa);
-    force_group : 0..31 (None: a free one); use_cuda_graphs : CUDA only; czar_bins : bins per component of the
+    force_group : 0..31 (None: a free one); cuda_graphs : "auto" | "on" | "off"
+    (:func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the
     CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
     in the state's meta). Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
     """
@@ -93,7 +96,7 @@ class EABFSettings:
     min_samples: Optional[int] = None
     wall_kappa: Optional[Union[float, Sequence[float]]] = None
     force_group: Optional[int] = None
-    use_cuda_graphs: bool = False
+    cuda_graphs: str = _EABF.cuda_graphs
     czar_bins: Optional[Union[int, Sequence[int]]] = None
     czar_min_count: int = _EABF.czar_min_count
 
@@ -117,7 +120,7 @@ class EABFSettings:
             wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
             czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
                 bins, gmin, gmax, [kappa] * d, config.system.temperature),
-            czar_min_count=e.czar_min_count,
+            czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs,
         )
 
 
@@ -132,8 +135,8 @@ class MDSettings:
     steps before production; seed : integrator/velocity seed (0 = random); progress : tqdm bar;
     precision : GPU precision for :func:`aesample.platforms.select_platform`; trajectory_format : "dcd" or "xtc";
     error_blocks : time blocks per biased run whose accumulators are saved for block-bootstrap error bars;
-    cpu_threads : threads of the CPU platform when that is the one chosen (None: OpenMM's default;
-    ``platform_properties`` win over it).
+    cpu_threads : threads of the CPU platform when that is the one chosen (None: every core this process may run
+    on, see :mod:`aesample.threads`; ``platform_properties`` win over it).
 
     cv_interval : int, >= 1 (default 1)
         Multiple time stepping for biased runs. 1: LangevinMiddleIntegrator, the eABF force (CV, coupling, ABF
@@ -181,6 +184,7 @@ class MDSettings:
             minimize=md.minimize, equilibration_steps=md.steps(md.equilibration),
             platform=config.system.platform, precision=config.system.precision,
             trajectory_format=config.output.trajectory_format, cv_interval=md.cv_interval,
+            cpu_threads=None if config.execution.threads is None else plan_threads(config.execution.threads).openmm,
         )
 
     def check(self, biased: bool = True) -> int:
@@ -323,8 +327,8 @@ def _platform(md: MDSettings, n_atoms: int):
     except ImportError:  # pragma: no cover - the lead's module exists in the package
         return openmm.Platform.getPlatformByName(md.platform), dict(md.platform_properties or {})
     platform, props = select_platform(md.platform, n_atoms, md.precision)
-    if md.cpu_threads is not None and platform.getName() == "CPU":
-        props["Threads"] = str(md.cpu_threads)
+    if platform.getName() == "CPU":  # explicit, never OpenMM's own guess (None: every core this process may use)
+        props["Threads"] = str(md.cpu_threads if md.cpu_threads is not None else plan_threads().openmm)
     props.update(md.platform_properties or {})
     return platform, props
 
@@ -522,17 +526,22 @@ class _SegmentedRun:
         self.pos0 = np.asarray(r.positions if r.positions is not None else ms.positions, dtype=float)
         self.box = getattr(ms, "box", None)
         self.eabf = None
+        # the platform first: whether the force is captured in a CUDA graph depends on it
+        self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
+                                                                              if biased else 0))
         if biased:
+            graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
+            if self.platform.getName() == "CUDA":
+                self.log(why)
             self.eabf = ExtendedABF(
                 self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
                 extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
                 minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
-                box=self.box, initialState=initial_state, useCUDAGraphs=es.use_cuda_graphs, czarBins=es.czar_bins,
+                box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
             )
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
                                           cv_interval)
         self.integrator.setRandomNumberSeed(int(md.seed))
-        self.platform, props = _platform(md, self.system.getNumParticles())
         self.context = openmm.Context(self.system, self.integrator, self.platform, props)
         self.solute = _solute_indices(ms)
         self.sub_top = _mdtraj_topology(ms).subset(self.solute)
@@ -594,6 +603,7 @@ class _SegmentedRun:
             "biased": self.biased, "temperature": self.temperature, "timestep": md.timestep,
             "solute": self.solute.tolist(), "report_interval": md.report_interval, "n_steps": self.n_steps,
             "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
+            "threads": threads_in_effect(self.context),
         })
         return 0, 0
 
@@ -893,7 +903,8 @@ class FreeEnergyEstimates:
 
     def free_energy_error(self, estimator: str = "czar", n_boot: int = 100, seed: int = 0,
                           lambdas: Optional[np.ndarray] = None, xis: Optional[np.ndarray] = None,
-                          delta_f_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+                          delta_f_labels: Optional[np.ndarray] = None, visit_labels: Optional[np.ndarray] = None,
+                          visit_min_dwell: int = 5) -> Dict[str, Any]:
         """Block-bootstrap error bars of the estimator's free energy (kJ/mol) and, optionally, of a Delta F.
 
         ``rms``: the bootstrap standard deviation of the free energy at each frame's grid point (constant offset
@@ -903,6 +914,15 @@ class FreeEnergyEstimates:
         ``delta_f_error`` its bootstrap standard deviation (NaN when a replicate leaves a basin empty). The
         replicates recompute the weights of frames by their replicate's free energy and histogram, so errors of
         the free energy along xi and of the frames' make-up at fixed xi both enter.
+
+        Blocks shorter than the time between crossings of the two basins make the bootstrap miss most of the error
+        of their population ratio, so with ``delta_f_labels`` ``delta_f_error`` is the larger of the bootstrap's
+        (``delta_f_error_bootstrap``) and the error the basin visits allow (``delta_f_error_visits``,
+        :func:`aesample.estimators.visit_delta_f_error` on ``visit_labels`` -- default ``delta_f_labels``; -1
+        for frames in neither basin -- with ``visit_min_dwell`` frames to commit to a basin; ``delta_f_visits``
+        has its record). When the visits' error is the larger, ``rms`` adds the missing part,
+        ``sqrt(err_visits^2 - err_bootstrap^2)``, as a step between the basins: ``sqrt(f0 f1)`` times it, f0, f1
+        the basins' shares of the frames (``rms_bootstrap`` keeps the bootstrap's own value).
         """
         from .estimators import kT as kT_of
         from .estimators import values_in_bins
@@ -932,11 +952,21 @@ class FreeEnergyEstimates:
         if ok.any():
             vv = v[:, ok] - v[:, ok].mean(axis=1, keepdims=True)
             out["rms"] = float(np.sqrt(np.mean(np.var(vv, axis=0, ddof=1))))
+        out["rms_bootstrap"] = out["rms"]
         if delta_f_labels is not None:
             w = self.reweighting_weights(estimator, lambdas=lambdas, xis=xis)
             out["delta_f"] = _delta_f(w, delta_f_labels, kT)
             d = np.asarray(dfs)
-            out["delta_f_error"] = float(np.std(d, ddof=1)) if np.all(np.isfinite(d)) and len(d) > 1 else float("nan")
+            boot = float(np.std(d, ddof=1)) if np.all(np.isfinite(d)) and len(d) > 1 else float("nan")
+            out.update(_visit_error(delta_f_labels if visit_labels is None else visit_labels, w, kT,
+                                    [len(fb) for fb, _ in runs], visit_min_dwell))
+            out["delta_f_error_bootstrap"] = boot
+            out["delta_f_error"] = float(np.fmax(boot, out["delta_f_error_visits"]))  # NaN only if both are
+            missing = out["delta_f_error"] ** 2 - (boot if np.isfinite(boot) else 0.0) ** 2
+            lab = np.asarray(delta_f_labels)
+            f0, f1 = float(np.mean(lab == 0)), float(np.mean(lab == 1))
+            if np.isfinite(out["rms"]) and np.isfinite(missing) and missing > 0:
+                out["rms"] = float(np.sqrt(out["rms"] ** 2 + missing * f0 * f1))
         return out
 
     def reweighting_weights(self, estimator: str = "czar", state: Optional[EABFState] = None,
@@ -963,6 +993,18 @@ def _delta_f(weights: np.ndarray, labels: np.ndarray, kT: float) -> float:
     labels = np.asarray(labels)
     pa, pb = float(weights[labels == 0].sum()), float(weights[labels == 1].sum())
     return float(-kT * np.log(pb / pa)) if pa > 0 and pb > 0 else float("nan")
+
+
+def _visit_error(labels: np.ndarray, weights: np.ndarray, kT: float, run_lengths: List[int],
+                 min_dwell: int) -> Dict[str, Any]:
+    """``delta_f_error_visits`` and ``delta_f_visits`` of :meth:`FreeEnergyEstimates.free_energy_error`."""
+    from .estimators import visit_delta_f_error
+
+    labels = np.asarray(labels)
+    runs = run_lengths if sum(run_lengths) == len(labels) else 1  # frames not aligned with blocks: one run
+    v = visit_delta_f_error(labels, weights, kT, n_runs=runs, min_dwell=min_dwell)
+    return {"delta_f_error_visits": v["error"],
+            "delta_f_visits": {k: v[k] for k in ("visits", "cv2", "transitions")}}
 
 
 def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_interval: int, checkpoint_step: int):

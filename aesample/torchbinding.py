@@ -15,7 +15,14 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["make_torch_force", "is_torch_force"]
+__all__ = ["make_torch_force", "is_torch_force", "host_synchronisations", "resolve_cuda_graphs"]
+
+#: aten ops that make a CUDA device wait for the host (a tensor read into Python, or a linear-algebra call that
+#: checks its LAPACK-style error codes on the host, as torch documents for eigh/inv/solve/cholesky); a CUDA graph
+#: cannot capture any of them.
+_HOST_SYNC_OPS = ("item", "Bool", "Int", "Float", "IntImplicit", "FloatImplicit", "ScalarImplicit", "nonzero",
+                  "masked_select", "linalg_eigh", "linalg_eigvalsh", "linalg_inv", "linalg_solve", "linalg_cholesky",
+                  "linalg_svd", "linalg_eig")
 
 
 class _DropSimtkNotice(logging.Filter):
@@ -88,6 +95,52 @@ def make_torch_force(
     if name:
         force.setName(str(name))
     return force
+
+
+def host_synchronisations(module: torch.nn.Module) -> list:
+    """Names of the ops in a scripted module's forward (and what it calls) that synchronise a CUDA device with the
+    host; empty: openmm-torch can capture it in a CUDA graph.
+
+    A static reading of the TorchScript graph (``inlined_graph``), so it may list an op on a branch that never
+    runs on CUDA (e.g. a host-only shortcut); it never misses one that does run.
+    """
+    import re
+
+    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+    graphs = [str(scripted.inlined_graph)]
+    for name in ("value_and_jacobian",):  # methods the eABF force calls besides forward
+        if hasattr(scripted, name):
+            graphs.append(str(getattr(scripted, name).inlined_graph))
+    pattern = re.compile(r"aten::(" + "|".join(_HOST_SYNC_OPS) + r")\b")
+    return sorted({m for g in graphs for m in pattern.findall(g)})
+
+
+def resolve_cuda_graphs(setting: str, platform_name: str, cv: torch.nn.Module) -> Tuple[bool, str]:
+    """Whether the eABF force is captured in a CUDA graph, and why (for the log).
+
+    Parameters
+    ----------
+    setting : {"auto", "on", "off"}
+        ``eabf.cuda_graphs``. ``auto``: on the CUDA platform when the CV has no host synchronisation
+        (:func:`host_synchronisations`); ``on``: always asked for (openmm-torch errors if capture fails);
+        ``off``: never.
+    platform_name : str
+        The OpenMM platform the run uses (only CUDA captures graphs).
+    cv : torch.nn.Module
+        The CV module the force evaluates.
+    """
+    if setting == "on":
+        return True, "eabf.cuda_graphs: on"
+    if setting == "off":
+        return False, "eabf.cuda_graphs: off"
+    if setting != "auto":
+        raise ValueError(f"eabf.cuda_graphs must be 'auto', 'on' or 'off', got {setting!r}")
+    if platform_name != "CUDA":
+        return False, f"no CUDA graphs on the {platform_name} platform"
+    sync = host_synchronisations(cv)
+    if sync:
+        return False, f"no CUDA graphs: the CV synchronises with the host ({', '.join(sync)})"
+    return True, "CUDA graphs on (the CV has no host synchronisation)"
 
 
 def is_torch_force(force) -> bool:

@@ -29,8 +29,10 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
     """Why iteration ``metrics`` does not meet the convergence criterion, each with what to change ([] = met).
 
     ``metrics["convergence_blockers"]`` is used when present; otherwise the reasons are derived from
-    ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` and, with walkers,
-    the walkers' standard error.
+    ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` (drift, block-bootstrap
+    error and, with walkers, the walkers' standard error), ``loop.hidden_barrier_tolerance``, ``loop.min_ess``
+    and ``loop.max_support_growth``. The driver's criterion is "this list is empty"
+    (:func:`aesample.loopstages.is_converged`).
     """
     given = metrics.get("convergence_blockers")
     if given is not None:
@@ -69,6 +71,16 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
     if tol is not None and k > 0 and _finite(metrics.get("free_energy_error")) and metrics["free_energy_error"] > tol:
         out.append(f"block-bootstrap error of the free energy {metrics['free_energy_error']:.2f} kJ/mol > "
                    f"loop.free_energy_tolerance {tol} kJ/mol: lengthen loop.eabf_per_iteration or add walkers")
+    min_ess, ess = getattr(loop, "min_ess", None), metrics.get("effective_sample_size")
+    if min_ess is not None and k > 0 and _finite(ess) and ess < min_ess:
+        out.append(f"effective sample size {ess:.1f} frames < loop.min_ess {min_ess:g}: the weights rest on a few "
+                   "frames, so the CV and its R² are learned from them; lengthen loop.eabf_per_iteration or add "
+                   "walkers")
+    growth, max_growth = metrics.get("support_growth"), getattr(loop, "max_support_growth", None)
+    if max_growth is not None and k > 0 and _finite(growth) and growth > max_growth:
+        out.append(f"sampling still growing: {100 * growth:.1f} % of the weight lies in CV bins first reached in "
+                   f"the second half of the runs (> loop.max_support_growth {max_growth}); lengthen "
+                   "loop.eabf_per_iteration")
     hb, hb_tol = metrics.get("hidden_barrier_fraction"), getattr(loop, "hidden_barrier_tolerance", None)
     if hb_tol is not None and _finite(hb) and hb > hb_tol:
         out.append(f"hidden barrier: {100 * hb:.1f} % of the weight sits in CV bins whose frames form separate, "

@@ -4,12 +4,15 @@
     # see benchmarks/hidden_barrier_adp.py; then per walker j:
     aesample eabf --system alanine-dipeptide --cv-model CV.pt --grid-min -1.5 --grid-max 1.5 --bins 30 \\
         --kappa 3000 --full-samples 100 --extended-period 0.2 --report-interval 100 --seed $((11 + j)) --ns 1 --out W_j
-    python benchmarks/learned_cv_walkers.py runs/reference/reference_phi-psi_20ns_seed2.npz W_0 W_1 ...
+    python benchmarks/learned_cv_walkers.py runs/reference/reference_phi-psi_20ns_seed2.npz W_0 W_1 ... [--json=F]
 
 Per walker and as walkers' mean +- SD: free-energy differences between regions of (phi, psi) from the frames
 reweighted with the walker's own CZAR weights (C5 - C7eq, alphaR/bridge - C7eq, alphaL - C7ax: within one side of
-the phi barrier; Delta F(C7ax vs rest) across it, with its block-bootstrap error), against the (phi, psi)
-metadynamics reference.
+the phi barrier; Delta F(C7ax vs rest) across it, with its error bars: block bootstrap, basin visits, and the
+larger of the two that FreeEnergyEstimates.free_energy_error reports), against the (phi, psi) metadynamics
+reference; the same with the naive weights exp(-beta F_kappa(lambda)); transitions and the time of the first
+C7ax visit. Walkers written by kappa_walkers.py are grouped by kappa; RMS z = RMS over walkers of
+(Delta F - reference) / error bar (1 for an honest error bar of an unbiased estimate).
 """
 import sys
 
@@ -58,28 +61,103 @@ def reference(path):
     return d
 
 
+def _group(d):
+    """kappa (and MTS interval) of a walker written by kappa_walkers.py; 'cli' for an `aesample eabf` walker."""
+    import json
+    from pathlib import Path
+
+    f = Path(d) / "kappa_walker.json"
+    if not f.is_file():
+        return "cli"
+    info = json.loads(f.read_text())
+    return f"kappa {info['kappa']:g} (cv_interval {info['cv_interval']})"
+
+
+def walker_row(d, top):
+    """One walker's numbers: within-side differences and Delta F(C7ax vs rest) with CZAR and naive weights, the
+    error bars (block bootstrap, basin visits on the phi cores and on the Delta F labels with 5-frame dwell),
+    transitions and the time of the first C7ax visit."""
+    res = load_result(d)
+    traj = res.load_trajectory(top)
+    ang = analysis.phi_psi(traj)
+    phi = ang[:, 0]
+    w = res.reweighting_weights("czar")
+    row = differences(ang[:, 0], ang[:, 1], w)
+    lab = analysis.c7ax_labels(phi)
+    err = res.free_energy_error("czar", n_boot=40, delta_f_labels=lab, visit_labels=analysis.c7ax_core_labels(phi))
+    row["C7ax vs rest"] = err["delta_f"]
+    row["error"] = err["delta_f_error"]
+    row["error_boot"] = err["delta_f_error_bootstrap"]
+    row["error_visits"] = err["delta_f_error_visits"]
+    row["error_visits_labels5"] = est.visit_delta_f_error(lab, w, KT, min_dwell=5)["error"]
+    row["rms"] = err["rms"]
+    row["rms_boot"] = err["rms_bootstrap"]
+    row["transitions"] = analysis.basin_transitions(phi)
+    core = analysis.c7ax_core_labels(phi)
+    dt_frame = float(res.run.get("report_interval", 100)) * float(res.run.get("timestep", 0.002))  # ps
+    first = np.flatnonzero(core == 1)
+    row["first_c7ax_ps"] = float(first[0] + 1) * dt_frame if first.size else np.nan
+    try:
+        wn = res.reweighting_weights("naive")
+        nv = differences(ang[:, 0], ang[:, 1], wn)
+        for k, v in nv.items():
+            row["naive " + k] = v
+        pa, pb = wn[lab == 0].sum(), wn[lab == 1].sum()
+        row["naive C7ax vs rest"] = -KT * np.log(pb / pa) if pa > 0 and pb > 0 else np.nan
+        # the naive free energy over the lambda histogram actually sampled (what the time-dependent bias did):
+        # w ~ exp(-beta F_kappa(lambda)) / n(lambda), the lambda analogue of the CZAR weights
+        st = res.state
+        lam = res.colvar_lambda()
+        n_lam = est.values_in_bins(st.count, st.grid_min, st.bin_width, st.periodic, lam)
+        wh = np.where(n_lam > 0, wn / np.where(n_lam > 0, n_lam, 1.0), 0.0)
+        for k, v in differences(ang[:, 0], ang[:, 1], wh).items():
+            row["naive/n " + k] = v
+        pa, pb = wh[lab == 0].sum(), wh[lab == 1].sum()
+        row["naive/n C7ax vs rest"] = -KT * np.log(pb / pa) if pa > 0 and pb > 0 else np.nan
+    except ValueError:
+        pass
+    return row
+
+
 def main():
+    import json
+
     ref = reference(sys.argv[1])
     print("reference:", {k: round(float(v), 2) for k, v in ref.items()})
     top = build_system("alanine-dipeptide").mdtraj_topology
-    rows = []
+    groups = {}
     for d in sys.argv[2:]:
-        res = load_result(d)
-        traj = res.load_trajectory(top)
-        ang = analysis.phi_psi(traj)
-        w = res.reweighting_weights("czar")
-        row = differences(ang[:, 0], ang[:, 1], w)
-        err = res.free_energy_error("czar", n_boot=40, delta_f_labels=analysis.c7ax_labels(ang[:, 0]))
-        row["C7ax vs rest"] = err["delta_f"]
-        row["error"] = err["delta_f_error"]
-        row["transitions"] = analysis.basin_transitions(ang[:, 0])
-        rows.append(row)
+        if d.startswith("--json="):
+            continue
+        row = walker_row(d, top)
+        groups.setdefault(_group(d), []).append(row)
         print(d, {k: round(float(v), 2) for k, v in row.items()}, flush=True)
-    for key in [f"{a}-{b}" for a, b in PAIRS] + ["C7ax vs rest"]:
-        v = np.array([r[key] for r in rows], dtype=float)
-        print(f"{key}: mean {np.nanmean(v):.2f} SD {np.nanstd(v, ddof=1):.2f} (reference {ref[key]:.2f})")
-    e = np.array([r["error"] for r in rows], dtype=float)
-    print(f"per-walker bootstrap error of Delta F(C7ax vs rest): RMS {np.sqrt(np.nanmean(e ** 2)):.2f}")
+    keys = [f"{a}-{b}" for a, b in PAIRS] + ["C7ax vs rest"]
+    summary = {}
+    for g, rows in groups.items():
+        print(f"== {g}: {len(rows)} walkers")
+        summary[g] = {}
+        for prefix in ("", "naive ", "naive/n "):
+            for key in keys:
+                v = np.array([r.get(prefix + key, np.nan) for r in rows], dtype=float)
+                sd = np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else np.nan
+                summary[g][prefix + key] = [float(np.nanmean(v)), float(sd), float(ref[key])]
+                print(f"{prefix}{key}: mean {np.nanmean(v):.2f} SD {sd:.2f} (reference {ref[key]:.2f})")
+        dfv = np.array([r["C7ax vs rest"] for r in rows], dtype=float)
+        for e in ("error", "error_boot", "error_visits", "error_visits_labels5", "rms", "rms_boot"):
+            ev = np.array([r[e] for r in rows], dtype=float)
+            z = (dfv - ref["C7ax vs rest"]) / ev
+            summary[g][e] = [float(np.sqrt(np.nanmean(ev ** 2))), float(np.sqrt(np.nanmean(z ** 2)))]
+            print(f"  {e}: RMS {np.sqrt(np.nanmean(ev ** 2)):.2f} kJ/mol; RMS z of Delta F against the reference "
+                  f"{np.sqrt(np.nanmean(z ** 2)):.2f}")
+        for e in ("transitions", "first_c7ax_ps"):
+            ev = np.array([r[e] for r in rows], dtype=float)
+            summary[g][e] = ev.tolist()
+            print(f"  {e}: {ev.tolist()}")
+    for d in sys.argv[2:]:
+        if d.startswith("--json="):
+            with open(d[7:], "w") as fh:
+                json.dump({"reference": {k: float(v) for k, v in ref.items()}, "groups": summary}, fh, indent=1)
 
 
 if __name__ == "__main__":

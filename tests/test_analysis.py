@@ -121,3 +121,15 @@ def test_basin_report_says_not_sampled_until_crossed():
     r = basin_report(phi, np.ones(len(phi)), kT, error=0.3)
     assert r["status"] == "ok" and r["transitions"] == 19
     assert r["value"] == pytest.approx(-kT * np.log(100 / 300)) and r["error"] == 0.3
+
+
+def test_c7ax_core_labels_count_the_same_visits_as_basin_transitions():
+    from aesample import estimators as est
+    from aesample.analysis import c7ax_core_labels
+
+    phi = np.array([-1.2, -0.2, 0.1, -0.1, 0.5, 1.0, 2.1, 2.5, -3.0, -0.3, 1.5, 2.2])
+    core = c7ax_core_labels(phi)
+    assert core.tolist() == [0, -1, -1, -1, 1, 1, -1, -1, 0, -1, 1, -1]
+    _, basins = est.basin_visits(core)
+    assert basins.tolist() == [0, 1, 0, 1]
+    assert len(basins) - 1 == basin_transitions(phi)

@@ -37,7 +37,7 @@ def test_unknown_section_message():
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"mdd": {}})
     assert str(exc.value) == (
-        "unknown key 'mdd' (allowed keys in the top level: system, md, cv, eabf, training, loop, output)"
+        "unknown key 'mdd' (allowed keys in the top level: system, md, cv, eabf, training, loop, output, execution)"
     )
 
 

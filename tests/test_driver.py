@@ -73,6 +73,14 @@ def test_loop_outputs(uninterrupted):
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
         assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
+        # the share of the weight first reached in the run's second half, recomputed from the files
+        from aesample.analysis import support_growth
+
+        run0 = md_mod.load_result(uninterrupted / f"iter_{k:03d}" / "md_0")
+        st = run0.state
+        cells = np.floor((run0.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
+        flat = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+        assert m["support_growth"] == pytest.approx(support_growth(flat, np.zeros(len(flat), int), w))
         # the CZAR free energy moved between half time (step 2000 of 4000) and the end; delta_f_phi_half uses the former
         assert m["free_energy_drift"] > 0 and 0 < m["free_energy_drift_frames"] <= 1
         assert m["estimator"] == "czar"

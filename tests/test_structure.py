@@ -103,6 +103,7 @@ def test_cli_library_and_loop_share_the_configuration_defaults():
     assert cli == {name: getattr(cfg.md, name) for name in cli}
     assert (args.extended_period, args.czar_min_count) == (cfg.eabf.extended_period, cfg.eabf.czar_min_count)
     assert args.platform == cfg.system.platform
+    assert (args.cuda_graphs, args.threads) == (cfg.eabf.cuda_graphs, cfg.execution.threads)
     # the engine's settings: the same values in its units (ps, steps), converted in one place
     assert MDSettings.from_config(cfg) == MDSettings()
     md = MDSettings()

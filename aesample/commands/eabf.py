@@ -21,10 +21,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..config import EABFConfig, MDConfig, SystemConfig
+from ..config import EABFConfig, ExecutionConfig, MDConfig, SystemConfig
 
 # Every default below is the configuration's (aesample.config), so `aesample eabf` and the loop agree.
-_MD, _EABF, _SYSTEM = MDConfig(), EABFConfig(), SystemConfig()
+_MD, _EABF, _SYSTEM, _EXEC = MDConfig(), EABFConfig(), SystemConfig(), ExecutionConfig()
 
 
 def add_parser(subparsers) -> None:
@@ -64,6 +64,11 @@ def add_parser(subparsers) -> None:
                    help=f"equilibration before sampling, ps (default {_MD.equilibration:g})")
     p.add_argument("--seed", type=int, default=_MD.seed, help=f"random seed (default {_MD.seed})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default=_EABF.cuda_graphs,
+                   help=f"capture the eABF force in a CUDA graph (default {_EABF.cuda_graphs}: on CUDA when the CV "
+                   "allows it)")
+    p.add_argument("--threads", type=int, default=_EXEC.threads,
+                   help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
@@ -85,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
     from ..eabf import coupled_czar_bins
     from ..md import EABFSettings, MDSettings, run_eabf
     from ..systems import build_system
+    from ..threads import plan_threads
 
     ms = build_system(args.system)
     if args.cv_model is not None:
@@ -123,10 +129,10 @@ def main(args: argparse.Namespace) -> int:
     seg = max(rep, (int(args.segment_steps) // rep) * rep)
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
                       extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
-                      czar_min_count=args.czar_min_count)
+                      czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
-                    seed=args.seed, progress=not args.no_progress)
+                    seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
     print(f"eABF on {ms.name} along {label} (d={d}): grid {gmin} .. {gmax}, bins {bins} (CZAR {czar_bins}), "
           f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
     created = not args.out.exists()

@@ -1,0 +1,65 @@
+"""The loop's convergence criterion: one statement (verdict.convergence_blockers), not fooled by a collapsed sample
+or by sampling that is still finding new states."""
+import itertools
+
+import numpy as np
+import pytest
+
+from aesample.analysis import support_growth
+from aesample.config import LoopConfig
+from aesample.loopstages import is_converged
+from aesample.verdict import convergence_blockers
+
+
+def test_support_growth_is_the_weight_first_reached_late():
+    # two walkers of 10 frames; walker 1 enters bin 7 in its second half only, with weight 3 of 23
+    bins = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0] + [1, 1, 2, 2, 1, 2, 7, 7, 7, 2])
+    runs = np.repeat([0, 1], 10)
+    w = np.ones(20)
+    w[16:19] = [1.0, 1.0, 1.0]
+    assert support_growth(bins, runs, w) == pytest.approx(3 / 20)
+    # revisiting only what the first halves found: no growth; a bin seen early by the other walker counts as seen
+    assert support_growth(np.where(bins == 7, 0, bins), runs, w) == 0.0
+    # the late bin carries most of the weight: a basin entered at the end
+    w2 = np.where(bins == 7, 100.0, 1.0)
+    assert support_growth(bins, runs, w2) > 0.9
+    # frames outside the grid (negative label) never count as new support
+    assert support_growth(np.where(bins == 7, -1, bins), runs, w) == 0.0
+    with pytest.raises(ValueError, match="one entry per frame"):
+        support_growth(bins, runs[:5], w)
+
+
+SETTLED = {"iteration": 3, "regression_score": 0.999, "free_energy_drift": 0.3, "free_energy_error": 0.4,
+           "hidden_barrier_fraction": 0.0, "effective_sample_size": 250.0, "support_growth": 0.01}
+
+
+def test_a_collapsed_sample_or_growing_support_holds_the_loop_back():
+    loop = LoopConfig()
+    assert is_converged(SETTLED, loop) and convergence_blockers(SETTLED, loop) == []
+    # R^2 = 0.999996 from an ESS of 1.2 frames (a run seen in the reproduction issue) is no convergence
+    collapsed = dict(SETTLED, regression_score=0.999996, effective_sample_size=1.2)
+    assert not is_converged(collapsed, loop)
+    assert any("loop.min_ess" in b for b in convergence_blockers(collapsed, loop))
+    growing = dict(SETTLED, support_growth=0.3)
+    assert not is_converged(growing, loop)
+    assert any("loop.max_support_growth" in b and "30.0 %" in b for b in convergence_blockers(growing, loop))
+    # both checks can be switched off
+    off = LoopConfig(min_ess=None, max_support_growth=None)
+    assert is_converged(collapsed, off) and is_converged(growing, off)
+
+
+def test_is_converged_is_exactly_an_empty_blocker_list():
+    loop = LoopConfig(walkers=2)
+    values = {
+        "iteration": [1, 3], "regression_score": [None, 0.95, 0.999], "free_energy_drift": [None, 0.5, 2.0],
+        "free_energy_sem": [None, 0.5, 2.0], "effective_sample_size": [5.0, 100.0], "support_growth": [0.0, 0.2],
+        "hidden_barrier_fraction": [0.0, 0.1],
+    }
+    keys = list(values)
+    n_converged = 0
+    for combo in itertools.product(*values.values()):
+        m = dict(zip(keys, combo))
+        converged = is_converged(m, loop)
+        assert converged == (convergence_blockers(m, loop) == []), m
+        n_converged += converged
+    assert n_converged == 1  # only the all-good combination
