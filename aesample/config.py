@@ -266,14 +266,22 @@ class EABFConfig(_Section):
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
         "(10 kappa; stiffer walls shorten the extended period and limit md.cv_interval).",
     )
-    estimator: Literal["czar", "naive"] = Field(
+    estimator: Literal["czar"] = Field(
         "czar",
-        description="How frames are weighted back to the Boltzmann measure (training weights, Delta F, drift). "
-        "'czar': w ~ exp(-beta A(xi)) / n(xi), the CZAR free energy of the CV over its biased histogram; needs "
-        "only the fast extended variable to relax at fixed xi. 'naive': w ~ exp(-beta F_kappa(lambda)) (the "
-        "paper's form); also needs the atoms to relax at fixed lambda, so it is biased in finite runs with "
-        "barrier crossings (benchmarks/LOOP_RESULTS.md).",
+        description="How frames are weighted back to the Boltzmann measure (training weights, Delta F, drift): "
+        "'czar', w ~ exp(-beta A(xi)) / n(xi), the CZAR free energy of the CV over its biased histogram (the only "
+        "choice: the paper's exp(-beta F_kappa(lambda)) weights were measured worse and removed, see "
+        "benchmarks/RESULTS.md, Estimators).",
     )
+
+    @field_validator("estimator", mode="before")
+    @classmethod
+    def _naive_removed(cls, value):
+        if value == "naive":
+            raise ValueError("'naive' (w ~ exp(-beta F_kappa(lambda))) was removed: its free-energy differences "
+                             "were 2-4x farther from the reference than CZAR's (benchmarks/RESULTS.md, "
+                             "Estimators); use 'czar' or delete the line")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> "EABFConfig":

@@ -611,8 +611,8 @@ def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[
 def is_converged(metrics: dict[str, Any], loop) -> bool:
     """The driver's criterion: no blocker in :func:`aesample.verdict.convergence_blockers` (one statement of it,
     which the report and ``aesample status`` print): iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
-    ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and block-bootstrap error
-    within ``loop.free_energy_tolerance``, no hidden barrier above ``loop.hidden_barrier_tolerance``, an effective
+    ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and own error (block
+    bootstrap and basin visits) within ``loop.free_energy_tolerance``, no hidden barrier above ``loop.hidden_barrier_tolerance``, an effective
     sample size of at least ``loop.min_ess`` and sampling that stopped growing (``loop.max_support_growth``)."""
     return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
 
@@ -633,7 +633,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     if m.get("free_energy_sem") is not None:
         parts.append(f"F walkers' SEM={m['free_energy_sem']:.2f} kJ/mol")
     if m.get("free_energy_error") is not None:
-        parts.append(f"F error (block bootstrap)={m['free_energy_error']:.2f} kJ/mol")
+        parts.append(f"F error (bootstrap, basin visits)={m['free_energy_error']:.2f} kJ/mol")
     basin = m.get("basin_delta_f")
     if basin and basin.get("value") is None:
         parts.append(f"dF({basin['definition']}) not sampled ({basin['reason']})")

@@ -69,8 +69,8 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
                            f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
                            "loop.eabf_per_iteration")
     if tol is not None and k > 0 and _finite(metrics.get("free_energy_error")) and metrics["free_energy_error"] > tol:
-        out.append(f"block-bootstrap error of the free energy {metrics['free_energy_error']:.2f} kJ/mol > "
-                   f"loop.free_energy_tolerance {tol} kJ/mol: lengthen loop.eabf_per_iteration or add walkers")
+        out.append(f"error of the free energy (block bootstrap and basin visits) {metrics['free_energy_error']:.2f} "
+                   f"kJ/mol > loop.free_energy_tolerance {tol} kJ/mol: lengthen loop.eabf_per_iteration or add walkers")
     min_ess, ess = getattr(loop, "min_ess", None), metrics.get("effective_sample_size")
     if min_ess is not None and k > 0 and _finite(ess) and ess < min_ess:
         out.append(f"effective sample size {ess:.1f} frames < loop.min_ess {min_ess:g}: the weights rest on a few "

@@ -154,6 +154,18 @@ def main():
             ev = np.array([r[e] for r in rows], dtype=float)
             summary[g][e] = ev.tolist()
             print(f"  {e}: {ev.tolist()}")
+    rows = [r for g in groups.values() for r in g]
+    dfv = np.array([r["C7ax vs rest"] for r in rows], dtype=float)
+    tr = np.array([r["transitions"] for r in rows], dtype=float)
+    for label, sel in (("all walkers", np.isfinite(dfv)), (">= 4 transitions", np.isfinite(dfv) & (tr >= 4))):
+        if not sel.any():
+            continue
+        line = []
+        for e in ("error_boot", "error"):
+            z = (dfv[sel] - ref["C7ax vs rest"]) / np.array([r[e] for r in rows], dtype=float)[sel]
+            line.append(f"{e} RMS z {np.sqrt(np.mean(z ** 2)):.2f}, |z| <= 1 in {np.mean(np.abs(z) <= 1):.2f}")
+        summary[label] = {"walkers": int(sel.sum()), "z": line}
+        print(f"{label} ({int(sel.sum())}): " + "; ".join(line))
     for d in sys.argv[2:]:
         if d.startswith("--json="):
             with open(d[7:], "w") as fh:

@@ -80,6 +80,14 @@ def main() -> None:
         u = np.unwrap(v)
         laps = (u[-1] - u[0]) / (2 * np.pi)
         print(f"net winding of {name}: {laps:+.2f} laps over the run")
+    u = np.unwrap(xi)
+    wind = [float((u[fb == b][-1] - u[fb == b][0]) / (2 * np.pi)) if np.any(fb == b) else np.nan
+            for b in range(len(blocks))]
+    print("net winding of phi per block, laps:", np.round(wind, 2).tolist())
+    ok = np.isfinite(own) & np.isfinite(wind)
+    if ok.sum() > 2:
+        print(f"  correlation of a block's own closure with its winding: r = "
+              f"{np.corrcoef(np.asarray(own)[ok], np.asarray(wind)[ok])[0, 1]:.2f} over {ok.sum()} blocks")
     half = len(xi) // 2
     for part, sl in (("first half", slice(0, half)), ("second half", slice(half, None))):
         u = np.unwrap(xi[sl])
