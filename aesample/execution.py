@@ -89,7 +89,8 @@ def jobqueue_cluster_kwargs(spec: JobqueueConfig) -> Dict[str, Any]:
     for name in ("walltime", "queue", "account", "interface", "local_directory"):
         value = getattr(spec, name)
         if value is not None:
-            kwargs[name] = value
+            kwargs["project" if (name, spec.kind) == ("account", "lsf") else name] = value  # LSF: -P project
+    kwargs["scheduler_options"] = {"dashboard_address": ":0"}  # any free port: several runs may share a login node
     return kwargs
 
 
@@ -160,19 +161,25 @@ def _every_worker_has_walker_resource(client) -> bool:
     return bool(workers) and all(WALKER_RESOURCE in (w.get("resources") or {}) for w in workers.values())
 
 
+def _slug(label: str) -> str:
+    """A task key part from a label: its text before any " (", runs of other characters than [A-Za-z0-9_.] as "-"."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", label.split(" (")[0]).strip("-")
+
+
 def run_tasks(client, fn: Callable, calls: Sequence[tuple], labels: Sequence[str], retries: int = 3) -> List[Any]:
     """Run ``fn(*args)`` for every ``args`` of ``calls`` on the client's workers and wait for all of them.
 
     ``fn`` must be idempotent (a walker task resumes from its checkpoint): a task that raises is run again up to
-    ``retries`` times, and one whose worker is lost is rescheduled by the scheduler. Every task is waited for
+    ``retries`` times, and one whose worker is lost is rescheduled by the scheduler. Task keys are
+    ``aesample-<label slug>-<token>`` (e.g. ``aesample-iteration-1-eABF-walker-0-1a2b3c4d``). Every task is waited for
     before the first failure is raised as a RuntimeError naming its label (the others keep their checkpoints).
     Workers that advertise the resource :data:`WALKER_RESOURCE` (the local and jobqueue clusters) run one task
     at a time; those of an external scheduler without it run as many as they have threads.
     """
     resources = {WALKER_RESOURCE: 1} if _every_worker_has_walker_resource(client) else None
     token = uuid.uuid4().hex[:8]  # fresh keys: a long-lived scheduler never hands back an old result
-    futures = [client.submit(fn, *args, key=f"aesample-{label.replace(' ', '-')}-{token}", pure=False,
-                             retries=int(retries), resources=resources)
+    futures = [client.submit(fn, *args, key=f"aesample-{_slug(label)}-{token}", pure=False, retries=int(retries),
+                             resources=resources)
                for args, label in zip(calls, labels)]
     results, errors = [], []
     for label, fut in zip(labels, futures):  # all submitted: waiting for them in turn waits for every one

@@ -735,6 +735,7 @@ class _SegmentedRun:
                 self._end_segment(seg, done)
                 if self.shared_bias is not None and done < self.n_steps:
                     self._apply_shared(done)
+                    context = self.context
                 seg += 1
         finally:
             if self.writer is not None:
