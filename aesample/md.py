@@ -17,6 +17,8 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
   resume on the same platform is bit-reproducible on Reference), ``checkpoint/seg_N.xml`` (portable XML State),
   ``checkpoint/seg_N.eabf.npz`` (:class:`~aesample.eabf.EABFState`), and last ``checkpoint.json`` (segment index,
   step, time, file names). ``checkpoint.json`` is the commit point; files of older segments are removed after it.
+  Shared-bias walkers (``run_eabf(..., shared_bias=)``) also keep ``checkpoint/seg_N.shared.npz``, the other
+  walkers' sums applied in the next segment.
 * ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
   written once; comparing the free energy from it with the final one shows how much it still moves
   (:meth:`RunOutputs.free_energy_drift`).
