@@ -1,7 +1,7 @@
 """Walkers on Dask (aesample.execution) and shared-bias multiple walkers (aesample.sharedbias), issue 17.
 
-* the walkers of one loop iteration on a LocalCluster of 2 workers give the in-process results bit for bit;
-* a worker killed mid-walker: the task reruns, resumes from the checkpoint, the COLVAR is the uninterrupted one;
+* the walkers of one loop iteration on a LocalCluster of 2 workers, one worker killed mid-walker, give the
+  in-process results bit for bit (the task reruns and resumes from the checkpoint; no COLVAR row twice or missing);
 * cluster specs are validated; a jobqueue spec renders a job script; without dask-jobqueue the error names the extra;
 * shared bias: the other walkers' sums enter the applied bias only, a resume applies the sums saved with its
   checkpoint, and 4 shared walkers on the 1D double well fill the bias faster and pool to the exact free energy.
@@ -167,18 +167,6 @@ def _assert_same_walker(a: Path, b: Path):
     assert (a / "final_positions.npy").read_bytes() == (b / "final_positions.npy").read_bytes()
 
 
-def test_walkers_on_a_local_cluster_match_the_in_process_run(iteration0, in_process, tmp_path):
-    from aesample import loopstages
-
-    run = _copy(iteration0, tmp_path / "run")
-    assert run.config.loop.walker_processes == 2 and run.config.execution.scheduler is None
-    loopstages.run_md_stage(run, 1, progress=False)  # the loop's default path: a LocalCluster of 2 workers
-    for j in range(2):
-        _assert_same_walker(in_process / "iter_001" / f"md_{j}", run.iteration_dir(1) / f"md_{j}")
-        threads = json.loads((run.iteration_dir(1) / f"md_{j}" / "run.json").read_text())["threads"]
-        assert threads["torch_intra_op"] == 1 and threads["omp_num_threads_env"] == "1"
-
-
 def _checkpoint_step(path: Path) -> int:
     try:
         return int(json.loads(path.read_text())["step"])
@@ -186,46 +174,55 @@ def _checkpoint_step(path: Path) -> int:
         return 0
 
 
-def test_a_killed_worker_costs_one_segment_and_changes_nothing(iteration0, in_process, tmp_path):
+def _worker_processes() -> set:
+    """This process's Dask worker processes (spawned children), as psutil processes."""
+    import psutil
+
+    return {p for p in psutil.Process().children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline()) and p.is_running()}
+
+
+def test_walkers_on_a_local_cluster_match_in_process_even_with_a_killed_worker(iteration0, in_process, tmp_path):
+    """The loop's default path (a LocalCluster of 2 workers, one walker each): one worker is SIGKILLed while both
+    walkers are past their first checkpoint; its task reruns on the restarted worker, resumes from the checkpoint,
+    and both walkers end bit for bit as the in-process ones (Reference: a resume is bit-reproducible)."""
     from aesample import loopstages
     from aesample.outputs import read_colvar
 
     run = _copy(iteration0, tmp_path / "run")
-    kappa = _kappa(run)
+    assert run.config.loop.walker_processes == 2 and run.config.execution.scheduler is None
     dirs = [run.iteration_dir(1) / f"md_{j}" for j in range(2)]
-    calls = [(str(run.run_dir), 1, j, kappa, 1, False) for j in range(2)]
-    labels = [f"iteration 1: eABF walker {j}" for j in range(2)]
     outcome = {}
-    with execution.walker_client(run.config.execution, 2) as client:
-        pids = client.run(os.getpid)
 
-        def tasks():
-            try:
-                outcome["steps"] = execution.run_tasks(client, loopstages._walker_task, calls, labels, retries=3)
-            except Exception as exc:  # noqa: BLE001 - checked below
-                outcome["error"] = exc
+    def stage():
+        try:
+            loopstages.run_md_stage(run, 1, progress=False)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            outcome["error"] = exc
 
-        thread = threading.Thread(target=tasks)
-        thread.start()
-        deadline = time.time() + 300
-        while _checkpoint_step(dirs[1] / "checkpoint.json") < 400 and time.time() < deadline and thread.is_alive():
-            time.sleep(0.02)
-        killed_at = _checkpoint_step(dirs[1] / "checkpoint.json")
-        assert 400 <= killed_at < N_STEPS, f"walker 1 not caught mid-run (checkpoint step {killed_at})"
-        worker = next(addr for addr, keys in client.processing().items()
-                      if any("walker-1-" in str(key) for key in keys))
-        os.kill(pids[worker], signal.SIGKILL)
-        thread.join(timeout=600)
-        assert not thread.is_alive()
-        assert set(client.run(os.getpid).values()) != set(pids.values())  # the nanny started a new worker
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["steps"] == [N_STEPS, N_STEPS]
-    fields, rows = read_colvar(dirs[1] / "COLVAR")
-    times = rows[:, 0]
-    assert len(rows) == N_STEPS // 20 and np.all(np.diff(times) > 0)  # no duplicated, no missing row
-    np.testing.assert_allclose(np.diff(times), 20 * 0.002, rtol=1e-6)
-    for j in range(2):  # Reference: a resume from the checkpoint is bit-reproducible
+    thread = threading.Thread(target=stage)
+    thread.start()
+    deadline = time.time() + 300
+    while min(_checkpoint_step(d / "checkpoint.json") for d in dirs) < 200 and time.time() < deadline:
+        assert thread.is_alive(), outcome.get("error", "the stage ended before both walkers checkpointed")
+        time.sleep(0.02)
+    workers = _worker_processes()
+    at_kill = [_checkpoint_step(d / "checkpoint.json") for d in dirs]
+    assert len(workers) == 2 and all(200 <= s < N_STEPS for s in at_kill), (workers, at_kill)
+    victim = sorted(workers, key=lambda p: p.pid)[0]
+    os.kill(victim.pid, signal.SIGKILL)  # one worker = one walker, both mid-run: one walker is cut off
+    thread.join(timeout=600)
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
+    assert victim.pid not in {p.pid for p in _worker_processes()}
+    for j in range(2):
+        assert _checkpoint_step(dirs[j] / "checkpoint.json") == N_STEPS
+        fields, rows = read_colvar(dirs[j] / "COLVAR")
+        assert len(rows) == N_STEPS // 20  # no duplicated, no missing row
+        np.testing.assert_allclose(np.diff(rows[:, 0]), 20 * 0.002, rtol=1e-6)
         _assert_same_walker(in_process / "iter_001" / f"md_{j}", dirs[j])
+        threads = json.loads((dirs[j] / "run.json").read_text())["threads"]  # the thread plan in the workers
+        assert threads["torch_intra_op"] == 1 and threads["omp_num_threads_env"] == "1"
+    assert json.loads((run.iteration_dir(1) / "md_timing.json").read_text())["ns"] == pytest.approx(2 * 0.002)
 
 
 # ------------------------------------------------------------------------------------------- shared bias
