@@ -351,16 +351,17 @@ def test_shared_walkers_fill_faster_and_pool_to_the_exact_free_energy(tmp_path):
     crossings = {}
     with execution.walker_client(ExecutionConfig(), n) as client:
         # independent walkers only as long as it takes them to cross (a walker that never does counts as inf)
-        for shared, steps in ((True, 12000), (False, 9000)):
+        for shared, steps in ((True, 10000), (False, 9000)):
             out = tmp_path / ("shared" if shared else "independent")
             execution.run_tasks(client, _particle_walker,
                                 [(str(out), j, n, h, steps, 100 + j, shared) for j in range(n)],
                                 [f"{out.name} walker {j}" for j in range(n)])
             crossings[shared] = _first_crossings(out, n)
     # every walker starts in the left well; shared, the bias there fills with 4 walkers' samples. Measured
-    # 2026-12-06 (2-core VM, 16000 steps): shared 2900-6250 steps (first 2900), independent 6050-8650 (first 6050)
-    assert min(crossings[True]) < min(crossings[False]), crossings
-    assert np.median(crossings[True]) < np.median(crossings[False]), crossings
+    # 2026-12-06 (benchmarks/dask_walkers.py shared 10000 6 100 200): median first crossing shared 4150 and 3750
+    # steps, independent 8075 and 6650 (the first walker to cross: 2900 vs 6050, 3400 vs 3400). The shared runs
+    # vary with the walkers' relative timing; the independent ones are fixed by their seeds.
+    assert np.median(crossings[True]) < 0.8 * np.median(crossings[False]), crossings
     pooled = PooledRuns([load_result(tmp_path / "shared" / f"w{j}") for j in range(n)])
     st = pooled.state
     A = pooled.free_energy("czar")
