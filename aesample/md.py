@@ -500,8 +500,6 @@ class _SegmentedRun:
     and checkpoint, finish. See the module docstring for the files."""
 
     def __init__(self, request: _RunRequest):
-        import openmm
-
         r = request
         md, es = r.md, r.eabf_settings
         self.md, self.es, self.cv_units = md, es, r.cv_units
@@ -568,6 +566,7 @@ class _SegmentedRun:
                 box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
                 sharedState=shared,
             )
+        self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
                                           self.cv_interval)
         self.integrator.setRandomNumberSeed(int(md.seed))
@@ -578,6 +577,8 @@ class _SegmentedRun:
         checkpoint = self.context.createCheckpoint()
         ck = json.loads(self.ckpt_json.read_text())
         shared = EABFState.load(self.out / "checkpoint" / ck["shared"]) if ck.get("shared") else None
+        if shared is None and not self.shares:
+            return  # no other walker has written yet: the force stays as it is
         own = self._read_state(done)
         del self.context, self.integrator
         self._build(own, shared)
