@@ -113,6 +113,25 @@ def test_worker_gpu_follows_the_worker(monkeypatch):
     assert execution.worker_platform_properties("Reference", 10) == {}
 
 
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_a_running_scheduler_is_used_and_failures_name_the_walker():
+    from distributed import LocalCluster
+
+    # a cluster someone else runs (its workers without the walker resource): the driver only connects to it
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with execution.walker_client(ExecutionConfig(scheduler=cluster.scheduler_address), 2) as client:
+            # inside a worker on the Reference platform: no DeviceIndex
+            assert execution.run_tasks(client, execution.worker_platform_properties, [("Reference", 10)] * 2,
+                                       ["walker 0", "walker 1"]) == [{}, {}]
+            with pytest.raises(RuntimeError, match=r"walker 7 failed: ValueError: broken \(1 more failed too\)"):
+                execution.run_tasks(client, _fail, [("broken",), ("broken too",)], ["walker 7", "walker 8"],
+                                    retries=1)
+        assert cluster.status.name == "running"
+
+
 # ------------------------------------------------------------------------------------------- loop walkers on Dask
 @pytest.fixture(scope="module")
 def iteration0(tmp_path_factory):
