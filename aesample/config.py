@@ -30,6 +30,8 @@ __all__ = [
     "TrainingConfig",
     "LoopConfig",
     "OutputConfig",
+    "ExecutionConfig",
+    "JobqueueConfig",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -357,8 +359,19 @@ class LoopConfig(_Section):
         "scatter between walkers (benchmarks/LOOP_RESULTS.md).",
     )
     walker_processes: Optional[int] = Field(
-        None, ge=1, description="Walkers run at once, each in its own process (null: all of them; 1: one after "
-        "another in the driver's process). CPU-platform threads are divided among them.",
+        None, ge=1, description="Walkers run at once, each in its own Dask worker process (null: all of them; 1: "
+        "one after another in the driver's process, no Dask). The workers come from the execution section: an "
+        "embedded local cluster (default), a running scheduler or a batch-queue cluster. CPU-platform threads "
+        "(execution.threads) are divided among the walkers at once.",
+    )
+    share_bias: bool = Field(
+        False, description="Shared-bias multiple walkers (with walkers >= 2): every walker writes its own lambda-grid "
+        "accumulators at each checkpoint (every md.segment_steps steps: the share interval) and applies its own "
+        "plus the other walkers' latest ones as its bias in the next segment, so the bias fills about walkers "
+        "times faster (Colvars' shared ABF). Run the walkers at once (walker_processes null or = walkers): one "
+        "after another, a walker sees only the finished walkers before it. Each exchange rebuilds the walker's "
+        "force and Context (a fraction of a second on CPU for small systems): keep a segment much longer. The "
+        "free energy, weights and errors still pool the walkers' own accumulators at the end of the iteration.",
     )
     hidden_barrier_tolerance: Optional[float] = Field(
         0.02, ge=0, le=1,
@@ -405,8 +418,58 @@ class OutputConfig(_Section):
     plots: bool = Field(True, description="Write PNG plots and the report.")
 
 
+class JobqueueConfig(_Section):
+    """A batch-queue cluster for the walkers (dask-jobqueue; install ``aesample[cluster]``): each batch job runs
+    ``walkers_per_job`` Dask workers, one walker each, and the driver submits enough jobs for the walkers that run
+    at once. The run directory must be on a file system the jobs share with the driver."""
+
+    kind: Literal["slurm", "pbs", "lsf"] = Field(
+        ..., description="Batch system: slurm, pbs or lsf (dask-jobqueue's SLURMCluster, PBSCluster, LSFCluster).")
+    cores: int = Field(..., ge=1, description="CPU cores per job; the job's walkers share them (OpenMM CPU threads).")
+    memory: str = Field(..., min_length=1, description="Memory per job, with unit, e.g. '16GB' (the walkers of a "
+                        "job share it; an alanine-dipeptide walker needs < 2 GB).")
+    gpus_per_job: int = Field(
+        0, ge=0, description="GPUs per job (0: CPU jobs). Requested with the batch system's own directive (slurm "
+        "--gres=gpu:N, pbs ngpus=N, lsf -gpu num=N); each walker of the job uses one of them as its OpenMM CUDA "
+        "DeviceIndex (worker i of a job: GPU i modulo the GPUs the job sees).",
+    )
+    walkers_per_job: Optional[int] = Field(
+        None, ge=1, description="Dask workers (= walkers at once) per job; null: gpus_per_job, at least 1 (one "
+        "walker per GPU).",
+    )
+    jobs: Optional[int] = Field(
+        None, ge=1, description="Jobs to submit; null: enough for the walkers that run at once "
+        "(ceil(walker slots / walkers_per_job)).",
+    )
+    walltime: Optional[str] = Field(
+        None, description="Wall-clock limit per job, the batch system's format (slurm/pbs 'HH:MM:SS', lsf 'HH:MM'); "
+        "null: the queue's default. A walker cut off by it resumes from its last checkpoint in another job.",
+    )
+    queue: Optional[str] = Field(None, description="Queue/partition to submit to; null: the batch system's default.")
+    account: Optional[str] = Field(None, description="Account/project charged; null: the user's default.")
+    job_extra_directives: list[str] = Field(
+        [], description="Extra scheduler directives, one per item, without the prefix (e.g. '--constraint=a100' "
+        "for slurm).",
+    )
+    job_script_prologue: list[str] = Field(
+        [], description="Shell lines run in the job before the worker starts (e.g. 'module load cuda', "
+        "'source ~/venv/bin/activate').",
+    )
+    python: Optional[str] = Field(None, description="Python executable on the compute nodes; null: the driver's "
+                                  "(sys.executable).")
+    interface: Optional[str] = Field(None, description="Network interface the workers listen on (e.g. 'ib0'); null: "
+                                     "dask-jobqueue's default.")
+    local_directory: Optional[str] = Field(None, description="Node-local scratch folder for Dask's own files; null: "
+                                           "Dask's default.")
+
+    @property
+    def workers_per_job(self) -> int:
+        """Dask workers (walkers at once) per job: ``walkers_per_job`` or ``max(1, gpus_per_job)``."""
+        return self.walkers_per_job or max(1, self.gpus_per_job)
+
+
 class ExecutionConfig(_Section):
-    """How the run uses the machine's cores."""
+    """How the run uses the machine's cores, and where the walkers run (a local Dask cluster by default)."""
 
     threads: Optional[int] = Field(
         None, ge=1, description="CPU cores the whole run may use, shared by the walkers running at once: each MD "
@@ -415,6 +478,35 @@ class ExecutionConfig(_Section):
         "down whenever anything else runs on the machine). null: every core this process may run on (its CPU "
         "affinity). Set it below the core count to leave cores to other jobs on a shared machine.",
     )
+    scheduler: Optional[str] = Field(
+        None, description="Address of a running Dask scheduler for the walkers, e.g. 'tcp://host:8786' (its workers "
+        "must see the run directory at the same path and have aesample installed; their thread counts are their "
+        "own). null: the driver starts its own cluster (a local one, or the jobqueue one).",
+    )
+    jobqueue: Optional[JobqueueConfig] = Field(
+        None, description="Run the walkers in batch jobs (see JobqueueConfig: kind, cores, memory, gpus_per_job, "
+        "walltime, queue, account, ...); null: a local cluster on this machine. Not together with scheduler.",
+    )
+    retries: int = Field(
+        3, ge=0, description="Times a walker task is started again after it failed or its worker was lost (killed, "
+        "pre-empted, out of walltime); each restart resumes the walker from its last checkpoint, losing at most one "
+        "segment. For a cluster given by scheduler, how often the scheduler itself retries a lost worker's task "
+        "is its own setting (distributed.scheduler.allowed-failures).",
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and "://" not in value:
+            raise ValueError(f"expected a scheduler address such as 'tcp://host:8786', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "ExecutionConfig":
+        if self.scheduler is not None and self.jobqueue is not None:
+            raise ValueError("give either scheduler (a running cluster) or jobqueue (batch jobs started by the "
+                             "driver), not both")
+        return self
 
 
 class Config(_Section):
@@ -480,10 +572,16 @@ _SECTIONS = {name: field.annotation for name, field in Config.model_fields.items
 
 
 def _allowed_keys(loc: tuple) -> str:
-    if len(loc) == 1:
-        return ", ".join(Config.model_fields)
-    section = _SECTIONS.get(loc[0])
-    return ", ".join(section.model_fields) if section else ""
+    model: Any = Config
+    for part in loc[:-1]:  # down to the section or sub-section (e.g. execution.jobqueue) holding the key
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return ""
+        model = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    return ", ".join(model.model_fields)
 
 
 def _format_error(err: dict) -> str:
@@ -493,7 +591,7 @@ def _format_error(err: dict) -> str:
     value = err.get("input")
     ctx = err.get("ctx", {})
     if kind == "extra_forbidden":
-        where = loc[0] if len(loc) > 1 else "the top level"
+        where = ".".join(str(p) for p in loc[:-1]) if len(loc) > 1 else "the top level"
         return f"unknown key '{key}' (allowed keys in {where}: {_allowed_keys(loc)})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]

@@ -186,7 +186,9 @@ class _EABFCore(torch.nn.Module):
     read-out switch (graph-safe cores: none).
     """
 
-    __constants__ = ["graph_safe"]  # compile-time: the scripted module of a graph-safe core has no other path
+    # compile-time: the scripted module of a graph-safe core has no other path; one without shared accumulators
+    # has no shared-bias ops
+    __constants__ = ["graph_safe", "has_shared"]
 
     def __init__(
         self,
@@ -207,6 +209,7 @@ class _EABFCore(torch.nn.Module):
         state: Optional["EABFState"] = None,
         zbins: Optional[List[int]] = None,
         graph_safe: bool = False,
+        shared: Optional["EABFState"] = None,
     ):
         super().__init__()
         d = len(ext_index)
@@ -276,6 +279,13 @@ class _EABFCore(torch.nn.Module):
             self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nz, d), dtype=f64))
             self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
+        # other walkers' lambda-grid accumulators [count, sum kappa (lambda - xi)] (nb, 1 + d): added to this walker's
+        # row where the bias is applied, never written (shared-bias multiple walkers; see ExtendedABF sharedState)
+        self.has_shared = shared is not None
+        self.register_buffer("shared", torch.zeros(nb, 1 + d, dtype=f64))
+        if shared is not None:
+            self.shared[:, 0].copy_(torch.as_tensor(shared.count.reshape(nb), dtype=f64))
+            self.shared[:, 1:].copy_(torch.as_tensor(shared.grad.reshape(nb, d), dtype=f64))
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -314,6 +324,13 @@ class _EABFCore(torch.nn.Module):
             inside = (i == ic).all(dim=-1)
         return ((ic * self.strides).sum(dim=1) + self.row_offset).to(torch.long), inside
 
+    def _bias_row(self, rows: torch.Tensor) -> torch.Tensor:
+        """The lambda bin's accumulator row that sets the bias: this walker's, plus the other walkers' when shared."""
+        row = self.acc.index_select(0, rows)[1]
+        if self.has_shared:
+            row = row + self.shared.index_select(0, rows.narrow(0, 1, 1))[0]
+        return row
+
     def _fbias(self, row: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
         """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,)."""
         n = row[0:1]
@@ -343,7 +360,7 @@ class _EABFCore(torch.nn.Module):
         rows, inside = self._bin(v)
         self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
         # ---- ABF bias on lambda (estimate including this sample)
-        fbias = self._fbias(self.acc.index_select(0, rows)[1], inside[1])
+        fbias = self._fbias(self._bias_row(rows), inside[1])
         # ---- walls (x, non-periodic components) and y/z pins
         ex = ext - torch.clamp(ext, self.restr_lo, self.restr_hi)
         f_r = self.neg_restr_k * ex
@@ -354,7 +371,7 @@ class _EABFCore(torch.nn.Module):
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
         rows, inside = self._bin(torch.stack([xi, lam]))
-        fbias = self._fbias(self.acc.index_select(0, rows)[1], inside[1])
+        fbias = self._fbias(self._bias_row(rows), inside[1])
         return torch.cat([xi, lam, fbias])
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
@@ -844,6 +861,11 @@ class ExtendedABF:
         Box for that validation.
     initialState : EABFState or path, optional
         Accumulators to start from (restart); grid must match.
+    sharedState : EABFState or path, optional
+        Shared-bias multiple walkers: the other walkers' accumulators (their lambda-grid ``count`` and ``grad``
+        summed; same grid). The applied bias of a lambda bin is that of this walker's row plus theirs; this
+        walker's own accumulators (:meth:`getState`) never include them. Fixed for the Context's lifetime: to apply
+        newer sums, build a new force and Context (:mod:`aesample.sharedbias`).
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -888,6 +910,7 @@ class ExtendedABF:
         cvJacobian: Optional[bool] = None,
         czarBins=None,
         temperature=None,
+        sharedState: Optional[Union[EABFState, str, Path]] = None,
     ):
         import openmm
 
@@ -976,6 +999,14 @@ class ExtendedABF:
                     f"gridMax={gmax}, bins={nbins}, czarBins={zbins}"
                 )
 
+        shared = None
+        if sharedState is not None:
+            shared = sharedState if isinstance(sharedState, EABFState) else EABFState.load(sharedState)
+            if not (shared.d == d and np.array_equal(np.asarray(shared.bins), nbins)
+                    and np.allclose(shared.grid_min, gmin) and np.allclose(shared.grid_max, gmax)):
+                raise EABFError(f"sharedState grid (min={list(shared.grid_min)}, max={list(shared.grid_max)}, bins="
+                                f"{list(shared.bins)}) does not match gridMin={gmin}, gridMax={gmax}, bins={nbins}")
+
         use_jac = _jacobian_route(cv, positions, box, d, cvJacobian)  # before touching the System
 
         self.system = system
@@ -1013,7 +1044,7 @@ class ExtendedABF:
         core_cls = _EABFCoreJacobian if use_jac else _EABFCoreAutograd
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
-            self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs),
+            self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs), shared=shared,
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)

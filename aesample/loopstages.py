@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from openmm import unit
 
-from . import analysis, md
+from . import analysis, execution, md
 from .config import PS_PER_NS
 from .estimators import kT, reweighted_free_energy
 from .export import compute_cv, cv_stiffness, export_cv, load_cv
@@ -30,8 +30,9 @@ from .md import EABFSettings, MDSettings
 from .models import ModelSpec
 from .runlayout import RunLayout
 from .selection import select_atoms
+from .sharedbias import SharedBias
 from .systems import check_pdb_file
-from .threads import apply_torch_threads, plan_threads, single_thread_pools_for_children
+from .threads import apply_torch_threads, plan_threads
 from .verdict import convergence_blockers
 from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
 
@@ -219,22 +220,24 @@ def _run_md_runs(run: RunLayout, k: int, dirs: list[Path], progress: bool) -> No
         log.warning("iteration %d: eabf.kappa %.4g capped at %.4g: the CV is steep enough that the configured spring "
                     "would oscillate faster than %d time steps of %.2g fs", k, cfg.eabf.kappa, kappa,
                     MIN_STEPS_PER_CV_PERIOD, cfg.md.timestep * cfg.md.cv_interval)
-    n = len(dirs)
-    processes = min(n, cfg.loop.walker_processes or n)
-    if processes == 1:
-        for j in range(n):
+    processes = execution.walker_slots(len(dirs), cfg.loop.walker_processes)
+    ex = cfg.execution
+    if processes == 1 and ex.scheduler is None and ex.jobqueue is None:
+        for j in range(len(dirs)):
             run_eabf_walker(run, k, j, kappa, progress=progress)
         return
-    _run_walkers_in_processes(run, k, kappa, processes, progress)
+    _run_walkers_on_cluster(run, k, kappa, processes, progress)
 
 
 def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool = True,
-                    threads: Optional[int] = None) -> None:
+                    threads: Optional[int] = None, platform_properties: Optional[dict] = None) -> None:
     """eABF walker ``j`` of iteration ``k`` along xi_{k-1} (resumes from its checkpoint).
 
     It starts from the final structure of run ``j mod n`` of iteration k-1 and its seed is ``md.seed + 1000 k + j``
     (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: all of
-    ``execution.threads``, for a walker that runs alone).
+    ``execution.threads``, for a walker that runs alone); ``platform_properties``: extra OpenMM platform
+    properties (a Dask worker's ``DeviceIndex``). With ``loop.share_bias`` and several walkers it exchanges its
+    accumulators through ``iter_NNN/shared_bias/`` (:mod:`aesample.sharedbias`).
     """
     cfg = run.config
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
@@ -244,65 +247,57 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     settings = _md_settings(run, 1000 * k + j)
     if threads is not None:
         settings.cpu_threads = threads
+    if platform_properties:
+        settings.platform_properties = dict(settings.platform_properties or {}, **platform_properties)
     walkers = cfg.loop.walkers
+    shared = SharedBias(run.iteration_dir(k) / "shared_bias", j, walkers) if cfg.loop.share_bias and walkers > 1 \
+        else None
     md.run_eabf(
         run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), settings,
         _md_dirs(run, k)[j], steps, positions=start, progress=progress,
         description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
-        resume=True, log=log.info,
+        resume=True, log=log.info, shared_bias=shared,
     )
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this walker process die with the driver (Linux): after a kill -9 of the driver, an orphaned walker
-    would go on writing into the directory that ``aesample resume`` hands to a new walker."""
-    import os
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the driver died before the line above
-        os._exit(1)
-
-
-def _walker_process(run_dir: str, k: int, j: int, kappa: float, threads: int, progress: bool,
-                    parent_pid: int) -> None:
-    """Entry point of a walker process (spawned: nothing is inherited but the arguments and the environment)."""
-    _die_with_parent(parent_pid)
+def _walker_task(run_dir: str, k: int, j: int, kappa: float, threads: Optional[int], progress: bool) -> int:
+    """Walker ``j`` of iteration ``k`` as a Dask task, in a worker process: idempotent (it resumes from the walker's
+    last checkpoint, so a rerun after a lost worker continues where the checkpoint is). Returns the steps done."""
     apply_torch_threads()
-    run_eabf_walker(RunLayout.open(Path(run_dir)), k, j, kappa, progress=progress, threads=threads)
+    run = RunLayout.open(Path(run_dir))
+    s = run.config.system
+    props = execution.worker_platform_properties(s.platform, run.system.system.getNumParticles(), s.precision)
+    run_eabf_walker(run, k, j, kappa, progress=progress, threads=threads, platform_properties=props)
+    return md.steps_done(_md_dirs(run, k)[j])
 
 
-def _run_walkers_in_processes(run: RunLayout, k: int, kappa: float, processes: int, progress: bool) -> None:
-    """Walkers of iteration ``k`` in ``processes`` spawned processes; the cores are divided among them.
+def _run_walkers_on_cluster(run: RunLayout, k: int, kappa: float, processes: int, progress: bool) -> None:
+    """Walkers of iteration ``k`` as Dask tasks (:mod:`aesample.execution`), ``processes`` at once.
 
-    Every walker is waited for (each keeps its checkpoints) before the first failure is raised, naming the walker.
+    On the local cluster the cores are divided among the walkers; on a scheduler given by address each walker's
+    OpenMM CPU threads are ``execution.threads`` (null: the worker's cores), on jobqueue workers the job's cores
+    divided among its workers. Every walker is waited for (each keeps its checkpoints) before the first failure
+    is raised, naming the walker.
     """
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = plan_threads(run.config.execution.threads, processes).openmm
+    ex = run.config.execution
     n = run.config.loop.walkers
-    log.info("iteration %d: %d eABF walkers in %d processes, %d OpenMM thread(s) and 1 torch thread each",
-             k, n, processes, threads)
-    with single_thread_pools_for_children(), \
-            ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_walker_process, str(run.run_dir), k, j, kappa, threads, progress and j == 0,
-                               os.getpid()) for j in range(n)]
-        errors = []
-        for j, fut in enumerate(futures):
-            try:
-                fut.result()
-            except Exception as exc:  # noqa: BLE001 - reported below with the walker's number
-                errors.append((j, exc))
-    if errors:
-        j, exc = errors[0]
-        others = f" ({len(errors) - 1} more walker(s) failed too)" if len(errors) > 1 else ""
-        raise RuntimeError(f"iteration {k}: eABF walker {j} ({_md_dirs(run, k)[j]}) failed: {exc}{others}") from exc
+    if ex.scheduler is not None:
+        threads = None
+    elif ex.jobqueue is not None:
+        threads = plan_threads(ex.jobqueue.cores, ex.jobqueue.workers_per_job).openmm
+    else:
+        threads = plan_threads(ex.threads, processes).openmm
+    where = ex.scheduler or (f"{ex.jobqueue.kind} jobs" if ex.jobqueue else "a local Dask cluster")
+    log.info("iteration %d: %d eABF walkers on %s, %d at once, %s OpenMM thread(s) and 1 torch thread each",
+             k, n, where, processes, threads if threads is not None else "the worker's")
+    if run.config.loop.share_bias and processes < n:
+        log.warning("iteration %d: loop.share_bias with %d of %d walkers at once: a walker shares only with those "
+                    "running beside it and the finished ones", k, processes, n)
+    dirs = _md_dirs(run, k)
+    calls = [(str(run.run_dir), k, j, kappa, threads, progress and j == 0) for j in range(n)]
+    labels = [f"iteration {k}: eABF walker {j} ({dirs[j]})" for j in range(n)]
+    with execution.walker_client(ex, processes) as client:
+        execution.run_tasks(client, _walker_task, calls, labels, retries=ex.retries)
 
 
 def md_progress(run: RunLayout, k: int) -> tuple[int, int]:

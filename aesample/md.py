@@ -17,6 +17,8 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
   resume on the same platform is bit-reproducible on Reference), ``checkpoint/seg_N.xml`` (portable XML State),
   ``checkpoint/seg_N.eabf.npz`` (:class:`~aesample.eabf.EABFState`), and last ``checkpoint.json`` (segment index,
   step, time, file names). ``checkpoint.json`` is the commit point; files of older segments are removed after it.
+  Shared-bias walkers (``run_eabf(..., shared_bias=)``) also keep ``checkpoint/seg_N.shared.npz``, the other
+  walkers' sums applied in the next segment.
 * ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
   written once; comparing the free energy from it with the final one shows how much it still moves
   (:meth:`RunOutputs.free_energy_drift`).
@@ -403,6 +405,7 @@ def run_eabf(
     positions: Optional[np.ndarray] = None,
     progress: Optional[bool] = None,
     description: str = "eABF",
+    shared_bias=None,
 ) -> EABFRunResult:
     """Run (or resume) eABF production of ``n_steps`` steps in checkpointed segments.
 
@@ -432,6 +435,11 @@ def run_eabf(
         Callable for one-line messages (None to silence).
     progress, description
         Override ``md_settings.progress``; label of the progress bar.
+    shared_bias
+        A :class:`aesample.sharedbias.SharedBias`: at every checkpoint publish this walker's accumulators, read the
+        other walkers' and apply their sums in the bias of the next segment (the force and Context are rebuilt
+        from the checkpoint; the sums are saved with it, ``checkpoint/seg_N.shared.npz``, and a resume applies
+        them again). None: an independent walker.
 
     Returns
     -------
@@ -441,7 +449,7 @@ def run_eabf(
         raise TypeError(f"run_eabf(molecular_system, cv, eabf_settings, md_settings, out_dir, n_steps): "
                         f"md_settings must be an MDSettings, got {type(md_settings).__name__}")
     return _run(_RunRequest(molecular_system, cv_module, eabf_settings, md_settings, Path(out_dir), int(n_steps),
-                            resume, initial_state, positions, cv_units, log, progress, description))
+                            resume, initial_state, positions, cv_units, log, progress, description, shared_bias))
 
 
 def run_md(
@@ -484,6 +492,7 @@ class _RunRequest:
     log: Any = None
     progress: Optional[bool] = None
     description: str = "MD"
+    shared_bias: Any = None
 
 
 def _run(request: _RunRequest) -> EABFRunResult:
@@ -495,8 +504,6 @@ class _SegmentedRun:
     and checkpoint, finish. See the module docstring for the files."""
 
     def __init__(self, request: _RunRequest):
-        import openmm
-
         r = request
         md, es = r.md, r.eabf_settings
         self.md, self.es, self.cv_units = md, es, r.cv_units
@@ -517,32 +524,21 @@ class _SegmentedRun:
         self.ckpt_json = out / "checkpoint.json"
         self.ck = json.loads(self.ckpt_json.read_text()) if (r.resume and self.ckpt_json.exists()) else None
         initial_state = r.initial_state
+        self.shared_bias = r.shared_bias if biased else None
+        shared = None
         if self.ck is not None:
             self._check_resumable()
             if biased:
                 initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
+            if self.shared_bias is not None and self.ck.get("shared"):  # the sums applied after that checkpoint
+                shared = EABFState.load(out / "checkpoint" / self.ck["shared"])
+        elif self.shared_bias is not None:
+            shared = self.shared_bias.others()
 
-        self.system = copy_system(ms.system)
+        self.request = r
         self.pos0 = np.asarray(r.positions if r.positions is not None else ms.positions, dtype=float)
         self.box = getattr(ms, "box", None)
-        self.eabf = None
-        # the platform first: whether the force is captured in a CUDA graph depends on it
-        self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
-                                                                              if biased else 0))
-        if biased:
-            graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
-            if self.platform.getName() == "CUDA":
-                self.log(why)
-            self.eabf = ExtendedABF(
-                self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
-                extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
-                minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
-                box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
-            )
-        self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
-                                          cv_interval)
-        self.integrator.setRandomNumberSeed(int(md.seed))
-        self.context = openmm.Context(self.system, self.integrator, self.platform, props)
+        self._build(initial_state, shared)
         self.solute = _solute_indices(ms)
         self.sub_top = _mdtraj_topology(ms).subset(self.solute)
         self.colvar_path = out / "COLVAR"
@@ -552,6 +548,46 @@ class _SegmentedRun:
         self.state: Optional[EABFState] = None  # the eABF state last read out ...
         self.state_step = -1  # ... and at which production step
         self.writer: Optional[ColvarWriter] = None
+
+    def _build(self, initial_state: Optional[EABFState], shared: Optional[EABFState]) -> None:
+        """System copy, eABF force (``initial_state``, the other walkers' ``shared`` sums), integrator, Context."""
+        import openmm
+
+        r, md, es = self.request, self.md, self.es
+        self.system = copy_system(r.molecular_system.system)
+        self.eabf = None
+        # the platform first: whether the force is captured in a CUDA graph depends on it
+        self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
+                                                                              if self.biased else 0))
+        if self.biased:
+            graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
+            if self.platform.getName() == "CUDA":
+                self.log(why)
+            self.eabf = ExtendedABF(
+                self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
+                extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
+                minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
+                box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
+                sharedState=shared,
+            )
+        self.shares = shared is not None  # the force applies other walkers' sums
+        self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
+                                          self.cv_interval)
+        self.integrator.setRandomNumberSeed(int(md.seed))
+        self.context = openmm.Context(self.system, self.integrator, self.platform, props)
+
+    def _apply_shared(self, done: int) -> None:
+        """Shared bias: continue from the checkpoint just written with a force that applies the sums saved with it."""
+        checkpoint = self.context.createCheckpoint()
+        ck = json.loads(self.ckpt_json.read_text())
+        shared = EABFState.load(self.out / "checkpoint" / ck["shared"]) if ck.get("shared") else None
+        if shared is None and not self.shares:
+            return  # no other walker has written yet: the force stays as it is
+        own = self._read_state(done)
+        del self.context, self.integrator
+        self._build(own, shared)
+        self.context.loadCheckpoint(checkpoint)
+        self.eabf.setSampling(self.context, True)
 
     def _check_resumable(self) -> None:
         """A resume must keep the cv_interval and report_interval the run was started with."""
@@ -704,6 +740,9 @@ class _SegmentedRun:
                     if path not in trajectories:
                         trajectories.append(path)
                 self._end_segment(seg, done)
+                if self.shared_bias is not None and done < self.n_steps:
+                    self._apply_shared(done)
+                    context = self.context
                 seg += 1
         finally:
             if self.writer is not None:
@@ -729,6 +768,12 @@ class _SegmentedRun:
             # Written once: after a crash the redone segment reproduces it, so an existing file stays valid.
             if 2 * done >= self.n_steps and done < self.n_steps and not (out / HALF_STATE).exists():
                 state.save(out / HALF_STATE)
+            if self.shared_bias is not None:  # publish ours, keep the others' sums for the next segment
+                self.shared_bias.publish(state)
+                shared = self.shared_bias.others()
+                if shared is not None:
+                    names["shared"] = f"seg_{seg:05d}.shared.npz"
+                    shared.save(out / "checkpoint" / names["shared"])
         with atomic_path(out / "checkpoint" / names["chk"]) as tmp:
             tmp.write_bytes(context.createCheckpoint())
         xml_state = context.getState(getPositions=True, getVelocities=True, getParameters=True,
@@ -741,7 +786,7 @@ class _SegmentedRun:
             "platform": self.platform.getName(), **names,
         })
         if old is not None and old.get("segment") != seg:
-            for key in ("chk", "xml", "eabf"):
+            for key in ("chk", "xml", "eabf", "shared"):
                 p = out / "checkpoint" / old.get(key, "")
                 if p.is_file():
                     p.unlink()
