@@ -324,6 +324,19 @@ class _EABFCore(torch.nn.Module):
             inside = (i == ic).all(dim=-1)
         return ((ic * self.strides).sum(dim=1) + self.row_offset).to(torch.long), inside
 
+    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        step = self._step(positions, box, sample)
+        return step[0], step[1]
+
+    def _forces_or_readout(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor,
+                           readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The graph-safe path: the step (sampling off during a read-out), then the read-out rows if asked."""
+        e, f, xi, lam, fbias = self._step(positions, box, sample * (readout < 0.5).to(sample.dtype))
+        with torch.no_grad():
+            out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
+        return out
+
     def _bias_row(self, rows: torch.Tensor) -> torch.Tensor:
         """The lambda bin's accumulator row that sets the bias: this walker's, plus the other walkers' when shared."""
         row = self.acc.index_select(0, rows)[1]
@@ -403,31 +416,19 @@ class _EABFCoreJacobian(_EABFCore):
 
     def _step(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(energy, forces, xi, lambda, applied bias); call under no_grad."""
-        xi, jac = self.cv.value_and_jacobian(positions, box)
-        xi64 = xi.to(torch.float64)
-        ext = positions.index_select(0, self.ext_index).to(torch.float64)
-        f_lam, f_ext, e64, fbias = self._coupling(xi64, ext, sample)
-        # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
-        f_atoms = torch.matmul(f_lam, jac.to(torch.float64).reshape(self.d, -1)).view(-1, 3)
-        forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
-            0, self.force_index, torch.cat([f_atoms, f_ext]))
-        return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
-
-    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor]:
+        """(energy, forces, xi, lambda, applied bias)."""
         # no_grad: buffer writes with grad mode on leak memory every call inside an OpenMM Context (openmm-torch
         # hands positions that require grad on some platforms)
         with torch.no_grad():
-            step = self._step(positions, box, sample)
-        return step[0], step[1]
-
-    def _forces_or_readout(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor,
-                           readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            e, f, xi, lam, fbias = self._step(positions, box, sample * (readout < 0.5).to(sample.dtype))
-            out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
-        return out
+            xi, jac = self.cv.value_and_jacobian(positions, box)
+            xi64 = xi.to(torch.float64)
+            ext = positions.index_select(0, self.ext_index).to(torch.float64)
+            f_lam, f_ext, e64, fbias = self._coupling(xi64, ext, sample)
+            # atoms: -dE/dxi . dxi/dq = f_lam . J, one (1, d) x (d, 3 n_sel) product
+            f_atoms = torch.matmul(f_lam, jac.to(torch.float64).reshape(self.d, -1)).view(-1, 3)
+            forces = torch.zeros_like(positions, dtype=torch.float64).index_add_(
+                0, self.force_index, torch.cat([f_atoms, f_ext]))
+        return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
 
     def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
@@ -459,18 +460,6 @@ class _EABFCoreAutograd(_EABFCore):
         with torch.no_grad():
             forces = g.to(torch.float64).index_add(0, self.ext_index, f_ext)
         return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
-
-    def _forces(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor]:
-        step = self._step(positions, box, sample)
-        return step[0], step[1]
-
-    def _forces_or_readout(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor,
-                           readout: torch.Tensor, chunk: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        e, f, xi, lam, fbias = self._step(positions, box, sample * (readout < 0.5).to(sample.dtype))
-        with torch.no_grad():
-            out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
-        return out
 
     def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
