@@ -486,14 +486,15 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
     metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
     metrics["hidden_barrier_fraction"] = None
     metrics["support_growth"] = None
+    cells = None  # each frame's xi_{k-1} bin on the ABF grid, one label per occupied bin
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
         metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, len(results)))
-        # weight in xi_{k-1} bins that the walkers only reached in the second half of their runs
         st = pooled.state
-        cells = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
-        flat = np.unique(cells, axis=0, return_inverse=True)[1].ravel()
+        grid_bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
+        cells = np.unique(grid_bins, axis=0, return_inverse=True)[1].ravel()
+        # weight in xi_{k-1} bins that the walkers only reached in the second half of their runs
         walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
-        metrics["support_growth"] = _finite_or_none(analysis.support_growth(flat, walker, weights))
+        metrics["support_growth"] = _finite_or_none(analysis.support_growth(cells, walker, weights))
     plotting = cfg.output.plots
     if dipeptide:
         metrics["dihedral_score"] = analysis.dihedral_score(xi_k, angles, weights)
@@ -517,10 +518,7 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
             error=None if error is None else error.get("delta_f_error"),
             min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
-            st = pooled.state
-            bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
-            labels = np.unique(bins, axis=0, return_inverse=True)[1].ravel()
-            overlap = analysis.basin_overlap(angles[:, 0], labels, weights)
+            overlap = analysis.basin_overlap(angles[:, 0], cells, weights)
             metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited
         if plotting:
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
 
 __all__ = ["ThreadPlan", "available_cores", "plan_threads", "apply_torch_threads", "single_thread_pools_for_children",
@@ -44,9 +44,6 @@ class ThreadPlan:
     openmm: int
     torch_intra_op: int = 1
     torch_inter_op: int = 1
-
-    def as_dict(self) -> Dict[str, int]:
-        return asdict(self)
 
 
 def available_cores() -> int:
