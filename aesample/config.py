@@ -263,6 +263,14 @@ class EABFConfig(_Section):
         "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
         "always ask (the run fails if the capture fails); off: never.",
     )
+    close_periodic_bias: bool = Field(
+        True,
+        description="Along a periodic CV component (a torsion), apply the ABF gradient minus its mean around the "
+        "ring of grid bins once every bin of the ring has bias, so the bias cannot drive lambda round the ring "
+        "(a raw estimate's nonzero circulation does, which biases the mean force it then measures). Changes the "
+        "applied bias only, not the estimators; no effect on non-periodic CVs. Keep true; false reproduces plain "
+        "ABF.",
+    )
     wall_kappa: float = Field(
         30000.0, gt=0,
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "

@@ -188,7 +188,7 @@ class _EABFCore(torch.nn.Module):
 
     # compile-time: the scripted module of a graph-safe core has no other path; one without shared accumulators
     # has no shared-bias ops
-    __constants__ = ["graph_safe", "has_shared"]
+    __constants__ = ["graph_safe", "has_shared", "close_rings"]
 
     def __init__(
         self,
@@ -210,6 +210,7 @@ class _EABFCore(torch.nn.Module):
         zbins: Optional[List[int]] = None,
         graph_safe: bool = False,
         shared: Optional["EABFState"] = None,
+        close_rings: bool = False,
     ):
         super().__init__()
         d = len(ext_index)
@@ -235,6 +236,11 @@ class _EABFCore(torch.nn.Module):
         self.register_buffer("wrap_period", t([TWO_PI if p else 0.0 for p in periodic]))
         self.any_periodic: bool = bool(any(periodic))
         self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
+        # rings: the lines of lambda bins along a periodic component. Their applied ABF gradient is made
+        # circulation-free once every bin of the ring has bias (see _ring_mean); compiled out without rings.
+        self.close_rings = bool(close_rings and any(periodic))
+        self.grid_shape: List[int] = [int(b) for b in bins]
+        self.ring_flags: List[bool] = [bool(p) for p in periodic]
         self.register_buffer("inv_period", t([1.0 / TWO_PI] * d))
         # binned points come as [xi; lambda] (2, d): row 0 on the CZAR xi grid (zbins), row 1 on the ABF lambda grid
         grids = (zbins, bins)
@@ -344,14 +350,49 @@ class _EABFCore(torch.nn.Module):
             row = row + self.shared.index_select(0, rows.narrow(0, 1, 1))[0]
         return row
 
-    def _fbias(self, row: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,)."""
-        n = row[0:1]
+    def _ramp(self, n: torch.Tensor) -> torch.Tensor:
+        """Share of the full bias in bins holding ``n`` samples: a step at fullSamples, or the linear ramp
+        clip((n - minSamples) / (fullSamples - minSamples), 0, 1)."""
         if self.step_ramp:
-            ramp = (n >= self.full_samples).to(torch.float64)
-        else:  # clip((n - minSamples) / (fullSamples - minSamples), 0, 1)
-            ramp = torch.clamp(torch.addcmul(self.ramp_shift, n, self.ramp_scale), 0.0, 1.0)
-        return row[1:] / torch.clamp(n, min=1.0) * ramp * inside
+            return (n >= self.full_samples).to(torch.float64)
+        return torch.clamp(torch.addcmul(self.ramp_shift, n, self.ramp_scale), 0.0, 1.0)
+
+    def _fbias(self, row: torch.Tensor, inside: torch.Tensor, lam_row: torch.Tensor) -> torch.Tensor:
+        """ABF bias force on lambda from its accumulator row [n, sum kappa (lambda - xi)] (1 + d,) of lambda bin
+        ``lam_row`` (1,)."""
+        n = row[0:1]
+        grad = row[1:] / torch.clamp(n, min=1.0)
+        if self.close_rings:
+            grad = grad - self._ring_mean(lam_row)
+        return grad * self._ramp(n) * inside
+
+    def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
+        """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
+        for non-periodic components and for rings with an unbiased bin.
+
+        A true mean force integrates to zero around a periodic coordinate; the running estimate does not (noise,
+        and the current its own circulation drives). Applied as is, that circulation is a net torque on lambda,
+        which keeps lambda rotating and the estimate off (issue 14's phi closure). Subtracting this mean makes
+        the applied bias conservative around every closed ring and leaves a converged estimate unchanged.
+        Computed over the whole lambda grid each step: the ring sums need every bin.
+        """
+        grid = self.acc.narrow(0, 0, self.n_bins)
+        if self.has_shared:
+            grid = grid + self.shared
+        n = grid.select(1, 0)
+        ramp = self._ramp(n)
+        applied = grid.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1)  # (nb, d)
+        r = ramp.reshape(self.grid_shape)
+        parts: List[torch.Tensor] = []
+        for k in range(self.d):
+            if self.ring_flags[k]:
+                a = applied.select(1, k).reshape(self.grid_shape)
+                closed = (r > 0.0).all(dim=k, keepdim=True).to(torch.float64)
+                mean = a.sum(dim=k, keepdim=True) / torch.clamp(r.sum(dim=k, keepdim=True), min=1e-12) * closed
+                parts.append(mean.expand(self.grid_shape).reshape(-1).index_select(0, lam_row))
+            else:
+                parts.append(self.bin_zero.narrow(0, 0, 1))
+        return torch.cat(parts)
 
     def _coupling(self, xi: torch.Tensor, ext: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -373,7 +414,7 @@ class _EABFCore(torch.nn.Module):
         rows, inside = self._bin(v)
         self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
         # ---- ABF bias on lambda (estimate including this sample)
-        fbias = self._fbias(self._bias_row(rows), inside[1])
+        fbias = self._fbias(self._bias_row(rows), inside[1], rows.narrow(0, 1, 1))
         # ---- walls (x, non-periodic components) and y/z pins
         ex = ext - torch.clamp(ext, self.restr_lo, self.restr_hi)
         f_r = self.neg_restr_k * ex
@@ -384,7 +425,7 @@ class _EABFCore(torch.nn.Module):
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
         rows, inside = self._bin(torch.stack([xi, lam]))
-        fbias = self._fbias(self._bias_row(rows), inside[1])
+        fbias = self._fbias(self._bias_row(rows), inside[1], rows.narrow(0, 1, 1))
         return torch.cat([xi, lam, fbias])
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
@@ -855,6 +896,11 @@ class ExtendedABF:
         summed; same grid). The applied bias of a lambda bin is that of this walker's row plus theirs; this
         walker's own accumulators (:meth:`getState`) never include them. Fixed for the Context's lifetime: to apply
         newer sums, build a new force and Context (:mod:`aesample.sharedbias`).
+    closePeriodicBias : bool
+        Along a periodic component, apply the ABF gradient minus its mean around the ring of lambda bins once
+        every bin of that ring has bias, so the bias exerts no net torque around the ring (default: the
+        configuration's ``eabf.close_periodic_bias``, True). The accumulators, and so the free energy
+        estimates, are the same either way; only the applied bias changes.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -900,6 +946,7 @@ class ExtendedABF:
         czarBins=None,
         temperature=None,
         sharedState: Optional[Union[EABFState, str, Path]] = None,
+        closePeriodicBias: bool = _DEFAULTS.close_periodic_bias,
     ):
         import openmm
 
@@ -1012,6 +1059,7 @@ class ExtendedABF:
         self.minSamples = minSamples
         self.wallKappa = np.array(wk)
         self.forceGroup = forceGroup
+        self.closePeriodicBias = bool(closePeriodicBias)
         self.temperature = None if temperature is None else float(_strip(temperature, "K"))
         self._lastState: Optional[EABFState] = None
         self._lastTemperature: Optional[float] = None
@@ -1034,6 +1082,7 @@ class ExtendedABF:
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
             self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs), shared=shared,
+            close_rings=bool(closePeriodicBias),
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)

@@ -84,7 +84,7 @@ class EABFSettings:
     force_group : 0..31 (None: a free one); cuda_graphs : "auto" | "on" | "off"
     (:func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the
     CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
-    in the state's meta). Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
+    in the state's meta); close_periodic_bias : circulation-free bias around periodic components. Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
     """
 
     grid_min: Union[float, Sequence[float]]
@@ -101,6 +101,7 @@ class EABFSettings:
     cuda_graphs: str = _EABF.cuda_graphs
     czar_bins: Optional[Union[int, Sequence[int]]] = None
     czar_min_count: int = _EABF.czar_min_count
+    close_periodic_bias: bool = _EABF.close_periodic_bias
 
     @classmethod
     def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
@@ -122,7 +123,7 @@ class EABFSettings:
             wall_kappa=[e.wall_kappa * kappa / e.kappa] * d,
             czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
                 bins, gmin, gmax, [kappa] * d, config.system.temperature),
-            czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs,
+            czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs, close_periodic_bias=e.close_periodic_bias,
         )
 
 
@@ -568,7 +569,7 @@ class _SegmentedRun:
                 extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
                 minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
                 box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
-                sharedState=shared,
+                sharedState=shared, closePeriodicBias=es.close_periodic_bias,
             )
         self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,

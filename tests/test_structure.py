@@ -104,18 +104,20 @@ def test_cli_library_and_loop_share_the_configuration_defaults():
     assert (args.extended_period, args.czar_min_count) == (cfg.eabf.extended_period, cfg.eabf.czar_min_count)
     assert args.platform == cfg.system.platform
     assert (args.cuda_graphs, args.threads) == (cfg.eabf.cuda_graphs, cfg.execution.threads)
+    assert args.close_periodic_bias == cfg.eabf.close_periodic_bias
     # the engine's settings: the same values in its units (ps, steps), converted in one place
     assert MDSettings.from_config(cfg) == MDSettings()
     md = MDSettings()
     assert md.timestep == cfg.md.timestep * 1e-3 and md.equilibration_steps == round(cfg.md.equilibration /
                                                                                        md.timestep)
     es, loop = EABFSettings(grid_min=-1.5, grid_max=1.5), EABFSettings.from_config(effective_config(cfg), 1)
-    for name in ("bins", "kappa", "extended_period", "full_samples", "czar_min_count"):
+    for name in ("bins", "kappa", "extended_period", "full_samples", "czar_min_count", "close_periodic_bias"):
         assert np.ravel(getattr(es, name)).tolist() == np.ravel(getattr(loop, name)).tolist(), name
     assert es.kappa == cfg.eabf.kappa and es.full_samples == cfg.eabf.full_samples
     defaults = inspect.signature(ExtendedABF).parameters
     assert defaults["extendedPeriod"].default == cfg.eabf.extended_period
     assert defaults["fullSamples"].default == cfg.eabf.full_samples
+    assert defaults["closePeriodicBias"].default == cfg.eabf.close_periodic_bias
 
 
 def test_retired_extended_temperature_key():

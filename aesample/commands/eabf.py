@@ -67,6 +67,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cuda-graphs", choices=["auto", "on", "off"], default=_EABF.cuda_graphs,
                    help=f"capture the eABF force in a CUDA graph (default {_EABF.cuda_graphs}: on CUDA when the CV "
                    "allows it)")
+    p.add_argument("--close-periodic-bias", action=argparse.BooleanOptionalAction,
+                   default=_EABF.close_periodic_bias,
+                   help="around a periodic CV (a torsion), apply the bias minus its mean over the ring once the ring "
+                   "is sampled, so it cannot drive a rotation (default: on)")
     p.add_argument("--threads", type=int, default=_EXEC.threads,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
     seg = max(rep, (int(args.segment_steps) // rep) * rep)
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
                       extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
-                      czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs)
+                      czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs,
+                      close_periodic_bias=args.close_periodic_bias)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
                     seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
