@@ -343,6 +343,20 @@ class _EABFCore(torch.nn.Module):
             out = self._select_readout(positions, xi, lam, fbias, e, f, readout, chunk)
         return out
 
+    def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor]:
+        """Read-out chunk ``chunk`` of :meth:`flat_state`. Only the first chunk(s) carry [xi, lambda, bias]; the
+        others skip the CV, which would cost most of each call of a whole-state read (thousands of chunks for a
+        fine 2D CZAR grid)."""
+        with torch.no_grad():
+            if chunk.item() * self.slot_index.shape[0] < 3 * self.d:
+                lam = positions.index_select(0, self.ext_index).to(torch.float64)[:, 0]
+                info = self._info(self._xi(positions, box), lam)
+            else:
+                info = torch.zeros(3 * self.d, dtype=torch.float64, device=positions.device)
+            energy, forces = self.read_chunk(positions, info, chunk)
+        return energy, forces
+
     def _bias_row(self, rows: torch.Tensor) -> torch.Tensor:
         """The lambda bin's accumulator row that sets the bias: this walker's, plus the other walkers' when shared."""
         row = self.acc.index_select(0, rows)[1]
@@ -471,13 +485,9 @@ class _EABFCoreJacobian(_EABFCore):
                 0, self.force_index, torch.cat([f_atoms, f_ext]))
         return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
 
-    def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            xi, _ = self.cv.value_and_jacobian(positions, box)
-            lam = positions.index_select(0, self.ext_index).to(torch.float64)[:, 0]
-            energy, forces = self.read_chunk(positions, self._info(xi.to(torch.float64), lam), chunk)
-        return energy, forces
+    def _xi(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        xi, _ = self.cv.value_and_jacobian(positions, box)
+        return xi.to(torch.float64)
 
 
 class _EABFCoreAutograd(_EABFCore):
@@ -502,13 +512,8 @@ class _EABFCoreAutograd(_EABFCore):
             forces = g.to(torch.float64).index_add(0, self.ext_index, f_ext)
         return e64.to(positions.dtype), forces.to(positions.dtype), xi64, ext.select(1, 0), fbias
 
-    def _readout(self, positions: torch.Tensor, box: torch.Tensor, chunk: torch.Tensor) -> Tuple[
-            torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            xi = self.cv(positions, box).to(torch.float64)
-            lam = positions.index_select(0, self.ext_index).to(torch.float64)[:, 0]
-            energy, forces = self.read_chunk(positions, self._info(xi, lam), chunk)
-        return energy, forces
+    def _xi(self, positions: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        return self.cv(positions, box).to(torch.float64)
 
 
 class _EABFForceNonPeriodic(torch.nn.Module):
