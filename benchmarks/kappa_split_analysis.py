@@ -121,14 +121,16 @@ def main():
     print("== 1. Delta F from frames vs from bins; omega / chirality")
     for s, r in W.items():
         ax = analysis.c7ax_labels(r["phi"]) == 1
-        print(f"s{s}: frames {-KT * np.log(r['w'][ax].sum() / r['w'][~ax].sum()):.2f}, bins {df_bins(r['A'], side):.2f}; "
+        df_frames = -KT * np.log(r['w'][ax].sum() / r['w'][~ax].sum())
+        print(f"s{s}: frames {df_frames:.2f}, bins {df_bins(r['A'], side):.2f}; "
               f"C7ax-side frames {ax.mean():.3f}; min |omega| {np.degrees(np.abs(r['om1'])).min():.0f}, "
               f"{np.degrees(np.abs(r['om2'])).min():.0f} deg; CB improper {np.degrees(r['chi'].min()):.0f}.."
               f"{np.degrees(r['chi'].max()):.0f} deg; |lambda - xi| C7ax side "
               f"{np.linalg.norm(r['lam'][ax] - r['xi'][ax], axis=1).mean():.4f} rest "
               f"{np.linalg.norm(r['lam'][~ax] - r['xi'][~ax], axis=1).mean():.4f}")
 
-    X, Y = np.meshgrid(g0[0] + wd[0] * (np.arange(shp[0]) + .5), g0[1] + wd[1] * (np.arange(shp[1]) + .5), indexing="ij")
+    X, Y = np.meshgrid(g0[0] + wd[0] * (np.arange(shp[0]) + .5), g0[1] + wd[1] * (np.arange(shp[1]) + .5),
+                       indexing="ij")
     dfs = {s: df_bins(r["A"], side) for s, r in W.items()}
     hi = [s for s in seeds if dfs[s] > np.median(list(dfs.values()))]
     lo = [s for s in seeds if s not in hi]
@@ -170,7 +172,8 @@ def main():
             for term, other in (("mf", "ln"), ("ln", "mf")):
                 gt = np.where(band[..., None], W[l_][term], W[h][term]) + W[h][other]
                 out.append(df_bins(solve(gt, W[h]["n"], wd), side))
-            print(f"  s{h} <- s{l_}, 3-bin band, one term only: mean spring force {out[0]:.2f}, -kT grad ln n {out[1]:.2f}")
+            print(f"  s{h} <- s{l_}, 3-bin band, one term only: mean spring force {out[0]:.2f}, "
+                  f"-kT grad ln n {out[1]:.2f}")
 
     print("== 3. frames in each part of the band: phi histogram (edges below), samples C7ax-side/rest-side")
     edges = np.array([-np.pi, -2.5, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.3, 2.6, 3.0, np.pi])
