@@ -266,7 +266,7 @@ class EABFConfig(_Section):
     close_periodic_bias: bool = Field(
         True,
         description="Along a periodic CV component (a torsion), apply the ABF gradient minus its mean around the "
-        "ring of grid bins once every bin of the ring has bias, so the bias cannot drive lambda round the ring "
+        "ring of grid bins once every bin of the ring was visited, so the bias cannot drive lambda round the ring "
         "(a raw estimate's nonzero circulation does, which biases the mean force it then measures). Changes the "
         "applied bias only, not the estimators; no effect on non-periodic CVs. Keep true; false reproduces plain "
         "ABF.",

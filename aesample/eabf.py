@@ -382,12 +382,14 @@ class _EABFCore(torch.nn.Module):
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
-        for non-periodic components and for rings with an unbiased bin.
+        for non-periodic components and for rings with a bin never visited.
 
         A true mean force integrates to zero around a periodic coordinate; the running estimate does not (noise,
         and the current its own circulation drives). Applied as is, that circulation is a net torque on lambda,
         which keeps lambda rotating and the estimate off (issue 14's phi closure). Subtracting this mean makes
-        the applied bias conservative around every closed ring and leaves a converged estimate unchanged.
+        the applied bias conservative around every ring the system has gone round (every bin visited: from then
+        on a current can flow, even through bins whose bias is still ramped to zero) and leaves a converged
+        estimate unchanged. Before that the sampled bins form an interval, where any bias is conservative.
         Computed over the whole lambda grid each step: the ring sums need every bin.
         """
         grid = self.acc.narrow(0, 0, self.n_bins)
@@ -397,11 +399,12 @@ class _EABFCore(torch.nn.Module):
         ramp = self._ramp(n)
         applied = grid.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1)  # (nb, d)
         r = ramp.reshape(self.grid_shape)
+        visited = n.reshape(self.grid_shape)
         parts: List[torch.Tensor] = []
         for k in range(self.d):
             if self.ring_flags[k]:
                 a = applied.select(1, k).reshape(self.grid_shape)
-                closed = (r > 0.0).all(dim=k, keepdim=True).to(torch.float64)
+                closed = (visited > 0.0).all(dim=k, keepdim=True).to(torch.float64)
                 mean = a.sum(dim=k, keepdim=True) / torch.clamp(r.sum(dim=k, keepdim=True), min=1e-12) * closed
                 parts.append(mean.expand(self.grid_shape).reshape(-1).index_select(0, lam_row))
             else:
@@ -902,8 +905,8 @@ class ExtendedABF:
         walker's own accumulators (:meth:`getState`) never include them. Fixed for the Context's lifetime: to apply
         newer sums, build a new force and Context (:mod:`aesample.sharedbias`).
     closePeriodicBias : bool
-        Along a periodic component, apply the ABF gradient minus its mean around the ring of lambda bins once
-        every bin of that ring has bias, so the bias exerts no net torque around the ring (default: the
+        Along a periodic component, apply the ABF gradient minus its ramp-weighted mean around the ring of lambda
+        bins once every bin of that ring was visited, so the bias exerts no net torque around the ring (default: the
         configuration's ``eabf.close_periodic_bias``, True). The accumulators, and so the free energy
         estimates, are the same either way; only the applied bias changes.
     parameterPrefix : str

@@ -62,14 +62,14 @@ def _ramp(count):
 
 
 def _expected_closed(count, grad, axis_of_component):
-    """The applied gradient: ramp (g - ramp-weighted ring mean), rings along each component's own axis, zero mean
-    only where every bin of the ring has bias."""
+    """The applied gradient: ramp (g - ramp-weighted ring mean), rings along each component's own axis, the mean
+    taken out only where every bin of the ring was visited."""
     r = _ramp(count)
     g = grad / np.maximum(count, 1.0)[..., None]
     out = np.empty_like(g)
     for k, ax in enumerate(axis_of_component):
         rk = r * g[..., k]
-        closed = (r > 0).all(axis=ax, keepdims=True)
+        closed = (count > 0).all(axis=ax, keepdims=True)
         mean = np.where(closed, rk.sum(axis=ax, keepdims=True) / r.sum(axis=ax, keepdims=True), 0.0)
         out[..., k] = r * (g[..., k] - mean)
     return out
@@ -80,6 +80,7 @@ def test_1d_ring_bias_is_the_estimate_minus_its_ring_mean():
     centers = -np.pi + (np.arange(n) + 0.5) * 2 * np.pi / n
     count = np.full(n, 2.0 * FULL)
     count[::3] = 0.5 * (FULL + MIN)  # ramp 0.5 in every third bin: the mean is ramp-weighted
+    count[10] = MIN - 10  # visited, no bias yet: the ring is closed all the same (a current can pass)
     g = 7.0 + 3.0 * np.sin(centers)  # a circulation of 7 kJ/mol/rad on top of a true (periodic) mean force
     grad = (g * count)[:, None]
     cv = cvs.Dihedral([0, 1, 2, 3])
@@ -91,7 +92,7 @@ def test_1d_ring_bias_is_the_estimate_minus_its_ring_mean():
         assert closed[0] == pytest.approx(expected[b], rel=1e-9, abs=1e-9)
         assert raw[0] == pytest.approx(_ramp(count[b]) * g[b], rel=1e-9)
         assert abs(closed[0] - raw[0]) > 1.0  # the circulation is gone from the applied bias
-    # an open ring (one bin without bias yet) is applied as estimated
+    # an open ring (one bin never visited) is applied as estimated
     count[5] = 0.0
     grad = (g * count)[:, None]
     _, _, lam, closed = _applied(0.4, cv, _state([n], count, grad), close=True)
@@ -104,6 +105,7 @@ def test_2d_rings_close_along_each_periodic_component():
     rng = np.random.default_rng(3)
     count = rng.uniform(MIN + 1, 3 * FULL, size=(n, n))
     count[4, 7] = 0.0  # the ring through (4, :) along component 1 and the ring (:, 7) along component 0 stay open
+    count[2, 9] = MIN - 5  # visited without bias: its rings are closed
     grad = rng.normal(0.0, 5.0, size=(n, n, 2)) * count[..., None]
     cv = cvs.Dihedrals([[0, 1, 2, 3], [3, 2, 1, 0]])  # both the same angle: lambda sits in bin (b, b)
     expected = _expected_closed(count, grad, [0, 1])
