@@ -1,8 +1,9 @@
 """Per-walker error bars of Delta F against the walker-to-walker spread on the synthetic curved band, with enough
 walkers to know the ratio (issue 14 item 4).
 
-The model, walker and error bars of ``tests/test_estimators_integration.py`` (as ``benchmarks/synthetic_band_walkers.py``;
-exact Delta F by quadrature), at scale. Two steps, so that estimators can be re-analysed without re-running MD:
+The model, walker and error bars of ``tests/test_estimators_integration.py`` (the model of
+``benchmarks/synthetic_band_walkers.py``; exact Delta F by quadrature), at scale. Two steps, so that estimators
+can be re-analysed without re-running MD:
 
     OMP_NUM_THREADS=1 python benchmarks/synthetic_band_errorbars.py run DIR FIRST_SEED N_WALKERS [N_STEPS]
     OMP_NUM_THREADS=1 python benchmarks/synthetic_band_errorbars.py analyse DIR [DIR ...] [--n-boot 40] [--json OUT]
