@@ -14,7 +14,7 @@ import sys, time
 import numpy as np, openmm
 from aesample import cvs, estimators as est
 from aesample.eabf import ExtendedABF, EABFState
-from aesample.md import _weighted_sum_of_states
+_weighted_sum_of_states = EABFState.weighted_sum  # the md helper it once imported became this method
 T=300.0; KT=est.kT(T); NDUMMY=300
 P=dict(kb=1000.0, R=1.0, cx=-0.5, h=6*KT, th0=0.5, s=2*KT, kc=1000.0)
 EXPR=("0.5*kb*(r-R)^2 + h*((th/th0)^2-1)^2 + s*th + 0.5*kc*z^2;"

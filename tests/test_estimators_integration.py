@@ -1,5 +1,5 @@
 """Count-weighted integration of mean-force fields, the periodic seam, and the eABF free energy along a curved
-band (synthetic 2D model with an exact answer) with its block-bootstrap error bar."""
+band (synthetic 2D model with an exact answer) with the error bar the loop reports for it."""
 import numpy as np
 import openmm
 import pytest
@@ -106,7 +106,14 @@ def _grid_delta_f(st: EABFState) -> float:
     return float(-KT * np.log(p[th > 0].sum() / p[th <= 0].sum()))
 
 
-def _walker(seed, n_steps=50000, n_blocks=20):
+def theta(xy: np.ndarray) -> np.ndarray:
+    """Angle along the band: the two basins are theta > 0 and theta <= 0."""
+    return np.arctan2(xy[..., 1], xy[..., 0] - P["cx"])
+
+
+def _walker(seed: int, n_steps: int = 50000, n_blocks: int = 20, frame_stride: int = 50):
+    """One eABF walker: (its ``n_blocks`` cumulative snapshots, frames' xi = (x, y) every ``frame_stride`` steps,
+    frames' block index). Also the model of ``benchmarks/synthetic_band_errorbars.py``."""
     system = _particle_system(EXPR, P)
     for _ in range(N_DUMMY):
         system.addParticle(1.0)
@@ -121,44 +128,67 @@ def _walker(seed, n_steps=50000, n_blocks=20):
     x0[1:, 0] = np.arange(N_DUMMY) * 0.5
     ctx.setPositions(e.extendPositions(x0))
     ctx.setVelocitiesToTemperature(T, seed)
-    snaps = []
-    for _ in range(n_blocks):
-        integ.step(n_steps // n_blocks)
+    snaps, xis, block_of = [], [], []
+    for b in range(n_blocks):
+        for _ in range(n_steps // n_blocks // frame_stride):
+            integ.step(frame_stride)
+            xis.append(ctx.getState(getPositions=True).getPositions(asNumpy=True)._value[0, :2].copy())
+            block_of.append(b)
         snaps.append(e.getState(ctx))
-    return snaps
+    return snaps, np.array(xis), np.array(block_of)
 
 
-class _Blocks(FreeEnergyEstimates):
-    """One walker's block snapshots seen through the package's bootstrap."""
+class WalkerEstimates(FreeEnergyEstimates):
+    """One walker's block snapshots and frames seen through the package's estimators (``md``'s error bars)."""
 
     temperature = T
 
-    def __init__(self, snaps):
+    def __init__(self, snaps, xi: np.ndarray, block: np.ndarray):
         self.state = snaps[-1]
+        self._xi = xi
+        self._block = block
         self.blocks = [snaps[0]] + [EABFState.weighted_sum([(1, b), (-1, a)]) for a, b in zip(snaps, snaps[1:])]
 
+    def colvar_xi(self) -> np.ndarray:
+        return self._xi
+
     def block_increments(self):
-        return [(np.zeros(0, dtype=int), self.blocks)]
+        return [(self._block, self.blocks)]
+
+    def delta_f(self, seed: int, n_boot: int = 40) -> dict:
+        """``free_energy_error`` of Delta F(theta > 0 vs theta <= 0) as the loop asks for it (n_boot 40)."""
+        return self.free_energy_error(n_boot=n_boot, seed=seed, xis=self._xi,
+                                      delta_f_labels=(theta(self._xi) > 0).astype(int))
 
 
 @pytest.mark.slow
 def test_curved_band_walkers_agree_with_exact_and_their_error_bars():
+    from scipy.stats import chi2
+
     exact = _exact_delta_f()
     assert exact > 1.5 * KT  # the tilt makes the theta > 0 side unfavourable: a sign error cannot pass
-    dfs, errs = [], []
-    for j in range(8):
-        snaps = _walker(100 + j)
-        dfs.append(_grid_delta_f(snaps[-1]))
-        reps = [_grid_delta_f(st) for st, _ in _Blocks(snaps).bootstrap(n_boot=40, seed=j)]
-        errs.append(np.std(reps, ddof=1))
-    dfs, errs = np.array(dfs) / KT, np.array(errs) / KT
+    n_walkers = 8
+    dfs, errs, grid = [], [], []
+    for j in range(n_walkers):
+        snaps, xi, block = _walker(100 + j)
+        grid.append(_grid_delta_f(snaps[-1]))
+        r = WalkerEstimates(snaps, xi, block).delta_f(seed=j)
+        dfs.append(r["delta_f"])  # from the reweighted frames, as the loop reports it
+        errs.append(r["delta_f_error"])  # the shipped error bar: max(block bootstrap, basin visits)
+    dfs, errs, grid = np.array(dfs) / KT, np.array(errs) / KT, np.array(grid) / KT
     spread = dfs.std(ddof=1)
-    # Measured 2026-12-04 (these seeds): mean - exact +0.13 kT, walkers' SD 0.32 kT; unweighted integration on
-    # the same accumulators: SD 0.44, mean +0.28.
+    # These seeds (2026-12-06): frames' Delta F mean - exact +0.11 kT, SD 0.29 (grid Delta F +0.13, 0.32). They
+    # sit low: 96 other walkers (benchmarks/synthetic_band_errorbars.py, seeds 1000-1047 and 2000-2047) scatter by
+    # SD 0.62 kT (95 % interval 0.54-0.72), so the issue's 0.4 kT is not met in general; this bound is a
+    # regression check on these seeds, not evidence for the target.
     assert abs(dfs.mean() - exact / KT) <= 0.4, (dfs, exact / KT)
+    assert abs(grid.mean() - exact / KT) <= 0.4, (grid, exact / KT)
     assert spread <= 0.4, dfs
-    # Per-walker error bar (RMS over walkers) against the walkers' spread: measured 1.6x (Bayesian block
-    # bootstrap; integer draws gave 2.0x). The issue asks for 1.5x; this asserts it never understates by more
-    # than 1.5x and overstates by at most 2x.
+    # Error bar (RMS over walkers) against the walkers' SD. The 96-walker benchmark measures the ratio itself
+    # (1.41, 95 % interval 1.21-1.61). Eight walkers cannot: their SD has 7 degrees of freedom, within
+    # sqrt(chi2_7 / 7) = 0.38-1.70 x its true value 99 % of the time, so an error bar within the issue's factor
+    # 1.5 of the true spread shows a ratio in [1 / 1.5 / 1.70, 1.5 / 0.38] = [0.39, 3.99]. Here: 2.65 (the low SD
+    # above); the block bootstrap alone would give 1.94 here, 0.79 (0.68-0.91) on the 96 walkers.
+    lo, hi = np.sqrt(chi2.ppf([0.005, 0.995], n_walkers - 1) / (n_walkers - 1))
     ratio = np.sqrt(np.mean(errs ** 2)) / spread
-    assert 1 / 1.5 <= ratio <= 2.0, (ratio, errs, spread)
+    assert 1 / 1.5 / hi <= ratio <= 1.5 / lo, (ratio, errs, spread)
