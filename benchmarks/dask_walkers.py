@@ -115,10 +115,12 @@ def _c7ax_delta_f(phi: np.ndarray, w: np.ndarray, kt: float) -> float:
 
 
 def _reference_delta_f(path: Path, kt: float) -> float:
-    """Delta F(C7ax vs rest) of a (phi, psi) free-energy grid (``grid``, ``fes`` indexed [psi, phi], kJ/mol)."""
+    """Delta F(C7ax vs rest) of a reference free energy on a grid: ``fes`` (kJ/mol) over ``grid`` along phi, or
+    indexed [psi, phi] on ``grid`` x ``grid`` (benchmarks/reference_fes.py writes either)."""
     ref = np.load(path)
-    phi = np.meshgrid(ref["grid"], ref["grid"], indexing="ij")[1].ravel()
-    return _c7ax_delta_f(phi, np.exp(-(ref["fes"] - ref["fes"].min()) / kt).ravel(), kt)
+    fes, grid = ref["fes"], ref["grid"]
+    phi = grid if fes.ndim == 1 else np.meshgrid(grid, grid, indexing="ij")[1]
+    return _c7ax_delta_f(np.ravel(phi), np.exp(-(fes - fes.min()) / kt).ravel(), kt)
 
 
 def adp_summary(out: Path, n: int, reference_delta_f: float) -> dict:
