@@ -2,7 +2,9 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dask_walkers.py engine REPEATS
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dask_walkers.py shared N_STEPS H_KT SEEDS...
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dask_walkers.py adp CV NS SHARE_STEPS SEED OUT [REFERENCE]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dask_walkers.py adp CV NS SHARE_STEPS SEED OUT [REFERENCE] \
+        [--together]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/dask_walkers.py adp-summary OUT [REFERENCE]
 
 ``engine``: iteration 1 of the tiny alanine-dipeptide loop of tests/test_walkers_dask.py (2 walkers of 1000 steps,
 Reference platform) from the same iteration-0 directory, REPEATS times alternately (a) through the loop's Dask
@@ -18,16 +20,16 @@ from the exact one (kT).
 ``adp``: alanine dipeptide (vacuum, the loop's MD settings: 2 fs, 1/ps, 10 ps equilibration, frames every 100
 steps), 4 walkers of NS ns each, all started from the built structure (C7eq) with seeds SEED + j, once sharing
 their bias (:class:`aesample.sharedbias.SharedBias`, exchange every SHARE_STEPS steps, the segment length) and once
-independent (same seeds, same segments), on one LocalCluster of 4 single-thread workers (all walkers at once, as
-shared walkers must run). CV: a learned CV file (``cv.pt``; the loop's eABF settings,
-``EABFSettings.from_config`` of the default configuration: 30 bins on [-1.5, 1.5], kappa 3000, full bias at 100
-samples, period 0.2 ps, CZAR 120 bins) or ``phi,psi`` (the defaults of ``aesample eabf --cv phi,psi``: 36 x 36
-bins, kappa kT / bin width^2, full bias at 100 samples). Walkers go to OUT/{shared,independent}/w<j>. Per walker:
-the simulated time to its first C7ax frame (0 < phi < 2.3 rad), Delta F(C7ax vs rest) from its own CZAR
-weights, committed transitions; pooled: Delta F from the walkers' accumulators summed, with its error against
-REFERENCE (a (phi, psi) free-energy grid, default benchmarks/data/reference_phi_metad_20ns.npz). One JSON line per
-mode. A rerun with the same OUT resumes the walkers from their checkpoints (shared ones then read what the
-others wrote).
+independent (same seeds, same segments), on one LocalCluster of 4 single-thread workers (all walkers of a mode
+at once, as shared walkers must run); ``--together``: all 8 at once on 8 workers. CV: a learned CV file
+(``cv.pt``; the loop's eABF settings, ``EABFSettings.from_config`` of the default configuration: 30 bins on
+[-1.5, 1.5], kappa 3000, full bias at 100 samples, period 0.2 ps, CZAR 120 bins) or ``phi,psi`` (the defaults of
+``aesample eabf --cv phi,psi``: 36 x 36 bins, kappa kT / bin width^2, full bias at 100 samples). Walkers go to
+OUT/{shared,independent}/w<j>. Per walker: the simulated time to its first C7ax frame (0 < phi < 2.3 rad),
+Delta F(C7ax vs rest) from its own CZAR weights, committed transitions; pooled: Delta F from the walkers'
+accumulators summed, with its error against REFERENCE (a free-energy grid along phi or (phi, psi), default
+benchmarks/data/reference_phi_metad_20ns.npz). One JSON line per mode. A rerun with the same OUT resumes the walkers from their checkpoints (shared ones then read what the
+others wrote). ``adp-summary``: the same numbers for the walkers in OUT as far as they have run (partial runs).
 """
 from __future__ import annotations
 
@@ -152,22 +154,30 @@ def adp_summary(out: Path, n: int, reference_delta_f: float) -> dict:
             if ok.any() else None, "reference_delta_f": reference_delta_f}
 
 
-def adp(cv_spec: str, ns: float, share_steps: int, seed: int, out: Path, reference: Path) -> None:
+def adp(cv_spec: str, ns: float, share_steps: int, seed: int, out: Path, reference: Path,
+        together: bool = False) -> None:
+    """The ``adp`` mode: shared then independent walkers on one LocalCluster of 4 workers, or (``together``) all 8
+    at once on 8 workers (equal load on both; stopped early, both have run about as long)."""
     from aesample.estimators import kT
 
     n, ref = ADP_WALKERS, _reference_delta_f(reference, kT(300.0))
     n_steps = int(round(ns * 1000 / 0.002))
-    with execution.walker_client(ExecutionConfig(), n) as client:
-        for share in (True, False):
-            where = out / ("shared" if share else "independent")
+    modes = [[True, False]] if together else [[True], [False]]
+    with execution.walker_client(ExecutionConfig(), 2 * n if together else n) as client:
+        for shares in modes:
+            wheres = [out / ("shared" if share else "independent") for share in shares]
             t0 = time.perf_counter()
-            speeds = execution.run_tasks(client, _adp_walker,
-                                         [(str(where), j, n, cv_spec, n_steps, seed + j, share_steps, share)
-                                          for j in range(n)], [f"{where.name} walker {j}" for j in range(n)])
-            row = {"cv": cv_spec, "shared": share, "ns_per_walker": ns, "share_steps": share_steps, "seed": seed,
-                   "wall_s": time.perf_counter() - t0, "ns_per_day": speeds}
-            row.update(adp_summary(where, n, ref))
-            print(json.dumps(row), flush=True)
+            speeds = execution.run_tasks(
+                client, _adp_walker,
+                [(str(where), j, n, cv_spec, n_steps, seed + j, share_steps, share)
+                 for share, where in zip(shares, wheres) for j in range(n)],
+                [f"{where.name} walker {j}" for where in wheres for j in range(n)])
+            wall = time.perf_counter() - t0
+            for i, (share, where) in enumerate(zip(shares, wheres)):
+                row = {"cv": cv_spec, "shared": share, "ns_per_walker": ns, "share_steps": share_steps, "seed": seed,
+                       "together": together, "wall_s": wall, "ns_per_day": speeds[i * n:(i + 1) * n]}
+                row.update(adp_summary(where, n, ref))
+                print(json.dumps(row), flush=True)
 
 
 def engine(repeats: int) -> None:
@@ -242,8 +252,17 @@ def shared(n_steps: int, h_kt: float, seeds: list[int]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "engine":
         engine(int(sys.argv[2]))
-    elif sys.argv[1] == "adp":
-        adp(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6]),
-            Path(sys.argv[7]) if len(sys.argv) > 7 else Path(__file__).parent / "data" / "reference_phi_metad_20ns.npz")
+    elif sys.argv[1] in ("adp", "adp-summary"):
+        args = [a for a in sys.argv[2:] if a != "--together"]
+        default_reference = Path(__file__).parent / "data" / "reference_phi_metad_20ns.npz"
+        if sys.argv[1] == "adp":
+            adp(args[0], float(args[1]), int(args[2]), int(args[3]), Path(args[4]),
+                Path(args[5]) if len(args) > 5 else default_reference, together="--together" in sys.argv)
+        else:
+            from aesample.estimators import kT
+
+            ref_df = _reference_delta_f(Path(args[1]) if len(args) > 1 else default_reference, kT(300.0))
+            for mode in ("shared", "independent"):
+                print(json.dumps({"mode": mode, **adp_summary(Path(args[0]) / mode, ADP_WALKERS, ref_df)}))
     else:
         shared(int(sys.argv[2]), float(sys.argv[3]), [int(s) for s in sys.argv[4:]])
