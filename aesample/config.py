@@ -377,8 +377,8 @@ class LoopConfig(_Section):
         "min(md.segment_steps, share_interval) long). A multiple of md.report_interval (and so of md.cv_interval). "
         "Each exchange rebuilds the walker's force and Context (a fraction of a second on CPU for small systems, "
         "more on GPUs) and writes a checkpoint: choose it so that the MD between exchanges takes much longer than "
-        "that, and short against the time the bias needs to fill (alanine dipeptide, 2 fs: 5000 steps, 10 ps). "
-        "Ignored without share_bias.",
+        "that, and short against the time the bias needs to fill (alanine dipeptide along (phi, psi), 2 fs, CPU: 5000 "
+        "steps = 10 ps cost ~2 %, benchmarks/RESULTS.md). Ignored without share_bias.",
     )
     hidden_barrier_tolerance: Optional[float] = Field(
         0.02, ge=0, le=1,
