@@ -237,7 +237,8 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     (walker 0 keeps the single-walker seed). ``threads``: CPU-platform threads (default: all of
     ``execution.threads``, for a walker that runs alone); ``platform_properties``: extra OpenMM platform
     properties (a Dask worker's ``DeviceIndex``). With ``loop.share_bias`` and several walkers it exchanges its
-    accumulators through ``iter_NNN/shared_bias/`` (:mod:`aesample.sharedbias`).
+    accumulators through ``iter_NNN/shared_bias/`` (:mod:`aesample.sharedbias`) every ``loop.share_interval``
+    steps (:func:`share_segment_steps`).
     """
     cfg = run.config
     steps = _steps(cfg.loop.eabf_per_iteration, cfg.md)
@@ -252,12 +253,21 @@ def run_eabf_walker(run: RunLayout, k: int, j: int, kappa: float, progress: bool
     walkers = cfg.loop.walkers
     shared = SharedBias(run.iteration_dir(k) / "shared_bias", j, walkers) if cfg.loop.share_bias and walkers > 1 \
         else None
+    if shared is not None:  # a walker exchanges when it checkpoints
+        settings.segment_steps = share_segment_steps(cfg)
     md.run_eabf(
         run.system, cv, _eabf_settings(run, int(meta.get("cv_dim", cfg.cv.dimension)), kappa), settings,
         _md_dirs(run, k)[j], steps, positions=start, progress=progress,
         description=f"iter {k} eABF" + (f" walker {j + 1}/{walkers}" if walkers > 1 else ""),
         resume=True, log=log.info, shared_bias=shared,
     )
+
+
+def share_segment_steps(config) -> int:
+    """Segment length of a shared-bias walker, steps: ``min(md.segment_steps, loop.share_interval)`` (the
+    exchange happens at each checkpoint; ``loop.share_interval`` null: ``md.segment_steps``)."""
+    interval = config.loop.share_interval
+    return config.md.segment_steps if interval is None else min(config.md.segment_steps, int(interval))
 
 
 def _walker_task(run_dir: str, k: int, j: int, kappa: float, threads: Optional[int], progress: bool) -> int:

@@ -10,10 +10,11 @@ walker adds the others' totals to its own exactly once. There are no locks: a sl
 contributes less. Each walker keeps its own accumulators to itself (its CZAR estimate and the loop's pooling of
 walkers at the end of the iteration are unchanged).
 
-How often: once per MD segment (``md.segment_steps``), when the walker checkpoints. Applying new sums rebuilds
-the eABF force and the OpenMM Context from the checkpoint just written (on the Reference/CPU platforms a
-fraction of a second for small systems, more where Context creation is slow, e.g. CUDA); choose
-``md.segment_steps`` so that a segment takes much longer than that. The sums applied in the next segment are
+How often: once per MD segment, when the walker checkpoints; in the loop a shared walker's segments are
+``loop.share_interval`` steps long (at most ``md.segment_steps``, :func:`aesample.loopstages.share_segment_steps`).
+Applying new sums rebuilds the eABF force and the OpenMM Context from the checkpoint just written (on the
+Reference/CPU platforms a fraction of a second for small systems, more where Context creation is slow, e.g.
+CUDA); choose the interval so that the MD between exchanges takes much longer than that. The sums applied in the next segment are
 saved with the checkpoint, so a walker resumed from it applies the same ones: a resume reproduces what the
 uninterrupted walker would have done with what it had read.
 """

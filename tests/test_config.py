@@ -80,6 +80,23 @@ def test_literal_and_range_messages():
         config_from_dict({"md": {"segment_steps": 1001}})
 
 
+
+def test_share_interval_is_checked_against_the_md_section():
+    from aesample.loopstages import share_segment_steps
+
+    assert config_from_dict({}).loop.share_interval is None
+    with pytest.raises(ConfigError, match=r"loop.share_interval: must be > 0 \(got 0\)"):
+        config_from_dict({"loop": {"share_interval": 0}})
+    with pytest.raises(ConfigError, match=r"loop.share_interval \(150\) must be a multiple of md.report_interval "
+                                          r"\(100\)"):
+        config_from_dict({"loop": {"share_bias": True, "share_interval": 150}})
+    # the shared walkers' segment: the interval, never longer than md.segment_steps (null: md.segment_steps)
+    md = {"report_interval": 50, "segment_steps": 1000}
+    assert share_segment_steps(config_from_dict({"md": md, "loop": {"share_interval": 250}})) == 250
+    assert share_segment_steps(config_from_dict({"md": md, "loop": {"share_interval": 5000}})) == 1000
+    assert share_segment_steps(config_from_dict({"md": md})) == 1000
+
+
 def test_malformed_yaml_names_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("md: [1\n")

@@ -246,6 +246,42 @@ def test_walkers_on_a_local_cluster_match_in_process_even_with_a_killed_worker(i
     assert json.loads((run.iteration_dir(1) / "md_timing.json").read_text())["ns"] == pytest.approx(2 * 0.002)
 
 
+def test_shared_loop_walker_exchanges_every_share_interval(iteration0, tmp_path, monkeypatch):
+    """loop.share_interval 100 with md.segment_steps 200: a shared walker of the loop publishes its accumulators and
+    reads the others' every 100 steps (10 times in 1000 steps, not 5), checkpointing there, with every COLVAR row
+    once."""
+    from aesample import loopstages
+    from aesample.outputs import read_colvar
+    from aesample.sharedbias import SharedBias
+
+    run = _copy(iteration0, tmp_path / "run")
+    run.config.loop.share_bias, run.config.loop.share_interval = True, 100
+    assert run.config.md.segment_steps == 200 and loopstages.share_segment_steps(run.config) == 100
+    calls = {"publish": [], "others": 0}
+    publish, others = SharedBias.publish, SharedBias.others
+
+    def counted_publish(self, state):
+        calls["publish"].append(int(state.n_samples))
+        publish(self, state)
+
+    def counted_others(self):
+        calls["others"] += 1
+        return others(self)
+
+    monkeypatch.setattr(SharedBias, "publish", counted_publish)
+    monkeypatch.setattr(SharedBias, "others", counted_others)
+    loopstages.run_eabf_walker(run, 1, 0, _kappa(run), progress=False)
+    out = run.iteration_dir(1) / "md_0"
+    # read at the start too (the others' sums for the first segment)
+    assert len(calls["publish"]) == N_STEPS // 100 and calls["others"] == 1 + N_STEPS // 100
+    # each file holds everything sampled so far: one sample per step and the start
+    assert calls["publish"] == [100 * (i + 1) + 1 for i in range(N_STEPS // 100)]
+    ck = json.loads((out / "checkpoint.json").read_text())
+    assert ck["step"] == N_STEPS and ck["segment"] == N_STEPS // 100 - 1
+    assert (run.iteration_dir(1) / "shared_bias" / "walker_0.npz").is_file()
+    assert len(read_colvar(out / "COLVAR")[1]) == N_STEPS // 20
+
+
 # ------------------------------------------------------------------------------------------- shared bias
 class _Particle:
     """One particle in h ((x/x0)^2 - 1)^2 (a molecular system for run_eabf; the CV is its x)."""
