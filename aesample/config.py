@@ -377,7 +377,8 @@ class LoopConfig(_Section):
         "accumulators every loop.share_interval steps (at a checkpoint) and applies its own "
         "plus the other walkers' latest ones as its bias in the next segment, so the bias fills about walkers "
         "times faster (Colvars' shared ABF). Run the walkers at once (walker_processes null or = walkers): one "
-        "after another, a walker sees only the finished walkers before it. The free energy, weights and errors still pool the walkers' own accumulators at the end of the iteration.",
+        "after another, a walker sees only the finished walkers before it. The free energy, weights and errors "
+        "still pool the walkers' own accumulators at the end of the iteration.",
     )
     share_interval: Optional[int] = Field(
         None, gt=0, description="With share_bias: steps between two exchanges of the walkers' accumulators, steps "
@@ -385,8 +386,7 @@ class LoopConfig(_Section):
         "min(md.segment_steps, share_interval) long). A multiple of md.report_interval (and so of md.cv_interval). "
         "Each exchange rebuilds the walker's force and Context (a fraction of a second on CPU for small systems, "
         "more on GPUs) and writes a checkpoint: choose it so that the MD between exchanges takes much longer than "
-        "that, and short against the time the bias needs to fill (alanine dipeptide along (phi, psi), 2 fs, CPU: 5000 "
-        "steps = 10 ps cost ~2 %, benchmarks/RESULTS.md). Ignored without share_bias.",
+        "that, and short against the time the bias needs to fill a bin. Ignored without share_bias.",
     )
     hidden_barrier_tolerance: Optional[float] = Field(
         0.02, ge=0, le=1,
