@@ -239,8 +239,20 @@ class _EABFCore(torch.nn.Module):
         # rings: the lines of lambda bins along a periodic component. Their applied ABF gradient is made
         # circulation-free once every bin of the ring has bias (see _ring_mean); compiled out without rings.
         self.close_rings = bool(close_rings and any(periodic))
-        self.grid_shape: List[int] = [int(b) for b in bins]
-        self.ring_flags: List[bool] = [bool(p) for p in periodic]
+        # the rings through one lambda bin b, as one gather: for periodic component k, bins b + (i - i_k) stride_k,
+        # i = 0..bins_k-1 (i_k: b's index along k); ring_owner marks which component each gathered row serves
+        ring = [k for k in range(d) if periodic[k]]
+        row_stride = [int(np.prod(bins[k + 1:])) for k in range(d)]
+        self.register_buffer("ring_stride", torch.tensor([row_stride[k] for k in ring], dtype=torch.long))
+        self.register_buffer("ring_bins", torch.tensor([int(bins[k]) for k in ring], dtype=torch.long))
+        self.register_buffer("ring_of_row", torch.tensor([r for r, k in enumerate(ring) for _ in range(bins[k])],
+                                                         dtype=torch.long))
+        self.register_buffer("ring_offset", torch.tensor([i * row_stride[k] for k in ring for i in range(bins[k])],
+                                                         dtype=torch.long))
+        owner = torch.zeros(len(self.ring_offset), d, dtype=f64)
+        owner[torch.arange(len(owner)), torch.tensor([k for k in ring for _ in range(bins[k])], dtype=torch.long)] = 1.0
+        self.register_buffer("ring_owner", owner)
+        self.register_buffer("ring_other", owner == 0.0)
         self.register_buffer("inv_period", t([1.0 / TWO_PI] * d))
         # binned points come as [xi; lambda] (2, d): row 0 on the CZAR xi grid (zbins), row 1 on the ABF lambda grid
         grids = (zbins, bins)
@@ -390,26 +402,20 @@ class _EABFCore(torch.nn.Module):
         the applied bias conservative around every ring the system has gone round (every bin visited: from then
         on a current can flow, even through bins whose bias is still ramped to zero) and leaves a converged
         estimate unchanged. Before that the sampled bins form an interval, where any bias is conservative.
-        Computed over the whole lambda grid each step: the ring sums need every bin.
+        All rings through the bin are gathered at once (one index_select; ~20 ops whatever d).
         """
-        grid = self.acc.narrow(0, 0, self.n_bins)
+        k_index = torch.remainder(torch.div(lam_row, self.ring_stride, rounding_mode="floor"), self.ring_bins)
+        base = lam_row - k_index * self.ring_stride  # first bin of each ring through lam_row
+        rows = base.index_select(0, self.ring_of_row) + self.ring_offset
+        grid = self.acc.index_select(0, rows)
         if self.has_shared:
-            grid = grid + self.shared
+            grid = grid + self.shared.index_select(0, rows)
         n = grid.select(1, 0)
         ramp = self._ramp(n)
-        applied = grid.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1)  # (nb, d)
-        r = ramp.reshape(self.grid_shape)
-        visited = n.reshape(self.grid_shape)
-        parts: List[torch.Tensor] = []
-        for k in range(self.d):
-            if self.ring_flags[k]:
-                a = applied.select(1, k).reshape(self.grid_shape)
-                closed = (visited > 0.0).all(dim=k, keepdim=True).to(torch.float64)
-                mean = a.sum(dim=k, keepdim=True) / torch.clamp(r.sum(dim=k, keepdim=True), min=1e-12) * closed
-                parts.append(mean.expand(self.grid_shape).reshape(-1).index_select(0, lam_row))
-            else:
-                parts.append(self.bin_zero.narrow(0, 0, 1))
-        return torch.cat(parts)
+        applied = grid.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1) * self.ring_owner
+        weight = (ramp.unsqueeze(1) * self.ring_owner).sum(0)  # (d,): sum of ramps around each component's ring
+        closed = ((n > 0.0).unsqueeze(1) | self.ring_other).all(0)  # every bin of the ring visited
+        return applied.sum(0) / torch.clamp(weight, min=1e-12) * closed.to(torch.float64)
 
     def _coupling(self, xi: torch.Tensor, ext: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -103,7 +103,7 @@ def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA):
     d = int(cv.cv_dim) if hasattr(cv, "cv_dim") else len(cv.periodic)
     box = None if ms.box is None else np.asarray(ms.box)
     system = copy_system(ms.system) if system is None else system
-    if hasattr(cv, "cv_dim"):
+    if not any(getattr(cv, "periodic", [False])):  # the loop's learned CV (torsion CVs carry cv_dim too)
         e = ExtendedABF(system, cv, [GRID[0]] * d, [GRID[1]] * d, [BINS] * d, [kappa] * d, positions=ms.positions,
                         box=box, periodic=[False] * d, useCUDAGraphs=graphs)
     else:  # (phi, psi)
