@@ -208,9 +208,6 @@ def integrate_gradient(
     numpy.ndarray
         A (grid shape), minimum 0; NaN outside the largest connected set of linked bins.
     """
-    import scipy.sparse as sp
-    import scipy.sparse.csgraph as csg
-    import scipy.sparse.linalg as spla
 
     g = np.asarray(gradient, dtype=np.float64)
     width = np.atleast_1d(np.asarray(width, dtype=np.float64))
@@ -222,9 +219,18 @@ def integrate_gradient(
         raise ValueError(f"integrate_gradient: gradient of shape {g.shape} does not match {len(width)} bin widths "
                          "(expected grid shape + (d,))")
     periodic = [bool(p) for p in np.broadcast_to(np.asarray(periodic, dtype=bool), (d,))]
+    ri, rj, b, w = _link_equations(g, width, periodic, counts, mask)
+    return _solve_links(ri, rj, b, w, tuple(shape))
+
+
+def _solve_links(ri: np.ndarray, rj: np.ndarray, b: np.ndarray, w: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Weighted least squares A[rj] - A[ri] = b over the links with weight w > 0 (:func:`_link_equations`), on the
+    largest connected set of linked bins; NaN elsewhere, minimum 0, grid ``shape``."""
+    import scipy.sparse as sp
+    import scipy.sparse.csgraph as csg
+    import scipy.sparse.linalg as spla
     nn = int(np.prod(shape))
     out = np.full(nn, np.nan)
-    ri, rj, b, w = _link_equations(g, width, periodic, counts, mask)
     keep_eq = w > 0
     ri, rj, b, w = ri[keep_eq], rj[keep_eq], b[keep_eq], w[keep_eq]
     if len(b) == 0:

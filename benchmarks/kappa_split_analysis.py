@@ -23,14 +23,11 @@ import os
 
 import mdtraj as md
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.csgraph as csg
-import scipy.sparse.linalg as spla
 from scipy import ndimage
 
 from aesample import analysis
 from aesample import estimators as est
-from aesample.estimators import _link_equations
+from aesample.estimators import _link_equations, _solve_links
 from aesample.md import load_result
 from aesample.systems import build_system
 
@@ -57,31 +54,10 @@ def bins_of(r, xi=None):
 
 def solve(g, n, wd, drop=None):
     """The package's count-weighted least squares (estimators.integrate_gradient) with links optionally dropped."""
-    shp = g.shape[:-1]
     ri, rj, b, w = _link_equations(g, wd, [False, False], n, None)
-    keep = w > 0
     if drop is not None:
-        keep &= ~drop(ri, rj)
-    ri, rj, b, w = ri[keep], rj[keep], b[keep], w[keep]
-    nn = int(np.prod(shp))
-    out = np.full(nn, np.nan)
-    adj = sp.csr_matrix((np.ones(len(b)), (ri, rj)), shape=(nn, nn))
-    _, lab = csg.connected_components(adj, directed=False)
-    u = lab[ri] == np.argmax(np.bincount(lab[ri], weights=w, minlength=lab.max() + 1))
-    ri, rj, b, w = ri[u], rj[u], b[u], w[u]
-    nodes = np.unique(np.concatenate([ri, rj]))
-    pos = np.full(nn, -1)
-    pos[nodes] = np.arange(len(nodes))
-    m = len(b)
-    D = sp.csr_matrix((np.r_[-np.ones(m), np.ones(m)], (np.r_[np.arange(m), np.arange(m)], np.r_[pos[ri], pos[rj]])),
-                      shape=(m, len(nodes)))
-    W = sp.diags(w / w.mean())
-    L = (D.T @ W @ D).tocsc()
-    rhs = D.T @ (W @ b)
-    sol = np.zeros(len(nodes))
-    sol[1:] = spla.spsolve(L[1:, 1:], rhs[1:])
-    out[nodes] = sol
-    return (out - np.nanmin(out)).reshape(shp)
+        w = np.where(drop(ri, rj), 0.0, w)  # weight 0: the solver leaves the link out
+    return _solve_links(ri, rj, b, w, g.shape[:-1])
 
 
 def df_bins(A, side):
