@@ -110,10 +110,9 @@ def _adp_walker(out: str, j: int, n: int, cv_spec: str, n_steps: int, seed: int,
 def _c7ax_delta_f(phi: np.ndarray, w: np.ndarray, kt: float) -> float:
     """Delta F(C7ax vs rest), kJ/mol, from weighted frames (nan where a side has no weight)."""
     from aesample.analysis import c7ax_labels
+    from aesample.md import _delta_f
 
-    lab = c7ax_labels(phi)
-    pa, pb = w[lab == 0].sum(), w[lab == 1].sum()
-    return float(-kt * np.log(pb / pa)) if pa > 0 and pb > 0 else float("nan")
+    return _delta_f(np.asarray(w, dtype=np.float64), c7ax_labels(phi), kt)
 
 
 def _reference_delta_f(path: Path, kt: float) -> float:
