@@ -237,7 +237,7 @@ class _EABFCore(torch.nn.Module):
         self.any_periodic: bool = bool(any(periodic))
         self.register_buffer("periodic_mask", torch.tensor(periodic, dtype=torch.bool))
         # rings: the lines of lambda bins along a periodic component. Their applied ABF gradient is made
-        # circulation-free once every bin of the ring has bias (see _ring_mean); compiled out without rings.
+        # circulation-free once every bin of the ring was visited (see _ring_mean); compiled out without rings.
         self.close_rings = bool(close_rings and any(periodic))
         # the rings through one lambda bin b, as one gather: for periodic component k, bins b + (i - i_k) stride_k,
         # i = 0..bins_k-1 (i_k: b's index along k); ring_owner marks which component each gathered row serves

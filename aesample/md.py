@@ -84,7 +84,8 @@ class EABFSettings:
     force_group : 0..31 (None: a free one); cuda_graphs : "auto" | "on" | "off"
     (:func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the
     CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
-    in the state's meta); close_periodic_bias : circulation-free bias around periodic components. Defaults: the ``eabf`` section of :class:`aesample.config.Config`.
+    in the state's meta); close_periodic_bias : circulation-free bias around periodic components. Defaults: the
+    ``eabf`` section of :class:`aesample.config.Config`.
     """
 
     grid_min: Union[float, Sequence[float]]

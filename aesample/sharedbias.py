@@ -14,9 +14,9 @@ How often: once per MD segment, when the walker checkpoints; in the loop a share
 ``loop.share_interval`` steps long (at most ``md.segment_steps``, :func:`aesample.loopstages.share_segment_steps`).
 Applying new sums rebuilds the eABF force and the OpenMM Context from the checkpoint just written (on the
 Reference/CPU platforms a fraction of a second for small systems, more where Context creation is slow, e.g.
-CUDA); choose the interval so that the MD between exchanges takes much longer than that. The sums applied in the next segment are
-saved with the checkpoint, so a walker resumed from it applies the same ones: a resume reproduces what the
-uninterrupted walker would have done with what it had read.
+CUDA); choose the interval so that the MD between exchanges takes much longer than that. The sums applied in
+the next segment are saved with the checkpoint, so a walker resumed from it applies the same ones: a resume
+reproduces what the uninterrupted walker would have done with what it had read.
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ def add_parser(subparsers) -> None:
                    "allows it)")
     p.add_argument("--close-periodic-bias", action=argparse.BooleanOptionalAction,
                    default=_EABF.close_periodic_bias,
-                   help="around a periodic CV (a torsion), apply the bias minus its mean over the ring once the ring "
-                   "is sampled, so it cannot drive a rotation (default: on)")
+                   help="around a periodic CV (a torsion), apply the bias minus its mean over the ring once every "
+                   "bin of the ring was visited, so it cannot drive a rotation (default: on)")
     p.add_argument("--threads", type=int, default=_EXEC.threads,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
