@@ -15,7 +15,9 @@ openmm-torch calls once per step), aten ops per call (all / top level), timed as
 to other load on the machine) and as wall time, repeats interleaved, medians. The (phi, psi) eABF module is
 timed beside it for alanine dipeptide.
 Part 2, MD: ns/day unbiased and with eABF every step and with ``md.cv_interval`` K (MTS) where the stability
-rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput.
+rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput. ``--breakdown``
+adds, for systems without a box, a TorchForce returning zero (openmm-torch's fixed cost per step) and one that
+evaluates only the CV's value and Jacobian: the differences between the rows split the eABF step's cost.
 Part 3, contention: ``aesample eabf --cv-model`` as a user runs it (the package's own thread defaults, no
 OMP_NUM_THREADS in the environment), alone and beside one CPU-bound process; the ns/day it prints, and the
 ratio loaded / quiet.
@@ -52,6 +54,7 @@ from aesample.platforms import select_platform  # noqa: E402
 from aesample.selection import select_atoms  # noqa: E402
 from aesample.systems import build_system  # noqa: E402
 from aesample.threads import apply_torch_threads  # noqa: E402
+from aesample.torchbinding import make_torch_force  # noqa: E402
 from aesample.training import fit_cv_scaling  # noqa: E402
 from eabf_speed import _context  # noqa: E402  (this directory: a minimised, thermalised Context)
 
@@ -122,6 +125,27 @@ def _count_ops(fn):
     return len(ev), len(top)
 
 
+class _ZeroForce(torch.nn.Module):
+    """openmm-torch's fixed cost: a TorchForce that returns zero energy and forces."""
+
+    def forward(self, positions):
+        return torch.zeros((), dtype=positions.dtype), torch.zeros_like(positions)
+
+
+class _CVOnlyForce(torch.nn.Module):
+    """The CV's value and Jacobian inside a TorchForce, with zero energy and forces (the CV's share of the step)."""
+
+    def __init__(self, cv):
+        super().__init__()
+        self.cv = cv
+
+    def forward(self, positions):
+        box = torch.zeros(3, 3, dtype=positions.dtype)
+        v, j = self.cv.value_and_jacobian(positions, box)
+        # why the product: keeps the CV's ops in the graph while the force stays zero (and finite)
+        return torch.zeros((), dtype=positions.dtype), torch.zeros_like(positions) * (1.0 + 0.0 * (v.sum() + j.sum()))
+
+
 class _Jac(torch.nn.Module):
     def __init__(self, cv):
         super().__init__()
@@ -178,7 +202,7 @@ def module_part(systems, workdir: Path, repeats: int, calls: int) -> list[dict]:
 
 
 def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int, mts: list[int],
-            graphs: bool = False, dt: float = 0.002) -> list[dict]:
+            graphs: bool = False, dt: float = 0.002, breakdown: bool = False) -> list[dict]:
     print(f"\n## MD ({steps} inner steps of {dt * 1e3:g} fs per chunk (water: /8), {repeats} interleaved repeats)\n")
     print("| system | platform | run | ns/day | ratio to unbiased |")
     print("|---|---|---|---|---|")
@@ -214,6 +238,13 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
                 integ = make_integrator(sys1, e, T, 1.0, dt)
                 runs[f"eABF learned CV, power rotation, graphs {'on' if g else 'off'}"] = (
                     _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
+        if breakdown and ms.box is None:  # where the step's time goes (non-periodic systems: no box argument)
+            for lab, mod in (("TorchForce returning zero", _ZeroForce()),
+                             ("TorchForce, CV value and Jacobian only", _CVOnlyForce(cv))):
+                sys2 = copy_system(ms.system)
+                sys2.addForce(make_torch_force(torch.jit.script(mod)))
+                integ = make_integrator(sys2, None, T, 1.0, dt)
+                runs[lab] = (_context(sys2, ms.positions, box, platform, props, integ, T), integ, 1)
         for ctx, integ, k in runs.values():
             integ.step(max(2, n_steps // (10 * k)))
             ctx.getState(getEnergy=True)
@@ -291,6 +322,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-contention", action="store_true")
     p.add_argument("--graphs", action="store_true",
                    help="MD part: add a power-rotation CV with CUDA graphs off/on (graphs only act on CUDA)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="MD part, non-periodic systems: add a TorchForce returning zero (openmm-torch's fixed cost) "
+                        "and one evaluating only the CV (its share of the eABF step)")
     p.add_argument("--quick", action="store_true", help="short chunks, two repeats, no contention part")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
@@ -304,7 +338,8 @@ def main(argv=None) -> int:
         if not args.no_module:
             result["module"] = module_part(args.systems, work, args.repeats, args.calls)
         if not args.no_md:
-            result["md"] = md_part(args.systems, work, args.platform, args.steps, args.repeats, args.mts, args.graphs)
+            result["md"] = md_part(args.systems, work, args.platform, args.steps, args.repeats, args.mts, args.graphs,
+                                   breakdown=args.breakdown)
         if not args.no_contention:
             result["contention"] = contention_part(work, args.contention_ns, max(1, args.repeats // 2))
     if args.json:
