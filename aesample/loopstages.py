@@ -31,7 +31,6 @@ from .models import ModelSpec
 from .runlayout import RunLayout
 from .selection import select_atoms
 from .sharedbias import SharedBias
-from .systems import check_pdb_file
 from .threads import apply_torch_threads, plan_threads
 from .verdict import convergence_blockers
 from .training import TrainingOptions, fit_autoencoder, fit_cv_scaling, save_history
@@ -56,32 +55,8 @@ def _steps(ns: float, md) -> int:
 def _starting_structures(run: RunLayout) -> list[np.ndarray]:
     """Positions (nm) of every starting structure of iteration 0, checked against the system."""
     ms = run.system
-    starts = [ms.positions]
-    for path in run.config.loop.initial_structures:
-        from openmm.app import PDBFile
-
-
-        check_pdb_file(path, what="loop.initial_structures")
-        try:
-            pdb = PDBFile(str(path))
-        except Exception as exc:
-            raise ValueError(f"loop.initial_structures: cannot read {path}: {exc}") from None
-        pos = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        n_solute = len(ms.solute_indices())
-        if pos.shape[0] == ms.n_atoms:
-            starts.append(pos)
-        elif pos.shape[0] == n_solute and ms.periodic:
-            # A solute-only structure for a solvated system: keep the solvent of the built system.
-            full = ms.positions.copy()
-            shift = pos.mean(axis=0) - full[ms.solute_indices()].mean(axis=0)
-            full[ms.solute_indices()] = pos - shift
-            starts.append(full)
-        else:
-            raise ValueError(
-                f"loop.initial_structures: {path} has {pos.shape[0]} atoms but the system has {ms.n_atoms}"
-                + (f" ({n_solute} solute atoms)" if ms.periodic else "")
-            )
-    return starts
+    return [ms.positions] + [ms.positions_from_pdb(path, what="loop.initial_structures")
+                             for path in run.config.loop.initial_structures]
 
 
 def check_finite_energy(ms, positions: np.ndarray, source: str) -> None:

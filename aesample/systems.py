@@ -152,6 +152,31 @@ class MolecularSystem:
         """Indices of the atoms that are neither water nor ions."""
         return self.mdtraj_topology.select("not water and not (resname NA or resname CL or resname K)")
 
+    def positions_from_pdb(self, path: Path | str, what: str = "structure") -> np.ndarray:
+        """Starting positions (N, 3) nm read from a PDB file with this system's atoms, in its order.
+
+        A file with only the solute atoms of a solvated system keeps the built solvent: the solute is placed
+        at the built solute's centre. ``what`` names the setting in error messages (e.g.
+        ``"loop.initial_structures"``). Raises ValueError when the file cannot be read or its atom count matches
+        neither the system nor its solute.
+        """
+        path = Path(path)
+        check_pdb_file(path, what=what)
+        try:
+            pos = np.array(app.PDBFile(str(path)).getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer))
+        except Exception as exc:
+            raise ValueError(f"{what}: cannot read {path}: {exc}") from None
+        n_solute = len(self.solute_indices())
+        if pos.shape[0] == self.n_atoms:
+            return pos
+        if pos.shape[0] == n_solute and self.periodic:
+            full = self.positions.copy()
+            solute = self.solute_indices()
+            full[solute] = pos - (pos.mean(axis=0) - full[solute].mean(axis=0))
+            return full
+        raise ValueError(f"{what}: {path} has {pos.shape[0]} atoms but the system has {self.n_atoms}"
+                         + (f" ({n_solute} solute atoms)" if self.periodic else ""))
+
 
 def check_pdb_file(path: Path, what: str = "") -> None:
     """Raise :class:`SystemError` when ``path`` is not a PDB file (no ATOM/HETATM record; PDBx/mmCIF by suffix

@@ -139,6 +139,24 @@ def test_eabf_refuses_a_non_empty_out(tmp_path):
     assert proc.returncode == 2 and "no eABF run to continue" in proc.stderr
 
 
+def test_eabf_start_structure_is_used_and_checked(tmp_path):
+    c7ax = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "adp_c7ax.pdb"
+    out = tmp_path / "e"
+    proc = _cli("eabf", "--cv", "phi", "--ns", "0.0004", "--out", out, "--platform", "Reference", "--report-interval",
+                "50", "--segment-steps", "200", "--equilibration", "0", "--start", c7ax, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    phi = mdtraj.compute_phi(mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb")))[1][:, 0]
+    assert 0.3 < phi[0] < 2.0  # C7ax, where the file is; the built structure is at phi < 0
+    short = tmp_path / "short.pdb"  # the first five atoms only
+    lines = [line for line in c7ax.read_text().splitlines() if line.startswith(("ATOM", "HETATM"))][:5]
+    short.write_text("\n".join(lines + ["END"]) + "\n")
+    proc = _cli("eabf", "--cv", "phi", "--ns", "0.0004", "--out", tmp_path / "f", "--start", short)
+    assert proc.returncode == 2 and f"--start: {short} has 5 atoms but the system has 22" in proc.stderr
+    assert not (tmp_path / "f").exists()
+    proc = _cli("eabf", "--cv", "phi", "--ns", "0.0004", "--out", tmp_path / "g", "--start", tmp_path / "none.pdb")
+    assert proc.returncode == 2 and "--start" in proc.stderr and "no such file" in proc.stderr
+
+
 def test_eabf_writes_one_trajectory_with_topology_and_units(tmp_path):
     out = tmp_path / "e"
     proc = _cli("eabf", "--cv", "phi", "--ns", "0.002", "--out", out, "--platform", "Reference", "--report-interval",

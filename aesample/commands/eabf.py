@@ -5,6 +5,7 @@ examples:
   aesample eabf --system alanine-dipeptide --cv phi,psi --ns 5 --out runs/phipsi --bins 36
   aesample eabf --system chignolin --cv distance:0,150 --grid-min 0.3 --grid-max 1.5 --ns 1 --out runs/d
   aesample eabf --system alanine-dipeptide --cv-model iter_001/cv.pt --grid-min -1 --grid-max 1 --out runs/ae
+  aesample eabf --system alanine-dipeptide --cv psi --start c7ax.pdb --out runs/psi_c7ax
 
 Writes into --out: COLVAR (time in ps, CV and lambda in the CV's units), the grids
 eabf.{grad,count,pmf,czar.grad,czar.pmf,zcount}, trajectory.dcd (all frames, molecule atoms)
@@ -34,6 +35,9 @@ def add_parser(subparsers) -> None:
     cvg = p.add_mutually_exclusive_group(required=True)
     cvg.add_argument("--cv", help="CV spec: phi | psi | phi,psi | dihedral:i,j,k,l | distance:i,j (';' joins kinds)")
     cvg.add_argument("--cv-model", type=Path, help="exported TorchScript CV (.pt, metadata .json beside it)")
+    p.add_argument("--start", type=Path,
+                   help="starting structure: a PDB file with the system's atoms in its order (a solute-only file "
+                        "for a solvated system keeps the built solvent); default: the built structure")
     p.add_argument("--ns", type=float, default=1.0, help="production length, ns (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--platform", default=_SYSTEM.platform, help="auto | Reference | CPU | CUDA | OpenCL")
@@ -97,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
     from ..threads import plan_threads
 
     ms = build_system(args.system)
+    positions = None if args.start is None else ms.positions_from_pdb(args.start, what="--start")
     if args.cv_model is not None:
         from ..export import load_cv
 
@@ -142,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
           f"kappa {[round(k, 1) for k in kappa]} kJ/mol/{units}^2, {args.ns} ns = {n_steps} steps, T = {temperature} K")
     created = not args.out.exists()
     try:
-        res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units)
+        res = run_eabf(ms, cv, es, md, args.out, n_steps, resume=args.resume, cv_units=units, positions=positions)
     except BaseException:
         if created and not (args.out / "checkpoint.json").exists():  # nothing worth keeping: leave no trace
             import shutil
@@ -177,6 +182,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--czar-min-count: must be >= 1, got {args.czar_min_count}")
     if args.kappa is not None and min(args.kappa) <= 0:
         raise ValueError(f"--kappa: must be > 0, got {args.kappa}")
+    if args.start is not None and not args.start.is_file():
+        raise ValueError(f"--start {args.start}: no such file")
     out = args.out
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
