@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--ns", type=float, default=1.0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--report-interval", type=int, default=100, help="steps between COLVAR rows and frames")
     a = ap.parse_args()
 
     from aesample.eabf import coupled_czar_bins
@@ -65,7 +66,7 @@ def main() -> int:
     ms = build_system("alanine-dipeptide")
     cv, meta = load_cv(a.cv)
     d = int(meta.get("cv_dim", 1))
-    dt, period, report, seg = 0.002, 0.2, 100, 50000
+    dt, period, report, seg = 0.002, 0.2, a.report_interval, 50000
     stiff, t_cv = spring_period(cv, a.frames, ms, a.kappa)
     if a.cv_interval == "auto":
         # the walls (10 kappa) shorten the extended period by sqrt(11); md.make_integrator wants outer <= that / 10
