@@ -355,8 +355,9 @@ class LoopConfig(_Section):
         "for convergence, kJ/mol "
         "(a CV that stopped changing does not make its free energy converged; a drift that stays above it asks "
         "for longer loop.eabf_per_iteration). With loop.walkers >= 2 the standard error of the pooled free energy "
-        "from the walkers' scatter (same frames, same RMS) must be at most this too. null: the regression score "
-        "alone decides.",
+        "from the walkers' scatter (same frames, same RMS) must be at most this too, and so must the walkers' "
+        "standard error of the named basins' Delta F where the system names basins. null: the regression score "
+        "and the sampling checks decide.",
     )
     walkers: int = Field(
         1, ge=1, le=64, description="Independent eABF walkers per iteration (k >= 1), each running "

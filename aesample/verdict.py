@@ -30,8 +30,9 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
 
     ``metrics["convergence_blockers"]`` is used when present; otherwise the reasons are derived from
     ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` (drift, block-bootstrap
-    error and, with walkers, the walkers' standard error), ``loop.hidden_barrier_tolerance``, ``loop.min_ess``
-    and ``loop.max_support_growth``. The driver's criterion is "this list is empty"
+    error and, with walkers, the walkers' standard error of the free energy and of the named basins' Delta F),
+    ``loop.hidden_barrier_tolerance``, ``loop.min_ess`` and ``loop.max_support_growth``; where the system names
+    basins, their Delta F must also be sampled (``basin_delta_f`` status "ok"). The driver's criterion is "this list is empty"
     (:func:`aesample.loopstages.is_converged`).
     """
     given = metrics.get("convergence_blockers")
@@ -68,6 +69,19 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
                 out.append(f"walkers' standard error of the free energy {sem:.2f} kJ/mol > "
                            f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
                            "loop.eabf_per_iteration")
+        # The named basins' Delta F (systems that define basins, e.g. dipeptides): the number users report. Its
+        # walkers' scatter can exceed the tolerance while the free energy's RMS error along xi is within it.
+        df_sem = metrics.get("delta_f_phi_sem")
+        if getattr(loop, "walkers", 1) >= 2 and k > 0 and _finite(df_sem) and df_sem > tol:
+            basin = metrics.get("basin_delta_f") or {}
+            what = f"Delta F({basin['definition']})" if basin.get("definition") else "the basins' Delta F"
+            out.append(f"walkers' standard error of {what} {df_sem:.2f} kJ/mol > loop.free_energy_tolerance {tol} "
+                       "kJ/mol: add walkers (loop.walkers) or lengthen loop.eabf_per_iteration")
+    basin = metrics.get("basin_delta_f")
+    if k > 0 and basin and basin.get("status") not in (None, "ok"):
+        reason = basin.get("reason") or "too few crossings"
+        out.append(f"Delta F({basin.get('definition', 'basins')}) not sampled ({reason}): the runs have not crossed "
+                   "between the basins often enough; lengthen loop.eabf_per_iteration or add walkers")
     if tol is not None and k > 0 and _finite(metrics.get("free_energy_error")) and metrics["free_energy_error"] > tol:
         out.append(f"error of the free energy (block bootstrap and basin visits) {metrics['free_energy_error']:.2f} "
                    f"kJ/mol > loop.free_energy_tolerance {tol} kJ/mol: lengthen loop.eabf_per_iteration or add walkers")

@@ -63,3 +63,28 @@ def test_is_converged_is_exactly_an_empty_blocker_list():
         assert converged == (convergence_blockers(m, loop) == []), m
         n_converged += converged
     assert n_converged == 1  # only the all-good combination
+
+
+def test_the_named_basins_delta_f_must_be_sampled_and_within_tolerance():
+    # Seen on alanine dipeptide (cpu-long, seed 1, iteration 4): R^2 1.0000, the free energy's walkers' SEM 0.87,
+    # but the walkers' Delta F(C7ax vs rest) 7.71, 5.33, 11.04, 9.28: SEM 1.21 > the 1 kJ/mol tolerance.
+    loop = LoopConfig(walkers=4)
+    basin = {"definition": "C7ax (0 < phi < 2.3 rad) vs the rest", "status": "ok", "value": 7.53, "reason": ""}
+    ok = dict(SETTLED, free_energy_sem=0.87, delta_f_phi_sem=0.9, basin_delta_f=basin)
+    assert is_converged(ok, loop)
+    spread = dict(ok, delta_f_phi_sem=1.21)
+    blockers = convergence_blockers(spread, loop)
+    assert not is_converged(spread, loop)
+    assert any("Delta F(C7ax (0 < phi < 2.3 rad) vs the rest) 1.21 kJ/mol > loop.free_energy_tolerance" in b
+               for b in blockers), blockers
+    # one walker has no spread to judge; a run without named basins (no such metric) is judged as before
+    assert is_converged(spread, LoopConfig(walkers=1))
+    assert is_converged({k: v for k, v in spread.items() if k != "delta_f_phi_sem"}, loop)
+    # a basin pair the runs never crossed between is not a converged free energy, whatever R^2 says
+    unsampled = dict(ok, basin_delta_f=dict(basin, status="not sampled", value=None, reason="0 transitions < 4"))
+    blockers = convergence_blockers(unsampled, loop)
+    assert not is_converged(unsampled, loop)
+    assert any("not sampled (0 transitions < 4)" in b for b in blockers), blockers
+    # no tolerance: the spread is not judged, the sampling still is
+    assert is_converged(spread, LoopConfig(walkers=4, free_energy_tolerance=None))
+    assert not is_converged(unsampled, LoopConfig(walkers=4, free_energy_tolerance=None))
