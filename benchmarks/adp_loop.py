@@ -2,7 +2,7 @@
 
     python benchmarks/adp_loop.py --out runs/adp_cpu --profile cpu \\
         --reference benchmarks/data/reference_phi_metad_20ns.npz                  # < 1 h on 2 CPU cores
-    (--profile cpu-long: 4 x 1.25 ns walkers per iteration, ~25 min per iteration on 2 cores)
+    (--profile cpu-long: 6 x 1.25 ns walkers per iteration, ~30 min per iteration on 2 cores)
     python benchmarks/adp_loop.py --out runs/adp_cpu --resume ...                 # continue an interrupted run
     python benchmarks/adp_loop.py --out runs/adp_gpu --profile gpu --reference REF.npz   # 10 ns iterations
     (REF.npz: benchmarks/data/reference_phi_metad_20ns.npz, 20 ns metadynamics on phi, or reference_fes.py output)
@@ -24,7 +24,8 @@ Profiles (``--set section.key=value`` overrides either):
   Walkers rather than one longer run: one run's Delta F scatters by several kJ/mol between seeds while its two
   halves agree; the walkers' scatter is the error bar (``free_energy_sem``, ``delta_f_phi_sem``) and joins the
   convergence criterion.
-* ``cpu-long``: the same with 4 walkers x 1.25 ns per iteration (21 ns in all, 25-33 min per iteration on 2 cores).
+* ``cpu-long``: the same with 6 walkers x 1.25 ns per iteration (31 ns in all, ~30 min per iteration on 2 cores):
+  the walkers' standard error of Delta F joins the criterion, and 4 walkers of 1.25 ns left it at ~1.2 kJ/mol.
   Both evaluate the CV force every step: with the tight default coupling (eabf.kappa 3000) the CV spring on the
   atoms oscillates with a ~16 fs period, too fast for md.cv_interval 2. ``--water`` (with ``cpu``): 0.02 ns each,
   one walker (TIP3P runs ~6 ns/day on 2 cores).
@@ -75,7 +76,7 @@ PROFILES = {
         "md.report_interval": 100, "md.segment_steps": 25000,
     },
     "cpu-long": {
-        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 1.25, "loop.walkers": 4, "loop.max_iterations": 4,
+        "loop.initial_md": 1.0, "loop.eabf_per_iteration": 1.25, "loop.walkers": 6, "loop.max_iterations": 4,
         "md.report_interval": 100, "md.segment_steps": 25000,
     },
     "cpu-water": {
