@@ -16,17 +16,20 @@ factor at which bins with ``min_frames`` frames hold half of the weight: one wal
    uniform one 3.46, so 4 asks for a real gap.
 2. **slow mixing**: the group label of the bin's successive frames within a run (in time order, out-of-bin frames
    skipped) switches rarely compared with random mixing at the same shares: persistence
-   ``1 - switches / (2 p q (n - 1))`` at least ``min_persistence`` (0: independent frames, 1: never switches).
-   A fast-exchanging pair of states at the same xi is harmless for eABF (it relaxes at fixed xi) and gives a
-   persistence near 0. Separation guards against the converse: a continuous, slowly diffusing coordinate split in
-   two is persistent too, but not separated.
+   ``1 - switches / (2 p q (n - 1))`` (0: independent frames, 1: never switches) at least ``strong_persistence``,
+   or at least ``min_persistence`` with a group share that drifts between time blocks (runs cut in blocks) at
+   least ``min_dispersion`` times the binomial variance. A fast-exchanging pair of states at the same xi is
+   harmless for eABF (it relaxes at fixed xi) and gives a persistence near 0 and a dispersion near 1. The
+   drift is what the weights feel: when walkers (or one walker's blocks) see different mixtures at the same xi,
+   the pooled free energy depends on which set each happened to be in. Separation guards against the converse:
+   a continuous, slowly diffusing coordinate split in two is persistent too, but not separated.
 3. **at the same xi**: the weight counted is that of the eABF grid bins (fine bins) inside the examined bin that
    hold at least ``min_share`` of each group -- the issue's own definition of the overlap band, with the feature
    groups in place of the true sets. Two sets that xi puts side by side in one coarse bin are not counted.
 
-For each bin the drift of the group share between time blocks is also reported (the standard deviation of the
-blocks' shares and its ratio to binomial noise, ``dispersion``), the symptom the issue describes; the flag does
-not use it: it needs several blocks with frames in the bin, and with a slow label it follows from the persistence.
+For each bin the drift of the group share between time blocks is reported (the standard deviation of the
+blocks' shares and its ratio to binomial noise, ``dispersion``; NaN with fewer than two blocks holding frames of
+the bin, and then only ``strong_persistence`` can flag it).
 
 :func:`hidden_barrier` returns a :class:`HiddenBarrierResult`: the fraction of the total weight in flagged bins
 and ``flagged`` when it reaches ``weight_threshold`` (default 0.02, "a few percent of the weight").
@@ -280,7 +283,9 @@ def hidden_barrier(
     min_frames: int = 50,
     min_share: float = 0.1,
     min_separation: float = 4.0,
-    min_persistence: float = 0.8,
+    min_persistence: float = 0.5,
+    strong_persistence: float = 0.8,
+    min_dispersion: float = 4.0,
     n_components: int = 3,
     coarsen: Union[int, Sequence[int], str] = "auto",
     block_frames: Optional[int] = None,
@@ -303,7 +308,12 @@ def hidden_barrier(
         definition of the issue: bins holding >= 10 % of each side); the split of an examined (coarse) bin needs
         half of it overall.
     min_separation : smallest Ashman's D of the two groups (single Gaussian split: 2.65).
-    min_persistence : smallest label persistence (0 random mixing, 1 no switch).
+    min_persistence : smallest label persistence (0 random mixing, 1 no switch), together with a block
+        dispersion of at least ``min_dispersion``.
+    strong_persistence : a label persistence that flags on its own (no block dispersion needed).
+    min_dispersion : smallest ratio of the between-block variance of the group share to its binomial variance
+        (~1 for independent frames). The thresholds were set on alanine dipeptide, where phi tells the truth
+        (benchmarks/RESULTS.md, hidden-barrier diagnostic).
     n_components : leading within-bin principal components tried for the split (why: the direction of largest
         variance in a bin may be a fast, harmless motion; the slow one may come second).
     coarsen : merge this many adjacent grid bins per dimension into one examined bin (int or one per dimension).
@@ -386,8 +396,14 @@ def hidden_barrier(
             sep = _ashman_d(proj, lab)
             pers = _persistence(lab, r[sel])
             mixed = _mixed_weight(lab, wb, fine[sel], min_share)
-            ok = (share >= 0.5 * min_share and sep >= min_separation and np.isfinite(pers)
-                  and pers >= min_persistence and mixed > 0)
+            slow = False
+            if np.isfinite(pers) and pers >= min_persistence:
+                slow = pers >= strong_persistence
+                if not slow:
+                    _, disp_c = _block_drift(lab, wb, blocks[sel], minority,
+                                             min_block_frames=max(5, min_frames // 10))
+                    slow = bool(np.isfinite(disp_c) and disp_c >= min_dispersion)
+            ok = share >= 0.5 * min_share and sep >= min_separation and slow and mixed > 0
             # why: report the split that meets the criteria (most mixed weight), else the best separated one
             key = (ok, mixed if ok else sep)
             if best is None or key > best[0]:

@@ -144,8 +144,8 @@ def main(argv=None):
     rows, pooled = [], []
     print(f"CV {a.cv}")
     for k, d in enumerate(a.walkers):
-        feats, xi, w, phi, grid, kT = load_run(d, cv_features, top)
-        rows.append(analyse(d.name, feats, xi, w, phi, grid, kT))
+        feats, xi, w, phi, grid, kt = load_run(d, cv_features, top)
+        rows.append(analyse(d.name, feats, xi, w, phi, grid, kt))
         pooled.append((feats, xi, phi, np.full(len(w), k), d))
     if len(pooled) > 1:
         # Walkers pooled as the loop pools them: summed accumulators -> one set of weights.
@@ -158,8 +158,8 @@ def main(argv=None):
                             np.concatenate([ph for _, _, ph, *_ in pooled]), _grid(pr), kT(pr.temperature),
                             runs=np.concatenate([r for *_, r, _ in pooled])))
     for d in a.control:
-        feats, xi, w, phi, grid, kT = load_run(d, heavy_features, top)
-        rows.append(analyse(f"ctl:{d.name}", feats, xi, w, phi, grid, kT))
+        feats, xi, w, phi, grid, kt = load_run(d, heavy_features, top)
+        rows.append(analyse(f"ctl:{d.name}", feats, xi, w, phi, grid, kt))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     return 0

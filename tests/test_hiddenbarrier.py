@@ -78,6 +78,55 @@ def test_slow_hidden_coordinate_is_flagged(seed):
     assert np.nanmedian([b.dispersion for b in flagged]) > 10
 
 
+def _stuck_walkers(seed: int, n_runs: int = 4, T: int = 5000, F: int = 12, p_out: float = 0.05,
+                   p_back: float = 0.5):
+    """Walkers stuck in different hidden sets at the same xi: run 1 in set 1, the others in set 0, each with short
+    excursions to the other set (start probability ``p_out``, end ``p_back`` per frame). The excursions make the
+    label switch often (persistence ~0.7) while each walker's share stays its own: the mixture the pooled weights
+    see is decided by which set each walker started in (the loop's iteration 2 on alanine dipeptide, where one
+    walker held C7ax at xi values the three others held C7eq/C5)."""
+    rng = np.random.default_rng(seed)
+    feats, xis, runs, states = [], [], [], []
+    for k in range(n_runs):
+        base = 1 if k == 1 else 0
+        h = np.empty(T, dtype=int)
+        cur = base
+        u = rng.random(T)
+        for t in range(T):
+            cur = (1 - base if u[t] < p_out else base) if cur == base else (base if u[t] < p_back else cur)
+            h[t] = cur
+        xi = np.zeros(T)
+        noise = rng.normal(size=T)
+        for t in range(1, T):
+            xi[t] = 0.9 * xi[t - 1] + np.sqrt(0.2) * 0.3 * noise[t]
+        f = 0.2 * rng.normal(size=(T, F))
+        f[:, 0] += xi
+        f[:, 1] += np.where(h == 1, 1.0, -1.0) + 0.25 * rng.normal(size=T)
+        feats.append(f)
+        xis.append(xi)
+        runs.append(np.full(T, k))
+        states.append(h)
+    return np.concatenate(feats), np.concatenate(xis)[:, None], np.concatenate(runs), np.concatenate(states)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_walkers_stuck_in_different_sets_are_flagged_despite_short_excursions(seed):
+    f, xi, runs, h = _stuck_walkers(seed)
+    w = np.full(len(xi), 1.0 / len(xi))
+    res = hidden_barrier(f, xi, w, runs, **GRID)
+    assert _truth_mixed(xi, h, w) > 0.9
+    assert res.flagged and res.weight_fraction > 0.9
+    heavy = [b for b in res.bins if b.weight > 0.05]
+    # persistence alone (>= 0.8) would miss it: the label switches at every excursion ...
+    assert heavy and all(0.5 < b.persistence < 0.8 for b in heavy)
+    assert not hidden_barrier(f, xi, w, runs, **GRID, min_persistence=0.8).flagged
+    # ... but the share drifts between the walkers' blocks far beyond binomial noise
+    assert all(b.dispersion > 10 for b in heavy)
+    # one walker alone holds one set (with its excursions): nothing to flag
+    one = runs == 0
+    assert not hidden_barrier(f[one], xi[one], w[one], runs[one], **GRID).flagged
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fast_mixing_bimodal_coordinate_is_not_flagged(seed):
     f, xi, runs, h = _trajectories("fast", seed=seed)
