@@ -16,8 +16,9 @@ to other load on the machine) and as wall time, repeats interleaved, medians. Th
 timed beside it for alanine dipeptide.
 Part 2, MD: ns/day unbiased and with eABF every step and with ``md.cv_interval`` K (MTS) where the stability
 rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput. ``--breakdown``
-adds, for systems without a box, a TorchForce returning zero (openmm-torch's fixed cost per step) and one that
-evaluates only the CV's value and Jacobian: the differences between the rows split the eABF step's cost.
+adds, for systems without a box, the eABF system without its force (the extended particles' cost in the other
+forces), a TorchForce returning zero (openmm-torch's fixed cost per step) and one that evaluates only the CV's
+value and Jacobian: the differences between the rows split the eABF step's cost.
 Part 3, contention: ``aesample eabf --cv-model`` as a user runs it (the package's own thread defaults, no
 OMP_NUM_THREADS in the environment), alone and beside one CPU-bound process; the ns/day it prints, and the
 ratio loaded / quiet.
@@ -239,6 +240,11 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
                 runs[f"eABF learned CV, power rotation, graphs {'on' if g else 'off'}"] = (
                     _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
         if breakdown and ms.box is None:  # where the step's time goes (non-periodic systems: no box argument)
+            sys3, e3 = _eabf(ms, cv)
+            sys3.removeForce(e3.forceIndex)  # the extended particles stay, inert: their cost in the other forces
+            integ = make_integrator(sys3, None, T, 1.0, dt)
+            runs["extended particles, no TorchForce"] = (
+                _context(sys3, e3.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
             for lab, mod in (("TorchForce returning zero", _ZeroForce()),
                              ("TorchForce, CV value and Jacobian only", _CVOnlyForce(cv))):
                 sys2 = copy_system(ms.system)
@@ -323,8 +329,8 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", action="store_true",
                    help="MD part: add a power-rotation CV with CUDA graphs off/on (graphs only act on CUDA)")
     p.add_argument("--breakdown", action="store_true",
-                   help="MD part, non-periodic systems: add a TorchForce returning zero (openmm-torch's fixed cost) "
-                        "and one evaluating only the CV (its share of the eABF step)")
+                   help="MD part, non-periodic systems: add the extended particles alone, a TorchForce returning zero "
+                        "(openmm-torch's fixed cost) and one evaluating only the CV (its share of the eABF step)")
     p.add_argument("--quick", action="store_true", help="short chunks, two repeats, no contention part")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = p.parse_args(argv)
