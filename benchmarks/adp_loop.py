@@ -175,7 +175,8 @@ def print_table(rows: list[dict], state: dict, threshold: float) -> None:
             print(f"iteration {m['iteration']}: share of the C7ax reweighted mass in xi bins that also hold C7eq/C5 "
                   f"frames: {m['c7ax_in_shared_bins']:.2f}")
     print(f"\nfinished: {state.get('finished')}, converged by the driver's criterion (R2 >= {threshold} from "
-          f"loop.min_iterations on and, when loop.free_energy_tolerance is set, the drift within it): {state.get('converged')}")
+          f"loop.min_iterations on and every other condition of aesample.verdict.convergence_blockers): "
+          f"{state.get('converged')}")
 
 
 def coverage(run_dir: Path, rows: list[dict]) -> list[dict]:
@@ -309,9 +310,15 @@ def main(argv=None) -> int:
     run_dir = a.out / "loop"
     from aesample.driver import LoopDriver
 
-    threshold = LoopDriver.open(run_dir).config.loop.convergence_threshold
+    loop_cfg = LoopDriver.open(run_dir).config.loop
     rows, state = loop_history(run_dir)
-    print_table(rows, state, threshold)
+    print_table(rows, state, loop_cfg.convergence_threshold)
+    if rows and not state.get("converged"):
+        from aesample.verdict import convergence_blockers
+
+        print(f"held back at iteration {rows[-1]['iteration']} by:")
+        for b in convergence_blockers(rows[-1], loop_cfg):
+            print(f"  - {b}")
     report = {"run": str(run_dir), "rows": rows, "state": {k: state[k] for k in ("finished", "converged")}}
     if rows and not a.water:
         report["coverage"] = coverage(run_dir, rows)
