@@ -591,8 +591,9 @@ def is_converged(metrics: dict[str, Any], loop) -> bool:
     which the report and ``aesample status`` print): iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
     ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and own error (block
     bootstrap and basin visits) and the walkers' standard error of the named basins' Delta F within
-    ``loop.free_energy_tolerance``, that Delta F sampled, no hidden barrier above ``loop.hidden_barrier_tolerance``, an effective
-    sample size of at least ``loop.min_ess`` and sampling that stopped growing (``loop.max_support_growth``)."""
+    ``loop.free_energy_tolerance``, that Delta F sampled, no hidden barrier above
+    ``loop.hidden_barrier_tolerance``, an effective sample size of at least ``loop.min_ess`` and sampling that
+    stopped growing (``loop.max_support_growth``)."""
     return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
 
 

@@ -32,8 +32,8 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
     ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` (drift, block-bootstrap
     error and, with walkers, the walkers' standard error of the free energy and of the named basins' Delta F),
     ``loop.hidden_barrier_tolerance``, ``loop.min_ess`` and ``loop.max_support_growth``; where the system names
-    basins, their Delta F must also be sampled (``basin_delta_f`` status "ok"). The driver's criterion is "this list is empty"
-    (:func:`aesample.loopstages.is_converged`).
+    basins, their Delta F must also be sampled (``basin_delta_f`` status "ok"). The driver's criterion is "this
+    list is empty" (:func:`aesample.loopstages.is_converged`).
     """
     given = metrics.get("convergence_blockers")
     if given is not None:
