@@ -50,8 +50,9 @@ of such bins the run never visited, and Delta F(loop) - Delta F(reference).
 Efficiency (``--efficiency``, not part of the default run): simulated ns needed to bring Delta F within
 ``--tolerance`` (1 kJ/mol) of the reference for (a) unbiased MD of ``--eff-ns`` ns, (b) eABF on (phi, psi) via
 ``aesample eabf`` for ``--eff-ns`` ns, (c) the loop (cumulative ns at the first iteration whose Delta F is within
-tolerance and stays within it). For (a) and (b) Delta F is evaluated on growing prefixes of the frames; (b) uses
-the weights from the final F_kappa for every prefix (an optimistic approximation of an on-the-fly estimate).
+tolerance and stays within it). For (a) and (b) Delta F is evaluated on growing prefixes of the frames; (b) with
+the CZAR weights of the accumulators as they were at the end of that prefix (the run's 20 block snapshots): what
+the run would have reported had it stopped there.
 """
 from __future__ import annotations
 
@@ -248,6 +249,7 @@ def _prefix_delta_f(phi, w, temperature, ns_total, points=20):
 def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]) -> dict:
     from aesample import md
     from aesample.analysis import phi_psi
+    from aesample.eabf import EABFState
     from aesample.md import MDSettings
     from aesample.systems import build_system
 
@@ -273,8 +275,15 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     subprocess.run(cmd, check=True)
     res = md.load_result(ed)
     phi = phi_psi(res.load_trajectory(ms.mdtraj_topology))[:, 0]
-    w = res.reweighting_weights()
-    series = _prefix_delta_f(phi, w, ms.temperature, eff_ns)
+    xi = res.colvar_xi()
+    series = []
+    # what the run knew at each time: the cumulative accumulators saved at each time-block end (blocks/), with the
+    # frames up to that step
+    for snap in sorted((ed / "blocks").glob("step_*.npz")):
+        step = int(snap.stem.split("_")[1])
+        m = min(len(phi), step // 100)
+        w = res.reweighting_weights(state=EABFState.load(snap), xis=xi[:m])
+        series.append((eff_ns * step / steps, delta_f_or_nan(phi[:m], w, ms.temperature)))
     result["eabf_phi_psi"] = {"series": series, "ns_to_tol": ns_to_tolerance(series, ref_df, tol)}
     # (c) the loop, per iteration (cumulative ns, that iteration's reweighted Delta F)
     cum, series = 0.0, []
