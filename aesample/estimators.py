@@ -208,7 +208,6 @@ def integrate_gradient(
     numpy.ndarray
         A (grid shape), minimum 0; NaN outside the largest connected set of linked bins.
     """
-
     g = np.asarray(gradient, dtype=np.float64)
     width = np.atleast_1d(np.asarray(width, dtype=np.float64))
     if g.ndim == 1:

@@ -396,22 +396,17 @@ def hidden_barrier(
             sep = _ashman_d(proj, lab)
             pers = _persistence(lab, r[sel])
             mixed = _mixed_weight(lab, wb, fine[sel], min_share)
-            slow = False
-            if np.isfinite(pers) and pers >= min_persistence:
-                slow = pers >= strong_persistence
-                if not slow:
-                    _, disp_c = _block_drift(lab, wb, blocks[sel], minority,
-                                             min_block_frames=max(5, min_frames // 10))
-                    slow = bool(np.isfinite(disp_c) and disp_c >= min_dispersion)
+            drift, disp = _block_drift(lab, wb, blocks[sel], minority, min_block_frames=max(5, min_frames // 10))
+            slow = bool(np.isfinite(pers) and pers >= min_persistence
+                        and (pers >= strong_persistence or (np.isfinite(disp) and disp >= min_dispersion)))
             ok = share >= 0.5 * min_share and sep >= min_separation and slow and mixed > 0
             # why: report the split that meets the criteria (most mixed weight), else the best separated one
             key = (ok, mixed if ok else sep)
             if best is None or key > best[0]:
-                best = (key, c, lab, minority, share, sep, pers, mixed, ok)
+                best = (key, c, share, sep, pers, drift, disp, mixed, ok)
         if best is None:
             continue
-        _, c, lab, minority, share, sep, pers, mixed, ok = best
-        drift, disp = _block_drift(lab, wb, blocks[sel], minority, min_block_frames=max(5, min_frames // 10))
+        _, c, share, sep, pers, drift, disp, mixed, ok = best
         idx = tuple(int(i) for i in np.unravel_index(b, cshp))
         center = tuple(float(gmin[k] + (idx[k] + 0.5) * cwid[k]) for k in range(d))
         diag.append(BinDiagnostic(index=idx, center=center, n_frames=int(sel.size), weight=wsum / total,

@@ -53,6 +53,7 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
         out.append(f"R² of the CV on the previous one {score:.4f} < loop.convergence_threshold "
                    f"{loop.convergence_threshold}: the CV still changes; run more iterations")
     tol = loop.free_energy_tolerance
+    basin = metrics.get("basin_delta_f") or {}  # named basins' Delta F (systems that define basins)
     if tol is not None:
         drift = metrics.get("free_energy_drift")
         if not _finite(drift):
@@ -73,11 +74,9 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
         # walkers' scatter can exceed the tolerance while the free energy's RMS error along xi is within it.
         df_sem = metrics.get("delta_f_phi_sem")
         if getattr(loop, "walkers", 1) >= 2 and k > 0 and _finite(df_sem) and df_sem > tol:
-            basin = metrics.get("basin_delta_f") or {}
             what = f"Delta F({basin['definition']})" if basin.get("definition") else "the basins' Delta F"
             out.append(f"walkers' standard error of {what} {df_sem:.2f} kJ/mol > loop.free_energy_tolerance {tol} "
                        "kJ/mol: add walkers (loop.walkers) or lengthen loop.eabf_per_iteration")
-    basin = metrics.get("basin_delta_f")
     if k > 0 and basin and basin.get("status") not in (None, "ok"):
         reason = basin.get("reason") or "too few crossings"
         out.append(f"Delta F({basin.get('definition', 'basins')}) not sampled ({reason}): the runs have not crossed "

@@ -246,6 +246,9 @@ def _prefix_delta_f(phi, w, temperature, ns_total, points=20):
     return [(ns_total * m / n, delta_f_or_nan(phi[:m], w[:m], temperature)) for m in ms]
 
 
+EFF_REPORT = 100  # steps between frames of the efficiency runs
+
+
 def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]) -> dict:
     from aesample import md
     from aesample.analysis import phi_psi
@@ -258,8 +261,8 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     result = {}
     # (a) unbiased MD
     ud = out / "eff_unbiased"
-    steps = int(round(eff_ns * 5e5)) // 100 * 100
-    settings = MDSettings(timestep=0.002, friction=1.0, temperature=ms.temperature, report_interval=100,
+    steps = int(round(eff_ns * 5e5)) // EFF_REPORT * EFF_REPORT
+    settings = MDSettings(timestep=0.002, friction=1.0, temperature=ms.temperature, report_interval=EFF_REPORT,
                           segment_steps=50000, seed=7, minimize=True, equilibration_steps=5000)
     md.run_md(ms, settings, ud, steps, resume=True, progress=False)
     phi = phi_psi(md.load_result(ud).load_trajectory(ms.mdtraj_topology))[:, 0]
@@ -269,7 +272,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     ed = out / "eff_eabf_phipsi"
     exe = Path(sys.executable).parent / "aesample"
     cmd = [str(exe), "eabf", "--system", "alanine-dipeptide", "--cv", "phi,psi", "--ns", str(eff_ns), "--out", str(ed),
-           "--bins", "36", "--full-samples", "100", "--report-interval", "100", "--no-progress"]
+           "--bins", "36", "--full-samples", "100", "--report-interval", str(EFF_REPORT), "--no-progress"]
     if (ed / "checkpoint.json").exists():
         cmd.append("--resume")
     subprocess.run(cmd, check=True)
@@ -279,9 +282,9 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     series = []
     # what the run knew at each time: the cumulative accumulators saved at each time-block end (blocks/), with the
     # frames up to that step
-    for snap in sorted((ed / "blocks").glob("step_*.npz")):
-        step = int(snap.stem.split("_")[1])
-        m = min(len(phi), step // 100)
+    for snap in sorted((ed / md.BLOCKS_DIR).glob("step_*.npz")):
+        step = md._block_step(snap)
+        m = min(len(phi), step // EFF_REPORT)
         w = res.reweighting_weights(state=EABFState.load(snap), xis=xi[:m])
         series.append((eff_ns * step / steps, delta_f_or_nan(phi[:m], w, ms.temperature)))
     result["eabf_phi_psi"] = {"series": series, "ns_to_tol": ns_to_tolerance(series, ref_df, tol)}

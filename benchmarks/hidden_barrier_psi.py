@@ -33,16 +33,12 @@ C7AX_PDB = HERE / "data" / "adp_c7ax.pdb"
 
 def run_walker(ms, cv_spec: str, start: str, out: Path, ns: float, seed: int) -> Path:
     """eABF along a torsion from the C7eq (built) or C7ax structure, with `aesample eabf`'s 1D defaults."""
-    from openmm import unit
-    from openmm.app import PDBFile
-
     from aesample import cvs
     from aesample.config import standard_cv_defaults
     from aesample.md import EABFSettings, MDSettings, run_eabf
 
     cv = cvs.parse_cv_spec(cv_spec, ms.mdtraj_topology)
-    pos = ms.positions if start == "c7eq" else np.array(
-        PDBFile(str(C7AX_PDB)).getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    pos = ms.positions if start == "c7eq" else ms.positions_from_pdb(C7AX_PDB, what="C7ax start")
     T = float(ms.temperature)
     dflt = standard_cv_defaults([True], [-np.pi], [np.pi], T)
     es = EABFSettings(grid_min=[-np.pi], grid_max=[np.pi], bins=dflt["bins"], kappa=dflt["kappa"], periodic=[True],
@@ -79,7 +75,7 @@ def main(argv=None) -> int:
             return aligned(torch.as_tensor(xyz, dtype=torch.float64), zero_box).numpy()
 
     rows = []
-    for k, spec in enumerate(("psi", "phi")):
+    for spec in ("psi", "phi"):
         dirs = [run_walker(ms, spec, s, a.out, a.ns, 31 + j) for j, s in enumerate(("c7eq", "c7ax"))]
         loaded = [load_run(d, features, top) for d in dirs]
         for d, (f, xi, w, phi, grid, kT) in zip(dirs, loaded):
