@@ -963,11 +963,13 @@ class FreeEnergyEstimates:
         the free energy along xi and of the frames' make-up at fixed xi both enter.
 
         Blocks shorter than the time between crossings of the two basins make the bootstrap miss most of the error
-        of their population ratio, so with ``delta_f_labels`` ``delta_f_error`` is the larger of the bootstrap's
-        (``delta_f_error_bootstrap``) and the error the basin visits allow (``delta_f_error_visits``,
-        :func:`aesample.estimators.visit_delta_f_error` on ``visit_labels`` -- default ``delta_f_labels``; -1
-        for frames in neither basin -- with ``visit_min_dwell`` frames to commit to a basin; ``delta_f_visits``
-        has its record). When the visits' error is the larger, ``rms`` adds the missing part,
+        of their population ratio. So with ``delta_f_labels`` the error the basin visits allow is computed too
+        (``delta_f_error_visits``, :func:`aesample.estimators.visit_delta_f_error` on ``visit_labels`` --
+        default ``delta_f_labels``; -1 for frames in neither basin -- with ``visit_min_dwell`` frames to commit
+        to a basin; ``delta_f_visits`` has its record), and ``delta_f_error`` is the bootstrap's
+        (``delta_f_error_bootstrap``) while the runs hold at least as many basin visits as time blocks (a block
+        then spans a crossing or more, the bootstrap's own condition), else the larger of the two
+        (``delta_f_error_from`` says which). When the visits' error is taken, ``rms`` adds the missing part,
         ``sqrt(err_visits^2 - err_bootstrap^2)``, as a step between the basins: ``sqrt(f0 f1)`` times it, f0, f1
         the basins' shares of the frames (``rms_bootstrap`` keeps the bootstrap's own value).
         """
@@ -1008,7 +1010,11 @@ class FreeEnergyEstimates:
             out.update(_visit_error(delta_f_labels if visit_labels is None else visit_labels, w, kT,
                                     [len(fb) for fb, _ in runs], visit_min_dwell))
             out["delta_f_error_bootstrap"] = boot
-            out["delta_f_error"] = float(np.fmax(boot, out["delta_f_error_visits"]))  # NaN only if both are
+            n_visits = sum(out["delta_f_visits"]["visits"])  # over all runs, as the blocks
+            crossings_resolved = np.isfinite(boot) and n_visits >= sum(len(b) for _, b in runs)
+            out["delta_f_error"] = boot if crossings_resolved else float(np.fmax(boot, out["delta_f_error_visits"]))
+            out["delta_f_error_from"] = ("bootstrap" if crossings_resolved or boot >= out["delta_f_error_visits"]
+                                         else "visits")
             missing = out["delta_f_error"] ** 2 - (boot if np.isfinite(boot) else 0.0) ** 2
             lab = np.asarray(delta_f_labels)
             f0, f1 = float(np.mean(lab == 0)), float(np.mean(lab == 1))

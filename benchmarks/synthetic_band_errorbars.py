@@ -11,8 +11,9 @@ can be re-analysed without re-running MD:
 ``run`` writes per walker ``DIR/w<seed>.npz``: 20 cumulative accumulator snapshots (the loop's block count) and
 the frames' xi = (x, y) every 50 steps. ``analyse`` computes per walker Delta F(theta > 0 vs theta <= 0) from the
 reweighted frames (what ``md.FreeEnergyEstimates.free_energy_error`` reports as
-``delta_f``) and its error bars -- the shipped ``delta_f_error`` (larger of the block bootstrap and the basin
-visits, loop's n_boot 40 and 5-frame dwell) and both parts, and the CZAR grid's Delta F with its Bayesian block
+``delta_f``) and its error bars -- the shipped ``delta_f_error`` (the block bootstrap's with at least as many
+basin visits as blocks, else the larger of it and the basin visits'; loop's n_boot 40 and 5-frame dwell) and both
+parts, and the CZAR grid's Delta F with its Bayesian block
 bootstrap -- then the ratio RMS(error bar) / walkers' SD with a
 95 % interval (chi-square interval of the SD with the RMS error bar held fixed, and a bootstrap over walkers).
 """
@@ -29,8 +30,8 @@ import numpy as np
 
 # the model and its walker live in the test that runs it on 8 walkers (one copy of both)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.test_estimators_integration import (KT, WalkerEstimates, _exact_delta_f, _grid_delta_f,  # noqa: E402
-                                               _walker)
+from tests.test_estimators_integration import (KT, WALKER_STEPS, WalkerEstimates, _exact_delta_f,  # noqa: E402
+                                               _grid_delta_f, _walker)
 
 from aesample.eabf import EABFState  # noqa: E402
 
@@ -88,6 +89,7 @@ def analyse(paths: List[Path], n_boot: int) -> Dict[str, object]:
         grid_reps = [_grid_delta_f(st) for st, _ in fe.bootstrap(n_boot=n_boot, seed=seed)]
         rows.append({"walker": p.name, "delta_f": r["delta_f"] / KT, "error": r["delta_f_error"] / KT,
                      "bootstrap": r["delta_f_error_bootstrap"] / KT, "visits": r["delta_f_error_visits"] / KT,
+                     "error_from": r["delta_f_error_from"],
                      "transitions": r["delta_f_visits"]["transitions"], "grid_delta_f": _grid_delta_f(snaps[-1]) / KT,
                      "grid_bootstrap": float(np.std(grid_reps, ddof=1)) / KT})
         print(f"{p.name}: dF {rows[-1]['delta_f']:.3f} kT, error {rows[-1]['error']:.3f} (bootstrap "
@@ -95,7 +97,7 @@ def analyse(paths: List[Path], n_boot: int) -> Dict[str, object]:
               f"transitions) {time.time() - t0:.1f}s", flush=True)
     df = np.array([r["delta_f"] for r in rows])
     out: Dict[str, object] = {"walkers": len(rows), "exact_kT": exact, "mean_minus_exact": float(df.mean() - exact),
-                              "rows": rows}
+                              "error_from_bootstrap": sum(r["error_from"] == "bootstrap" for r in rows), "rows": rows}
     for key in ("error", "bootstrap", "visits"):
         out[key] = ratio_interval(df, np.array([r[key] for r in rows]))
     grid = np.array([r["grid_delta_f"] for r in rows])
@@ -111,7 +113,7 @@ def main(argv=None) -> None:
     r.add_argument("dir", type=Path)
     r.add_argument("first_seed", type=int)
     r.add_argument("n_walkers", type=int)
-    r.add_argument("n_steps", type=int, nargs="?", default=50000)
+    r.add_argument("n_steps", type=int, nargs="?", default=WALKER_STEPS)
     a = sub.add_parser("analyse")
     a.add_argument("dirs", type=Path, nargs="+", help="walker directories, pooled")
     a.add_argument("--n-boot", type=int, default=40)  # the loop's (loopstages: free_energy_error n_boot=40)

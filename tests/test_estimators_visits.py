@@ -126,7 +126,7 @@ def _two_basin_run(labels, weights, run_lengths):
     return Run()
 
 
-def test_free_energy_error_takes_the_larger_delta_f_error_and_adds_the_missing_part_to_rms():
+def test_free_energy_error_takes_the_larger_delta_f_error_with_fewer_visits_than_blocks():
     rng = np.random.default_rng(5)
     lab = np.concatenate([_two_state(rng, 3000, 300, 150), _two_state(rng, 3000, 300, 150)])
     w = np.ones(lab.size)
@@ -149,3 +149,25 @@ def test_free_energy_error_takes_the_larger_delta_f_error_and_adds_the_missing_p
     assert out2["delta_f"] == pytest.approx(out["delta_f"])
     assert out2["delta_f_error_visits"] == pytest.approx(est.visit_delta_f_error(core, w, kT, n_runs=2,
                                                                                   min_dwell=5)["error"])
+
+
+def test_block_bootstrap_is_honest_once_blocks_span_crossings():
+    """The condition the switch in free_energy_error rests on: with more visits than blocks (dwell times 30/15
+    frames, ~220 visits against 20 blocks) the 20-block bootstrap matches the replicas' spread."""
+    dfs, _, boots = _replicas(7, 200, 30, 15)
+    assert 1 / 1.5 <= np.sqrt(np.mean(boots ** 2)) / dfs.std(ddof=1) <= 1.5
+
+
+def test_free_energy_error_keeps_the_bootstrap_when_blocks_span_crossings():
+    rng = np.random.default_rng(6)
+    lab = np.concatenate([_two_state(rng, 3000, 30, 15), _two_state(rng, 3000, 30, 15)])
+    w = np.ones(lab.size)
+    out = _two_basin_run(lab, w, [3000, 3000]).free_energy_error("czar", n_boot=60, delta_f_labels=lab)
+    assert sum(out["delta_f_visits"]["visits"]) >= 40  # two runs of 20 blocks
+    assert out["delta_f_error_from"] == "bootstrap"
+    assert out["delta_f_error"] == pytest.approx(out["delta_f_error_bootstrap"])
+    assert out["rms"] == pytest.approx(out["rms_bootstrap"])
+    # the same frames with slow basins (fewer visits than blocks) take the visits' error
+    slow = np.concatenate([_two_state(rng, 3000, 300, 150), _two_state(rng, 3000, 300, 150)])
+    out = _two_basin_run(slow, w, [3000, 3000]).free_energy_error("czar", n_boot=60, delta_f_labels=slow)
+    assert out["delta_f_error_from"] == "visits" and out["delta_f_error"] > out["delta_f_error_bootstrap"]
