@@ -56,6 +56,7 @@ def main() -> int:
     ap.add_argument("--ns", type=float, default=1.0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report-interval", type=int, default=100, help="steps between COLVAR rows and frames")
+    ap.add_argument("--timestep", type=float, default=0.002, help="integration time step, ps (the loop's 0.002)")
     a = ap.parse_args()
 
     from aesample.eabf import coupled_czar_bins
@@ -66,7 +67,8 @@ def main() -> int:
     ms = build_system("alanine-dipeptide")
     cv, meta = load_cv(a.cv)
     d = int(meta.get("cv_dim", 1))
-    dt, period, report, seg = 0.002, 0.2, a.report_interval, 50000
+    dt, period, report = a.timestep, 0.2, a.report_interval
+    seg = report * max(1, round(100.0 / dt / report))  # a checkpoint every ~0.1 ns (50000 steps of 2 fs)
     stiff, t_cv = spring_period(cv, a.frames, ms, a.kappa)
     if a.cv_interval == "auto":
         # the walls (10 kappa) shorten the extended period by sqrt(11); md.make_integrator wants outer <= that / 10
@@ -81,11 +83,11 @@ def main() -> int:
                       extended_period=period, full_samples=100, wall_kappa=[10 * a.kappa] * d,
                       czar_bins=coupled_czar_bins(bins, gmin, gmax, [a.kappa] * d, T))
     md = MDSettings(temperature=T, timestep=dt, friction=1.0, report_interval=report, segment_steps=seg,
-                    equilibration_steps=5000, seed=a.seed, progress=False, cv_interval=k_int)
+                    equilibration_steps=int(round(10.0 / dt)), seed=a.seed, progress=False, cv_interval=k_int)
     t0 = time.time()
     res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)))
     info = {"kappa": a.kappa, "cv_interval": k_int, "stiffness": stiff, "cv_period_fs": t_cv * 1000,
-            "czar_bins": es.czar_bins, "seed": a.seed, "ns": a.ns, "wall_s": time.time() - t0,
+            "czar_bins": es.czar_bins, "timestep": dt, "seed": a.seed, "ns": a.ns, "wall_s": time.time() - t0,
             "ns_per_day": res.ns_per_day}
     (a.out / "kappa_walker.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)
