@@ -322,11 +322,14 @@ def compute_cv(
 
 
 def cv_stiffness(cv: nn.Module, frames: np.ndarray, masses: np.ndarray, box: Optional[np.ndarray] = None) -> float:
-    """Largest ``sum_i |d xi_k / d x_i|^2 / m_i`` over frames and CV components, (CV unit)^2 / (nm^2 amu).
+    """Largest eigenvalue over frames of the CV's mass-weighted metric ``G_kl = sum_i (d xi_k/d x_i . d xi_l/d x_i) / m_i``,
+    (CV unit)^2 / (nm^2 amu).
 
-    A coupling ``kappa/2 (xi - lambda)^2`` makes the atoms oscillate along ``grad xi`` with angular frequency
+    A coupling ``kappa/2 |xi - lambda|^2`` adds ``kappa J^T J`` to the mass-weighted Hessian of the atoms; its
+    non-zero eigenvalues are those of ``kappa G``, so the atoms oscillate with angular frequency up to
     ``sqrt(kappa * stiffness)`` (1/ps for kappa in kJ/mol/(CV unit)^2): the fastest motion the CV force adds,
-    which the integrator's (outer) time step must resolve.
+    which the integrator's (outer) time step must resolve. For a 1D CV, ``G`` is ``|grad xi|^2 / m``; for
+    components whose gradients overlap, the largest eigenvalue exceeds every diagonal element (up to their sum).
 
     Parameters
     ----------
@@ -342,8 +345,11 @@ def cv_stiffness(cv: nn.Module, frames: np.ndarray, masses: np.ndarray, box: Opt
     xi = cv(x, bt)
     m = torch.as_tensor(np.asarray(masses, dtype=np.float64))
     inv_m = torch.where(m > 0, 1.0 / m.clamp(min=1e-12), torch.zeros_like(m))
-    worst = 0.0
-    for k in range(xi.shape[-1]):
-        (g,) = torch.autograd.grad(xi[:, k].sum(), x, retain_graph=k + 1 < xi.shape[-1])
-        worst = max(worst, float(((g**2).sum(dim=-1) * inv_m).sum(dim=-1).max()))
-    return worst
+    d = xi.shape[-1]
+    grads = []
+    for k in range(d):
+        (g,) = torch.autograd.grad(xi[:, k].sum(), x, retain_graph=k + 1 < d)
+        grads.append(g * inv_m.sqrt()[None, :, None])  # mass-weighted: (T, N, 3)
+    j = torch.stack(grads, dim=1).reshape(x.shape[0], d, -1)  # (T, d, 3N)
+    metric = j @ j.transpose(1, 2)  # (T, d, d), symmetric positive semi-definite
+    return float(torch.linalg.eigvalsh(metric)[:, -1].max())

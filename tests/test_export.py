@@ -278,6 +278,13 @@ def test_cv_stiffness_of_known_gradients(trained):
     # xi = (x_1, y_1): |d xi_k/d x|^2 = 1 on particle 1 only -> 1 / m_1
     assert cv_stiffness(cvs.PositionXY(1), frames, masses) == pytest.approx(1.0)
     assert cv_stiffness(cvs.PositionX(0), frames, masses) == pytest.approx(0.25)
+
+    class Sheared(torch.nn.Module):  # xi = (x_1, x_1 + y_1): overlapping gradients, G = [[1, 1], [1, 2]] / m_1
+        def forward(self, pos, box):
+            return torch.stack([pos[..., 1, 0], pos[..., 1, 0] + pos[..., 1, 1]], dim=-1)
+
+    # the coupling's fastest mode is G's largest eigenvalue, (3 + sqrt 5) / 2, above both diagonal elements
+    assert cv_stiffness(Sheared(), frames, masses) == pytest.approx((3 + np.sqrt(5)) / 2)
     # the learned CV: agrees with the closed-form Jacobian, frame by frame and component by component
     cv, _ = load_cv(trained["path"])
     frames = trained["frames"][:20]
@@ -287,6 +294,7 @@ def test_cv_stiffness_of_known_gradients(trained):
     expected = 0.0
     for x in frames:
         _, jac = cv.value_and_jacobian(torch.tensor(x), torch.zeros(3, 3, dtype=torch.float64))
-        per = (jac.numpy() ** 2).sum(axis=2) / m[trained["idx"]][None]  # (d, n_sel)
-        expected = max(expected, float(per.sum(axis=1).max()))
+        jw = jac.numpy() / np.sqrt(m[trained["idx"]])[None, :, None]  # (d, n_sel, 3), mass-weighted
+        jw = jw.reshape(jw.shape[0], -1)
+        expected = max(expected, float(np.linalg.eigvalsh(jw @ jw.T)[-1]))
     assert cv_stiffness(cv, frames, m) == pytest.approx(expected, rel=1e-9)
