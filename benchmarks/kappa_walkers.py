@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report-interval", type=int, default=100, help="steps between COLVAR rows and frames")
     ap.add_argument("--timestep", type=float, default=0.002, help="integration time step, ps (the loop's 0.002)")
+    ap.add_argument("--initial-state", type=Path, help="eABF accumulators (EABFState .npz) to start the bias from")
     a = ap.parse_args()
 
     from aesample.eabf import coupled_czar_bins
@@ -85,9 +86,15 @@ def main() -> int:
     md = MDSettings(temperature=T, timestep=dt, friction=1.0, report_interval=report, segment_steps=seg,
                     equilibration_steps=int(round(10.0 / dt)), seed=a.seed, progress=False, cv_interval=k_int)
     t0 = time.time()
-    res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)))
+    initial = None
+    if a.initial_state is not None:
+        from aesample.eabf import EABFState
+
+        initial = EABFState.load(a.initial_state)
+    res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)), initial_state=initial)
     info = {"kappa": a.kappa, "cv_interval": k_int, "stiffness": stiff, "cv_period_fs": t_cv * 1000,
-            "czar_bins": es.czar_bins, "timestep": dt, "seed": a.seed, "ns": a.ns, "wall_s": time.time() - t0,
+            "czar_bins": es.czar_bins, "timestep": dt,
+            "initial_state": None if a.initial_state is None else str(a.initial_state), "seed": a.seed, "ns": a.ns, "wall_s": time.time() - t0,
             "ns_per_day": res.ns_per_day}
     (a.out / "kappa_walker.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)
