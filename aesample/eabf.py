@@ -330,7 +330,8 @@ class _EABFCore(torch.nn.Module):
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Accumulator rows (2,) and in-grid flags (2,) of the points v = [xi, lambda] (2, d), float64."""
-        t = torch.addcmul(self.bin_origin, v, self.inv_width)  # (v - gridMin) / width, in bins
+        # (v - gridMin) / width, in bins; a NaN (a blown-up state) reads as outside the grid, never as a row index
+        t = torch.nan_to_num(torch.addcmul(self.bin_origin, v, self.inv_width), nan=-1.0)
         if self.any_periodic:  # periodic components into [0, bins); always inside (a wrap may round to bins)
             t = t - self.wrap_bins * torch.floor(t * self.inv_bins)
             i = torch.floor(t)

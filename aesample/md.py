@@ -62,7 +62,7 @@ HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-ener
 BLOCKS_DIR = "blocks"  # cumulative eABF states at time-block ends, for block-bootstrap error bars
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns",
-           "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system", "make_integrator",
+           "SimulationBlowUp", "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system", "make_integrator",
            "mts_langevin_integrator"]
 
 
@@ -232,6 +232,15 @@ class EABFRunResult:
     ns_per_day: float
     positions: np.ndarray  # final positions of the whole extended System (nm)
     platform: str = ""
+
+
+class SimulationBlowUp(RuntimeError):
+    """The integration left physical space: non-finite coordinates, or an extended variable far beyond its walls.
+
+    Raised at the report where it is seen, before any further output of the segment is written (the last
+    checkpoint stays the commit point, so nothing already produced is lost). Some platforms (Reference) do not
+    stop on non-finite coordinates themselves and can crash the process a few steps later.
+    """
 
 
 def copy_system(system):
@@ -725,7 +734,10 @@ class _SegmentedRun:
                             boxes.append(np.asarray(st.getPeriodicBoxVectors(asNumpy=True)._value))
                         if self.biased:
                             xi, lam, fb = self.eabf.getInstantaneous(context)
+                            self._check_sane(done, pos, xi, lam)
                             self.writer.write(times[-1], xi, lam, fb)
+                        else:
+                            self._check_sane(done, pos)
                     if self.biased and (done % block_steps == 0 or done == self.n_steps):
                         self._read_state(done).save(out / BLOCKS_DIR / f"step_{done:010d}.npz", compressed=True)
                     elapsed = time.perf_counter() - t_wall
@@ -752,6 +764,33 @@ class _SegmentedRun:
             if bar is not None:
                 bar.close()
         return self._finish(done, trajectories, ns_day)
+
+    def _check_sane(self, step: int, pos: np.ndarray, xi: Optional[np.ndarray] = None,
+                    lam: Optional[np.ndarray] = None) -> None:
+        """Raise :class:`SimulationBlowUp` if the state at ``step`` is non-finite or lambda ran far past its walls.
+
+        The walls hold a non-periodic lambda near the grid; one more grid span beyond it means the atoms, and lambda
+        with them, were thrown out by forces the time step could not follow.
+        """
+        bad = None
+        if not np.all(np.isfinite(pos)):
+            bad = "non-finite atom positions"
+        elif xi is not None and not (np.all(np.isfinite(xi)) and np.all(np.isfinite(lam))):
+            bad = f"a non-finite CV value ({np.asarray(xi).tolist()}) or extended variable ({np.asarray(lam).tolist()})"
+        elif lam is not None:
+            lo, hi, per = self.eabf.gridMin, self.eabf.gridMax, self.eabf.periodic
+            span = hi - lo
+            out = ~per & ((lam < lo - span) | (lam > hi + span))
+            if np.any(out):
+                bad = (f"the extended variable at {np.asarray(lam).tolist()}, more than a grid span outside the grid "
+                       f"[{lo.tolist()}, {hi.tolist()}] and its walls")
+        if bad is not None:
+            raise SimulationBlowUp(
+                f"{self.out}: the simulation blew up by step {step}: {bad}. The last checkpoint (step "
+                f"{steps_done(self.out)}) is intact, but a resume replays the same steps. Likely causes: a coupling "
+                f"kappa too stiff for the time step where the CV is steep, or a bias that drives lambda where the CV "
+                f"cannot follow (grid wider than the CV's range). Try a lower eabf.kappa, md.timestep or "
+                f"md.cv_interval, or a grid that the CV's values fill.")
 
     def _end_segment(self, seg: int, done: int) -> None:
         """Grids, accumulators and the half-time state, then the checkpoint; ``checkpoint.json`` last (the commit

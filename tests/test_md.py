@@ -325,3 +325,40 @@ def test_run_outputs_read_each_file_once(tmp_path, monkeypatch):
     pooled = md_module.PooledRuns([res])
     assert pooled.state is pooled.state and np.array_equal(pooled.colvar_xi(), xi)
     assert reads == {"colvar": 1, "state": 1}
+
+
+def _stiff_particle(k: float):
+    """One argon-mass-1 particle in a harmonic well of stiffness k (kJ/mol/nm^2): unstable at 2 fs when k is huge."""
+    system = openmm.System()
+    system.addParticle(1.0)
+    f = openmm.CustomExternalForce("0.5*k*(x^2 + y^2 + z^2)")
+    f.addGlobalParameter("k", k)
+    f.addParticle(0, [])
+    system.addForce(f)
+    top = app.Topology()
+    top.addAtom("X", app.element.argon, top.addResidue("X", top.addChain()))
+    return SimpleNamespace(system=system, topology=top, positions=np.array([[0.05, 0.0, 0.0]]), temperature=300.0,
+                           box=None)
+
+
+@pytest.mark.parametrize("biased", [True, False])
+def test_a_run_that_blows_up_stops_with_a_clear_error_and_writes_nothing(tmp_path, biased):
+    from aesample.md import SimulationBlowUp, run_md, steps_done
+
+    md = MDSettings(timestep=0.002, friction=1.0, platform="Reference", report_interval=10, segment_steps=100,
+                    minimize=False, equilibration_steps=0, seed=1, progress=False)
+    stable = _stiff_particle(1e3)  # period 0.2 ps: 100 steps per period
+    unstable = _stiff_particle(1e9)  # omega dt = 63: every step multiplies the amplitude
+    if biased:
+        es = EABFSettings(grid_min=-1.0, grid_max=1.0, bins=10, kappa=100.0)
+        run_eabf(stable, cvs.PositionX(0), es, md, tmp_path / "ok", 200, log=None)
+        assert steps_done(tmp_path / "ok") == 200  # the check does not stop a sane run
+        with pytest.raises(SimulationBlowUp, match=r"blew up by step \d+: .*last checkpoint \(step 0\)"):
+            run_eabf(unstable, cvs.PositionX(0), es, md, tmp_path / "bad", 200, log=None)
+    else:
+        run_md(stable, md, tmp_path / "ok", 200, log=None)
+        with pytest.raises(SimulationBlowUp, match="non-finite atom positions"):
+            run_md(unstable, md, tmp_path / "bad", 200, log=None)
+    # the segment that blew up wrote no trajectory, grid or checkpoint
+    assert steps_done(tmp_path / "bad") == 0
+    assert not list((tmp_path / "bad" / "traj").glob("*"))
