@@ -322,8 +322,8 @@ def compute_cv(
 
 
 def cv_stiffness(cv: nn.Module, frames: np.ndarray, masses: np.ndarray, box: Optional[np.ndarray] = None) -> float:
-    """Largest eigenvalue over frames of the CV's mass-weighted metric ``G_kl = sum_i (d xi_k/d x_i . d xi_l/d x_i) / m_i``,
-    (CV unit)^2 / (nm^2 amu).
+    """Largest eigenvalue over frames of the CV's mass-weighted metric, (CV unit)^2 / (nm^2 amu):
+    ``G_kl = sum_i (d xi_k/d x_i . d xi_l/d x_i) / m_i``.
 
     A coupling ``kappa/2 |xi - lambda|^2`` adds ``kappa J^T J`` to the mass-weighted Hessian of the atoms; its
     non-zero eigenvalues are those of ``kappa G``, so the atoms oscillate with angular frequency up to

@@ -62,8 +62,8 @@ HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-ener
 BLOCKS_DIR = "blocks"  # cumulative eABF states at time-block ends, for block-bootstrap error bars
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns",
-           "SimulationBlowUp", "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system", "make_integrator",
-           "mts_langevin_integrator"]
+           "SimulationBlowUp", "run_eabf", "run_md", "load_result", "steps_done", "final_positions", "copy_system",
+           "make_integrator", "mts_langevin_integrator"]
 
 
 # Defaults and units are owned by aesample.config (the fields' descriptions); the settings below are the same

@@ -94,7 +94,8 @@ def main() -> int:
     res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)), initial_state=initial)
     info = {"kappa": a.kappa, "cv_interval": k_int, "stiffness": stiff, "cv_period_fs": t_cv * 1000,
             "czar_bins": es.czar_bins, "timestep": dt,
-            "initial_state": None if a.initial_state is None else str(a.initial_state), "seed": a.seed, "ns": a.ns, "wall_s": time.time() - t0,
+            "initial_state": None if a.initial_state is None else str(a.initial_state), "seed": a.seed, "ns": a.ns,
+            "wall_s": time.time() - t0,
             "ns_per_day": res.ns_per_day}
     (a.out / "kappa_walker.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info), flush=True)
