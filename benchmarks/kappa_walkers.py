@@ -1,7 +1,12 @@
 """Issue 14 item 7: eABF walkers along one fixed learned CV at a chosen coupling kappa and MTS interval.
 
     python benchmarks/kappa_walkers.py --cv runs/loop0/iter_000/cv.pt --frames runs/loop0/iter_000 \\
-        --kappa 300 --seed 11 --ns 1 --out runs/k300_s11 [--cv-interval auto]
+        --kappa 300 --seed 11 --ns 1 --out runs/k300_s11 [--cv-interval auto] [--timestep 0.001 --report-interval 200]
+        [--initial-state pooled.npz]
+
+``--timestep`` (ps) changes the step (keep the frames per ns with ``--report-interval``); ``--initial-state``
+starts the bias from saved accumulators (an ``EABFState`` .npz, e.g. ``md.PooledRuns(...).state.save(path)``), so
+that the walker samples under a bias already built; its own samples are the final minus the initial accumulators.
 
 The loop's eABF settings as `aesample eabf` runs them in learned_cv_walkers.py (30 bins on [-1.5, 1.5],
 fullSamples 100, extended period 0.2 ps, report interval 100, 2 fs, CZAR bins no wider than the coupling width),
