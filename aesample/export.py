@@ -346,10 +346,11 @@ def cv_stiffness(cv: nn.Module, frames: np.ndarray, masses: np.ndarray, box: Opt
     m = torch.as_tensor(np.asarray(masses, dtype=np.float64))
     inv_m = torch.where(m > 0, 1.0 / m.clamp(min=1e-12), torch.zeros_like(m))
     d = xi.shape[-1]
+    scale = inv_m.sqrt()[None, :, None]  # mass weighting of each atom's gradient
     grads = []
     for k in range(d):
         (g,) = torch.autograd.grad(xi[:, k].sum(), x, retain_graph=k + 1 < d)
-        grads.append(g * inv_m.sqrt()[None, :, None])  # mass-weighted: (T, N, 3)
+        grads.append(g * scale)  # (T, N, 3)
     j = torch.stack(grads, dim=1).reshape(x.shape[0], d, -1)  # (T, d, 3N)
     metric = j @ j.transpose(1, 2)  # (T, d, d), symmetric positive semi-definite
     return float(torch.linalg.eigvalsh(metric)[:, -1].max())

@@ -1052,8 +1052,7 @@ class FreeEnergyEstimates:
             n_visits = sum(out["delta_f_visits"]["visits"])  # over all runs, as the blocks
             crossings_resolved = np.isfinite(boot) and n_visits >= sum(len(b) for _, b in runs)
             out["delta_f_error"] = boot if crossings_resolved else float(np.fmax(boot, out["delta_f_error_visits"]))
-            out["delta_f_error_from"] = ("bootstrap" if crossings_resolved or boot >= out["delta_f_error_visits"]
-                                         else "visits")
+            out["delta_f_error_from"] = "bootstrap" if out["delta_f_error"] == boot else "visits"
             missing = out["delta_f_error"] ** 2 - (boot if np.isfinite(boot) else 0.0) ** 2
             lab = np.asarray(delta_f_labels)
             f0, f1 = float(np.mean(lab == 0)), float(np.mean(lab == 1))

@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--initial-state", type=Path, help="eABF accumulators (EABFState .npz) to start the bias from")
     a = ap.parse_args()
 
-    from aesample.eabf import coupled_czar_bins
+    from aesample.eabf import EABFState, coupled_czar_bins
     from aesample.export import load_cv
     from aesample.md import EABFSettings, MDSettings, run_eabf
     from aesample.systems import build_system
@@ -91,11 +91,7 @@ def main() -> int:
     md = MDSettings(temperature=T, timestep=dt, friction=1.0, report_interval=report, segment_steps=seg,
                     equilibration_steps=int(round(10.0 / dt)), seed=a.seed, progress=False, cv_interval=k_int)
     t0 = time.time()
-    initial = None
-    if a.initial_state is not None:
-        from aesample.eabf import EABFState
-
-        initial = EABFState.load(a.initial_state)
+    initial = None if a.initial_state is None else EABFState.load(a.initial_state)
     res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)), initial_state=initial)
     info = {"kappa": a.kappa, "cv_interval": k_int, "stiffness": stiff, "cv_period_fs": t_cv * 1000,
             "czar_bins": es.czar_bins, "timestep": dt,

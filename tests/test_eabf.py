@@ -290,3 +290,34 @@ def test_periodic_system_forces_match_finite_differences(jacobian):
     ctx.setPositions(full)
     _, f_whole = _group_energy_forces(ctx, e.forceGroup)
     np.testing.assert_allclose(forces, f_whole, rtol=1e-9, atol=1e-9)
+
+
+def test_a_nan_lambda_is_read_as_outside_the_grid_not_as_a_row_index():
+    """A blown-up state (NaN lambda) must not index the accumulators: it once made the bin row a garbage index and
+    segfaulted the process. Run in a child process, so that a crash fails this test instead of the whole session."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numpy as np, openmm
+        from aesample import cvs
+        from aesample.eabf import ExtendedABF
+        s = openmm.System(); s.addParticle(1.0)
+        f = openmm.CustomExternalForce("0.5*(x^2+y^2+z^2)"); f.addParticle(0, []); s.addForce(f)
+        e = ExtendedABF(s, cvs.PositionX(0), -1.0, 1.0, 10, 100.0, positions=np.zeros((1, 3)))
+        ctx = openmm.Context(s, openmm.LangevinMiddleIntegrator(300, 1, 0.002),
+                             openmm.Platform.getPlatformByName("Reference"))
+        x = e.extendPositions(np.array([[0.1, 0.0, 0.0]]))
+        x[-1, 0] = np.nan  # the extended variable
+        ctx.setPositions(x)
+        ctx.getIntegrator().step(3)
+        st = e.getState(ctx)
+        print(int(st.count.sum()), bool(np.isfinite(st.grad).all()))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    # no lambda sample accumulated from the NaN state: the ABF accumulators stay empty and finite
+    assert out.stdout.split()[-2:] == ["0", "True"], out.stdout
