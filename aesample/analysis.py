@@ -241,14 +241,15 @@ def c7ax_core_labels(phi: np.ndarray) -> np.ndarray:
 
 
 def basin_report(phi: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 1, error: Optional[float] = None,
-                 min_transitions: int = 4, min_ess: float = 10.0) -> dict:
+                 min_transitions: int = 4, min_ess: float = 10.0, error_from: Optional[str] = None) -> dict:
     """Delta F = F(C7ax) - F(rest) of a dipeptide from reweighted frames, reported only where it was sampled.
 
     Status ``"ok"`` needs at least ``min_transitions`` committed C7eq/C5 <-> C7ax transitions
     (:func:`basin_transitions`) and a Kish effective sample size of at least ``min_ess`` reweighted frames in each
     basin; otherwise ``"not sampled"`` with the reason, and ``value`` is still given for the record (one frame
     across the seam made a quickstart print 18.2 kJ/mol as if it were a result). ``error``: its error bar
-    (e.g. block bootstrap), kJ/mol.
+    (e.g. block bootstrap), kJ/mol; ``error_from``: what it is, e.g. ``"bootstrap"``, ``"visits"`` or
+    ``"walkers' SEM"``, reported beside it.
     """
     labels = c7ax_labels(phi)
     w = np.asarray(weights, dtype=np.float64)
@@ -268,5 +269,6 @@ def basin_report(phi: np.ndarray, weights: np.ndarray, kT: float, n_runs: int = 
         reasons.append("no reweighted frame in " + ("C7ax" if pb <= 0 else "the rest"))
     err = float(error) if error is not None and np.isfinite(error) else None
     return {"definition": C7AX_DEFINITION, "value": value, "error": err,
+            "error_from": error_from if err is not None else None,
             "status": "not sampled" if reasons or value is None else "ok", "reason": "; ".join(reasons),
             "transitions": int(transitions), "ess": {"c7ax": ess[1], "rest": ess[0]}}

@@ -498,9 +498,9 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                 pass
         if k > 0 and len(results) > 1:
             metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
+        df_error, df_error_from = _basin_error(error, metrics.get("basin_delta_f_sem"))
         metrics["basin_delta_f"] = analysis.basin_report(
-            angles[:, 0], weights, kT, n_runs=len(results),
-            error=None if error is None else error.get("delta_f_error"),
+            angles[:, 0], weights, kT, n_runs=len(results), error=df_error, error_from=df_error_from,
             min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
             overlap = analysis.basin_overlap(angles[:, 0], cells, weights)
@@ -569,29 +569,58 @@ def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, n
 def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[str, Any]:
     """Each walker's own Delta F (its frames, its accumulators) and the standard error of their mean.
 
-    ``phi``: the pooled frames' phi in walker order. The pooled Delta F is not their mean, but its statistical
-    error is about that of the mean when the walkers are independent: SD / sqrt(n).
+    ``phi``: the pooled frames' phi in walker order. Two definitions: the phi > 0 split (``delta_f_phi_*``) and
+    the named basins of :func:`aesample.analysis.basin_report` (``basin_delta_f_*``, C7ax against the rest). The
+    pooled Delta F is not the walkers' mean, but its statistical error is about that of the mean when the walkers
+    are independent: SD / sqrt(n).
     """
-    values, offset = [], 0
+    split, basins, offset = [], [], 0
     for result in results:
         n = len(result.colvar_xi())
+        part = phi[offset:offset + n]
+        offset += n
         try:
             w = result.reweighting_weights(estimator)
-            values.append(analysis.basin_free_energy_difference(phi[offset:offset + n], w, kT))
-        except ValueError:  # a walker that never left its basin (or has no estimate where it went)
-            values.append(None)
-        offset += n
-    ok = [v for v in values if v is not None]
-    sem = float(np.std(ok, ddof=1) / np.sqrt(len(ok))) if len(ok) >= 2 else None
-    return {"delta_f_phi_walkers": values, "delta_f_phi_sem": sem}
+        except ValueError:  # no estimate where the walker went
+            split.append(None)
+            basins.append(None)
+            continue
+        try:
+            split.append(analysis.basin_free_energy_difference(part, w, kT))
+        except ValueError:  # a walker that never left its basin
+            split.append(None)
+        basins.append(analysis.basin_report(part, w, kT)["value"])  # None: one side without weight
+    return {"delta_f_phi_walkers": split, "delta_f_phi_sem": _sem(split),
+            "basin_delta_f_walkers": basins, "basin_delta_f_sem": _sem(basins)}
+
+
+def _sem(values: list) -> Optional[float]:
+    """Standard error of the mean of the values that exist (None with fewer than two)."""
+    ok = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.std(ok, ddof=1) / np.sqrt(len(ok))) if len(ok) >= 2 else None
+
+
+def _basin_error(error: Optional[dict], walkers_sem: Optional[float]) -> tuple[Optional[float], Optional[str]]:
+    """The error bar of the named basins' Delta F and where it comes from.
+
+    The pooled run's own error (block bootstrap or basin visits, ``error["delta_f_error_from"]``) sees only the
+    statistics of the pooled samples. Walkers that each build their own bias also differ by that bias's history,
+    which no within-run resampling sees (benchmarks/LOOP_RESULTS.md): with walkers, the larger of the two is the
+    error bar.
+    """
+    own = None if error is None else _finite_or_none(error.get("delta_f_error"))
+    own_from = None if own is None else error.get("delta_f_error_from")
+    if walkers_sem is not None and (own is None or walkers_sem > own):
+        return walkers_sem, "walkers' SEM"
+    return own, own_from
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:
     """The driver's criterion: no blocker in :func:`aesample.verdict.convergence_blockers` (one statement of it,
     which the report and ``aesample status`` print): iteration >= ``loop.min_iterations``, R^2(xi_k ~ xi_k-1) >=
     ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and own error (block
-    bootstrap and basin visits) and the walkers' standard error of the named basins' Delta F within
-    ``loop.free_energy_tolerance``, that Delta F sampled, no hidden barrier above
+    bootstrap and basin visits) and the named basins' Delta F error bar (with walkers, at least their standard
+    error) within ``loop.free_energy_tolerance``, that Delta F sampled, no hidden barrier above
     ``loop.hidden_barrier_tolerance``, an effective sample size of at least ``loop.min_ess`` and sampling that
     stopped growing (``loop.max_support_growth``)."""
     return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
@@ -619,6 +648,7 @@ def format_metrics(m: dict[str, Any]) -> str:
         parts.append(f"dF({basin['definition']}) not sampled ({basin['reason']})")
     elif basin:
         err = f" +- {basin['error']:.2f}" if basin.get("error") is not None else ""
+        err += f" ({basin['error_from']})" if basin.get("error") is not None and basin.get("error_from") else ""
         note = "" if basin["status"] == "ok" else f" [not sampled: {basin['reason']}]"
         parts.append(f"dF({basin['definition']})={basin['value']:.2f}{err} kJ/mol{note}")
     if m.get("hidden_barrier_fraction") is not None:

@@ -93,7 +93,8 @@ def _basin_line(m: dict) -> Optional[str]:
             reason = b.get("reason") or "a basin was not visited"
             return f"ΔF {definition}: not sampled ({reason})."
         tr = f", {b['transitions']} transitions" if b.get("transitions") is not None else ""
-        return f"ΔF {definition}: {_pm(b['value'], b.get('error'))}{tr}."
+        source = f" (error: {b['error_from']})" if b.get("error_from") and _finite(b.get("error")) else ""
+        return f"ΔF {definition}: {_pm(b['value'], b.get('error'))}{source}{tr}."
     if "delta_f_phi" not in m and "phi_transitions" not in m:
         return None
     definition = "C7ax (φ > 0) − C7eq/C5 (φ < 0)"

@@ -30,7 +30,8 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
 
     ``metrics["convergence_blockers"]`` is used when present; otherwise the reasons are derived from
     ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` (drift, block-bootstrap
-    error and, with walkers, the walkers' standard error of the free energy and of the named basins' Delta F),
+    error and, with walkers, the walkers' standard error of the free energy; the named basins' Delta F error bar,
+    with walkers at least their standard error),
     ``loop.hidden_barrier_tolerance``, ``loop.min_ess`` and ``loop.max_support_growth``; where the system names
     basins, their Delta F must also be sampled (``basin_delta_f`` status "ok"). The driver's criterion is "this
     list is empty" (:func:`aesample.loopstages.is_converged`).
@@ -71,9 +72,17 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
                            f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
                            "loop.eabf_per_iteration")
         # The named basins' Delta F (systems that define basins, e.g. dipeptides): the number users report. Its
-        # walkers' scatter can exceed the tolerance while the free energy's RMS error along xi is within it.
-        df_sem = metrics.get("delta_f_phi_sem")
-        if getattr(loop, "walkers", 1) >= 2 and k > 0 and _finite(df_sem) and df_sem > tol:
+        # error (with walkers: at least their scatter) can exceed the tolerance while the free energy's RMS error
+        # along xi is within it.
+        df_err = basin.get("error") if basin.get("status", "ok") == "ok" else None
+        df_sem = metrics.get("delta_f_phi_sem")  # metrics written before the basins' error bar existed
+        if k > 0 and _finite(df_err):
+            if df_err > tol:
+                source = basin.get("error_from") or "own error"
+                out.append(f"error of Delta F({basin.get('definition', 'basins')}) {df_err:.2f} kJ/mol ({source}) > "
+                           f"loop.free_energy_tolerance {tol} kJ/mol: add walkers (loop.walkers) or lengthen "
+                           "loop.eabf_per_iteration")
+        elif getattr(loop, "walkers", 1) >= 2 and k > 0 and _finite(df_sem) and df_sem > tol:
             what = f"Delta F({basin['definition']})" if basin.get("definition") else "the basins' Delta F"
             out.append(f"walkers' standard error of {what} {df_sem:.2f} kJ/mol > loop.free_energy_tolerance {tol} "
                        "kJ/mol: add walkers (loop.walkers) or lengthen loop.eabf_per_iteration")

@@ -88,3 +88,35 @@ def test_the_named_basins_delta_f_must_be_sampled_and_within_tolerance():
     # no tolerance: the spread is not judged, the sampling still is
     assert is_converged(spread, LoopConfig(walkers=4, free_energy_tolerance=None))
     assert not is_converged(unsampled, LoopConfig(walkers=4, free_energy_tolerance=None))
+
+
+def test_the_basins_delta_f_error_bar_holds_the_loop_back():
+    # one walker can be judged on its own: its Delta F error bar (block bootstrap or basin visits) joins the criterion
+    basin = {"definition": "C7ax (0 < phi < 2.3 rad) vs the rest", "status": "ok", "value": 8.1, "reason": "",
+             "error": 1.6, "error_from": "visits"}
+    loop = LoopConfig()
+    wide = dict(SETTLED, basin_delta_f=basin)
+    blockers = convergence_blockers(wide, loop)
+    assert not is_converged(wide, loop)
+    assert any("error of Delta F(C7ax (0 < phi < 2.3 rad) vs the rest) 1.60 kJ/mol (visits)" in b for b in blockers)
+    assert is_converged(dict(SETTLED, basin_delta_f=dict(basin, error=0.6)), loop)
+    # the basins' error bar replaces the older phi-split walkers' SEM when both are there (one number, not two)
+    both = dict(SETTLED, free_energy_sem=0.5, delta_f_phi_sem=1.8,
+                basin_delta_f=dict(basin, error=0.7, error_from="walkers' SEM"))
+    assert is_converged(both, LoopConfig(walkers=4))
+    # an unsampled pair is held back for that, not for an error bar of a value that does not count
+    unsampled = dict(SETTLED, basin_delta_f=dict(basin, status="not sampled", reason="2 transitions < 4"))
+    blockers = convergence_blockers(unsampled, loop)
+    assert len(blockers) == 1 and "not sampled (2 transitions < 4)" in blockers[0]
+    assert is_converged(wide, LoopConfig(free_energy_tolerance=None))
+
+
+def test_walkers_scatter_is_the_least_error_bar_of_the_basins_delta_f():
+    from aesample.loopstages import _basin_error
+
+    pooled = {"delta_f_error": 0.67, "delta_f_error_from": "bootstrap"}
+    assert _basin_error(pooled, 2.84) == (2.84, "walkers' SEM")  # seed 2, iteration 5 of the cpu-long loop
+    assert _basin_error(pooled, 0.3) == (0.67, "bootstrap")
+    assert _basin_error(pooled, None) == (0.67, "bootstrap")
+    assert _basin_error({"delta_f_error": float("inf"), "delta_f_error_from": "visits"}, None) == (None, None)
+    assert _basin_error(None, 1.2) == (1.2, "walkers' SEM")

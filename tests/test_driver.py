@@ -378,6 +378,11 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
     alone = np.load(uninterrupted / "iter_001" / "weights.npy")
     assert not np.allclose(weights[: len(alone)] / weights[: len(alone)].sum(), alone)
     assert "delta_f_phi_walkers" in m and len(m["delta_f_phi_walkers"]) == 2
+    # the named basins per walker; with walkers their scatter is the least error bar of the pooled Delta F
+    assert len(m["basin_delta_f_walkers"]) == 2
+    basin = m["basin_delta_f"]
+    if m["basin_delta_f_sem"] is not None:
+        assert basin["error"] >= m["basin_delta_f_sem"] and basin["error_from"] is not None
     # the walkers' standard error of the pooled CZAR free energy, as estimators.walker_standard_error gives it
     from aesample import estimators as est
     from aesample.md import PooledRuns, load_result
