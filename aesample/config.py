@@ -271,6 +271,14 @@ class EABFConfig(_Section):
         "applied bias only, not the estimators; no effect on non-periodic CVs. Keep true; false reproduces plain "
         "ABF.",
     )
+    bias_only_where_reached: bool = Field(
+        True,
+        description="Apply the ABF bias in a lambda bin only once the CV xi has been sampled there. Beyond the "
+        "range a bounded CV can reach (the autoencoder's tanh layers bound it), the mean force on lambda is only "
+        "the spring pulling it back to xi; cancelling it lets lambda run off until the spring tears the molecule "
+        "apart. Changes the applied bias only, not the estimators; no effect on periodic CVs. Keep true; false "
+        "reproduces plain eABF.",
+    )
     wall_kappa: float = Field(
         30000.0, gt=0,
         description="Harmonic wall constant keeping the extended variable in the grid, kJ/mol/(CV unit)^2 "
@@ -363,9 +371,9 @@ class LoopConfig(_Section):
         1, ge=1, le=64, description="Independent eABF walkers per iteration (k >= 1), each running "
         "eabf_per_iteration ns with its own seed from the previous iteration's final structures in turn. Their "
         "accumulators are pooled for the free energy, the training weights and the drift; the spread of their own "
-        "Delta F estimates is reported (metrics delta_f_phi_walkers, delta_f_phi_sem for dipeptides). Use >= 2 "
-        "when the free energy must come with an error bar: one walker's own error estimates understate the "
-        "scatter between walkers (benchmarks/LOOP_RESULTS.md).",
+        "Delta F estimates is reported (metrics basin_delta_f_walkers, basin_delta_f_sem for dipeptides) and "
+        "is the least error bar of the named basins' Delta F. Use >= 2 when the free energy must come with an "
+        "error bar: one walker's own error estimates understate the scatter between walkers.",
     )
     walker_processes: Optional[int] = Field(
         None, ge=1, description="Walkers run at once, each in its own Dask worker process (null: all of them; 1: "

@@ -211,6 +211,7 @@ class _EABFCore(torch.nn.Module):
         graph_safe: bool = False,
         shared: Optional["EABFState"] = None,
         close_rings: bool = False,
+        gate_unreached: bool = False,
     ):
         super().__init__()
         d = len(ext_index)
@@ -297,6 +298,16 @@ class _EABFCore(torch.nn.Module):
             self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nz, d), dtype=f64))
             self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
+        # the bias of a lambda bin the CV xi never reached (no sample in the CZAR bins it covers) is left off: there
+        # ABF would cancel the spring's pull back towards xi and let lambda run away from a bounded CV. Periodic
+        # grids have no such bins (their range is the period): compiled out where every component is periodic.
+        self.gate_unreached = bool(gate_unreached and not all(periodic))
+        self.register_buffer("zrows_of_bin", torch.tensor(
+            _covering_rows(grid_min, grid_max, bins, zbins, nb) if self.gate_unreached else [[0]], dtype=torch.long))
+        self.register_buffer("shared_reached", torch.zeros(nb, dtype=f64))
+        if shared is not None and self.gate_unreached:  # xi samples of the other walkers count as reached
+            zc = torch.as_tensor(np.asarray(shared.zcount, dtype=np.float64).reshape(nz))
+            self.shared_reached.copy_(zc.index_select(0, self.zrows_of_bin.reshape(-1) - nb).view(nb, -1).sum(1))
         # other walkers' lambda-grid accumulators [count, sum kappa (lambda - xi)] (nb, 1 + d): added to this walker's
         # row where the bias is applied, never written (shared-bias multiple walkers; see ExtendedABF sharedState)
         self.has_shared = shared is not None
@@ -391,7 +402,18 @@ class _EABFCore(torch.nn.Module):
         grad = row[1:] / torch.clamp(n, min=1.0)
         if self.close_rings:
             grad = grad - self._ring_mean(lam_row)
+        if self.gate_unreached:
+            return grad * self._ramp(n) * (inside & (self._reached(lam_row) > 0.0))
         return grad * self._ramp(n) * inside
+
+    def _reached(self, lam_row: torch.Tensor) -> torch.Tensor:
+        """xi samples (this walker's, plus the other walkers' when shared) in the CZAR bins covering lambda bin
+        ``lam_row`` (1,): (1,)."""
+        zrows = self.zrows_of_bin.index_select(0, lam_row).view(-1)
+        seen = self.acc.index_select(0, zrows).select(1, 0).sum(0, keepdim=True)
+        if self.has_shared:
+            seen = seen + self.shared_reached.index_select(0, lam_row)
+        return seen
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
@@ -474,6 +496,26 @@ class _EABFCore(torch.nn.Module):
         rows = torch.stack([s0, s1, s2], dim=1).to(positions.dtype)
         forces = torch.zeros_like(positions).index_copy(0, self.slot_index, rows)
         return torch.zeros((), dtype=positions.dtype, device=positions.device), forces
+
+
+def _covering_rows(grid_min: List[float], grid_max: List[float], bins: List[int], zbins: List[int],
+                   nb: int) -> List[List[int]]:
+    """Per lambda bin (flat, row-major), the accumulator rows (``nb`` + flat xi bin) of the CZAR xi bins that
+    overlap it; padded to equal length by repeating a row (the read-out only asks whether any holds a sample)."""
+    per_dim = []
+    for a, b, n, nzb in zip(grid_min, grid_max, bins, zbins):
+        w, wz = (b - a) / n, (b - a) / nzb
+        per_dim.append([list(range(int(math.floor(j * w / wz + 1e-9)),
+                                   min(nzb, int(math.ceil((j + 1) * w / wz - 1e-9))))) for j in range(n)])
+    zstrides = [int(np.prod(zbins[i + 1:])) for i in range(len(zbins))]
+    table = []
+    for cell in np.ndindex(*bins):
+        rows = [nb]
+        for i, j in enumerate(cell):
+            rows = [r + k * zstrides[i] for r in rows for k in per_dim[i][j]]
+        table.append(rows)
+    width = max(len(r) for r in table)
+    return [r + [r[0]] * (width - len(r)) for r in table]
 
 
 class _EABFCoreJacobian(_EABFCore):
@@ -916,6 +958,13 @@ class ExtendedABF:
         bins once every bin of that ring was visited, so the bias exerts no net torque around the ring (default: the
         configuration's ``eabf.close_periodic_bias``, True). The accumulators, and so the free energy
         estimates, are the same either way; only the applied bias changes.
+    biasOnlyWhereReached : bool
+        Apply the ABF bias of a lambda bin only once the CV itself has reached it (a sample of xi in a CZAR bin
+        overlapping it; with ``sharedState``, the other walkers' xi samples count too). Where xi cannot go (beyond
+        the range of a bounded CV, e.g. a network with tanh layers), lambda's mean force is the spring's pull back
+        towards xi; a bias cancelling it lets lambda run off and the spring tear the molecule apart. Default: the
+        configuration's ``eabf.bias_only_where_reached``, True. No effect on grids whose components are all
+        periodic.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -962,6 +1011,7 @@ class ExtendedABF:
         temperature=None,
         sharedState: Optional[Union[EABFState, str, Path]] = None,
         closePeriodicBias: bool = _DEFAULTS.close_periodic_bias,
+        biasOnlyWhereReached: bool = _DEFAULTS.bias_only_where_reached,
     ):
         import openmm
 
@@ -1075,6 +1125,7 @@ class ExtendedABF:
         self.wallKappa = np.array(wk)
         self.forceGroup = forceGroup
         self.closePeriodicBias = bool(closePeriodicBias)
+        self.biasOnlyWhereReached = bool(biasOnlyWhereReached)
         self.temperature = None if temperature is None else float(_strip(temperature, "K"))
         self._lastState: Optional[EABFState] = None
         self._lastTemperature: Optional[float] = None
@@ -1097,7 +1148,7 @@ class ExtendedABF:
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
             self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs), shared=shared,
-            close_rings=bool(closePeriodicBias),
+            close_rings=bool(closePeriodicBias), gate_unreached=bool(biasOnlyWhereReached),
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)

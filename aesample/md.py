@@ -84,7 +84,9 @@ class EABFSettings:
     force_group : 0..31 (None: a free one); cuda_graphs : "auto" | "on" | "off"
     (:func:`aesample.torchbinding.resolve_cuda_graphs`); czar_bins : bins per component of the
     CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
-    in the state's meta); close_periodic_bias : circulation-free bias around periodic components. Defaults: the
+    in the state's meta); close_periodic_bias : circulation-free bias around periodic components;
+    bias_only_where_reached : no ABF bias in lambda bins the CV has not reached (kept on resume as the run was
+    started: ``run.json``). Defaults: the
     ``eabf`` section of :class:`aesample.config.Config`.
     """
 
@@ -103,6 +105,7 @@ class EABFSettings:
     czar_bins: Optional[Union[int, Sequence[int]]] = None
     czar_min_count: int = _EABF.czar_min_count
     close_periodic_bias: bool = _EABF.close_periodic_bias
+    bias_only_where_reached: bool = _EABF.bias_only_where_reached
 
     @classmethod
     def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
@@ -125,6 +128,7 @@ class EABFSettings:
             czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
                 bins, gmin, gmax, [kappa] * d, config.system.temperature),
             czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs, close_periodic_bias=e.close_periodic_bias,
+            bias_only_where_reached=e.bias_only_where_reached,
         )
 
 
@@ -537,8 +541,11 @@ class _SegmentedRun:
         initial_state = r.initial_state
         self.shared_bias = r.shared_bias if biased else None
         shared = None
+        self.reach_gate = bool(self.es.bias_only_where_reached) if biased else False
         if self.ck is not None:
             self._check_resumable()
+            # a resume applies the bias as the run started (runs older than the setting had no gate)
+            self.reach_gate = bool(json.loads((out / "run.json").read_text()).get("bias_only_where_reached", False))
             if biased:
                 initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
             if self.shared_bias is not None and self.ck.get("shared"):  # the sums applied after that checkpoint
@@ -580,6 +587,7 @@ class _SegmentedRun:
                 minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
                 box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
                 sharedState=shared, closePeriodicBias=es.close_periodic_bias,
+                biasOnlyWhereReached=self.reach_gate,
             )
         self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
@@ -650,7 +658,7 @@ class _SegmentedRun:
             "biased": self.biased, "temperature": self.temperature, "timestep": md.timestep,
             "solute": self.solute.tolist(), "report_interval": md.report_interval, "n_steps": self.n_steps,
             "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
-            "threads": threads_in_effect(self.context),
+            "threads": threads_in_effect(self.context), "bias_only_where_reached": self.reach_gate,
         })
         return 0, 0
 
