@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -335,17 +336,20 @@ def test_shared_sums_enter_the_bias_only():
                        zcount=np.zeros(36), czar=np.zeros((36, 1)), last=np.zeros(2))
     shared.count[:] = 150.0  # half way up the ramp (100 .. 200): half of the mean force
     shared.grad[:, 0] = 150.0 * np.linspace(-40, 40, 36)
-    for with_shared in (False, True):
+    # the others' xi samples: where none was, the bias stays off (biasOnlyWhereReached); this walker has none yet
+    unreached = dataclasses.replace(shared, zcount=np.zeros(36))
+    shared.zcount[:] = 150.0
+    for with_shared, expect_bias in ((None, False), (unreached, False), (shared, True)):
         p = _Particle(5 * KT)
         e = ExtendedABF(p.system, cvs.PositionX(0), -0.9, 0.9, 36, 1000.0, fullSamples=200,
-                        positions=np.zeros((1, 3)), sharedState=shared if with_shared else None)
+                        positions=np.zeros((1, 3)), sharedState=with_shared)
         ctx = openmm.Context(p.system, openmm.LangevinMiddleIntegrator(T, 10.0, 0.005),
                              openmm.Platform.getPlatformByName("Reference"))
         ctx.setPositions(e.extendPositions(np.array([[-0.5, 0.0, 0.0]])))
         e.setSampling(ctx, False)
         xi, lam, fbias = e.getInstantaneous(ctx)
         b = int(np.floor((lam[0] + 0.9) / 0.05))
-        assert fbias[0] == pytest.approx(0.5 * np.linspace(-40, 40, 36)[b] if with_shared else 0.0, rel=1e-12)
+        assert fbias[0] == pytest.approx(0.5 * np.linspace(-40, 40, 36)[b] if expect_bias else 0.0, rel=1e-12)
         own = e.getState(ctx)
         assert own.count.sum() == 0 and own.n_samples == 0  # the others' sums are never this walker's
     with pytest.raises(EABFError, match="sharedState grid"):
