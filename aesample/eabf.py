@@ -22,8 +22,8 @@ ABF bias on lambda
     ``dA_kappa/dlambda``, and ``+ramp(n) * <kappa (lambda - xi)>`` is added to the force on lambda (it cancels the
     mean force ``-dA_kappa/dlambda``). ``ramp(n) = clip((n - minSamples) / (fullSamples - minSamples), 0, 1)``: the
     linear ramp of Colvars (``fullSamples``, ``minSamples`` defaults to ``fullSamples/2``) and PLUMED DRR.
-    With ``biasOnlyWhereReached`` (default) the bias applies only where xi itself has been sampled (the CZAR bin
-    holding lambda), so lambda cannot run off beyond the range of a bounded CV.
+    With ``biasOnlyWhereReached`` (default) the bias of a lambda bin applies only once xi itself has been sampled
+    in it, so lambda cannot run off beyond the range of a bounded CV.
     Non-periodic components get harmonic walls ``wallKappa/2 (lambda - gridMax)^2`` above the grid and likewise
     below it; periodic components (``gridMax - gridMin`` must be the period 2*pi) wrap.
     CZAR accumulators: per xi bin ``n(z)`` and ``sum kappa (lambda - xi)``, the inputs of
@@ -257,13 +257,8 @@ class _EABFCore(torch.nn.Module):
         self.register_buffer("ring_owner", owner)
         self.register_buffer("ring_other", owner == 0.0)
         self.register_buffer("inv_period", t([1.0 / TWO_PI] * d))
-        # the ABF bias where lambda is, only once the CV xi has been sampled there (the CZAR bin holding lambda):
-        # where xi cannot go, lambda's mean force is the spring's pull back to xi, and a bias cancelling it lets
-        # lambda run off a bounded CV. Periodic grids have no such place (their range is the period): compiled out.
-        self.gate_unreached = bool(gate_unreached and not all(periodic))
-        # binned points come as [xi; lambda] (2, d): row 0 on the CZAR xi grid (zbins), row 1 on the ABF lambda grid;
-        # with the gate, row 2: lambda on the CZAR grid (never sampled into: its xi count is the gate)
-        grids = (zbins, bins, zbins) if self.gate_unreached else (zbins, bins)
+        # binned points come as [xi; lambda] (2, d): row 0 on the CZAR xi grid (zbins), row 1 on the ABF lambda grid
+        grids = (zbins, bins)
         self.register_buffer("inv_width", t([[b / s for b, s in zip(g, span)] for g in grids]))
         self.register_buffer("bin_origin", t([[-a * b / s for a, b, s in zip(grid_min, g, span)] for g in grids]))
         self.register_buffer("inv_bins", t([[1.0 / b for b in g] for g in grids]))
@@ -272,8 +267,7 @@ class _EABFCore(torch.nn.Module):
         self.register_buffer("bin_last", t([[b - 1.0 for b in g] for g in grids]))
         self.register_buffer("strides", t([[float(np.prod(g[i + 1:])) for i in range(d)] for g in grids]))
         # rows of the accumulator: lambda bins first, then xi (z) bins
-        self.register_buffer("row_offset", t([float(nb), 0.0, float(nb)][:len(grids)]))
-        self.register_buffer("row_sampled", torch.tensor([True, True, False][:len(grids)]))
+        self.register_buffer("row_offset", t([float(nb), 0.0]))
         self.register_buffer("one", t([1.0]))
         # harmonic restraints of the extended particles, one (d, 3) clamp for walls (x) and y/z pins:
         # displacement = p - clamp(p, lo, hi), force = -k * displacement (walls: k = 0 for periodic components)
@@ -306,6 +300,12 @@ class _EABFCore(torch.nn.Module):
             self.acc[nb:, 1:].copy_(torch.as_tensor(state.czar.reshape(nz, d), dtype=f64))
             self.last.copy_(torch.as_tensor(state.last, dtype=f64).reshape(2, d))
             self.n_samples.fill_(float(state.n_samples))
+        # the ABF bias of a lambda bin only once the CV xi has been sampled in it (in a CZAR bin overlapping it):
+        # where xi cannot go, lambda's mean force is the spring's pull back to xi, and a bias cancelling it lets
+        # lambda run off a bounded CV. Periodic grids have no such bins (their range is the period): compiled out.
+        self.gate_unreached = bool(gate_unreached and not all(periodic))
+        self.register_buffer("zrows_of_bin", torch.tensor(
+            _covering_rows(grid_min, grid_max, bins, zbins, nb) if self.gate_unreached else [[0]], dtype=torch.long))
         # other walkers' accumulators in the layout of `acc` (nb + nz, 1 + d): added to this walker's rows where the
         # bias and its gate are read, never written (shared-bias multiple walkers; see ExtendedABF sharedState)
         self.has_shared = shared is not None
@@ -340,7 +340,7 @@ class _EABFCore(torch.nn.Module):
         return torch.where(on, ro_energy, energy), torch.where(on, ro_forces, forces)
 
     def _bin(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Accumulator rows (R,) and in-grid flags (R,) of the points v (R, d) of :meth:`_points`, float64."""
+        """Accumulator rows (2,) and in-grid flags (2,) of the points v = [xi, lambda] (2, d), float64."""
         # (v - gridMin) / width, in bins; a NaN (a blown-up state) reads as outside the grid, never as a row index
         t = torch.nan_to_num(torch.addcmul(self.bin_origin, v, self.inv_width), nan=-1.0)
         if self.any_periodic:  # periodic components into [0, bins); always inside (a wrap may round to bins)
@@ -382,8 +382,11 @@ class _EABFCore(torch.nn.Module):
         return energy, forces
 
     def _bias_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """The accumulator rows of the binned points (R, 1 + d): this walker's, plus the other walkers' when shared.
-        Row 1 (lambda's bin) sets the bias, row 2 (lambda's xi bin, with the gate) whether it applies."""
+        """Accumulator rows (R, 1 + d), this walker's plus the other walkers' when shared: the binned points'
+        ``rows`` [xi, lambda] (row 1 sets the bias) and, with the gate, the CZAR xi bins overlapping lambda's bin
+        (rows 2.., whose xi counts say whether the bias applies)."""
+        if self.gate_unreached:
+            rows = torch.cat([rows, self.zrows_of_bin.index_select(0, rows.narrow(0, 1, 1)).view(-1)])
         got = self.acc.index_select(0, rows)
         if self.has_shared:
             got = got + self.shared.index_select(0, rows)
@@ -405,14 +408,8 @@ class _EABFCore(torch.nn.Module):
         if self.close_rings:
             grad = grad - self._ring_mean(lam_row)
         if self.gate_unreached:
-            return grad * self._ramp(n) * (inside & (got[2, 0:1] > 0.0))
+            return grad * self._ramp(n) * (inside & (got.narrow(0, 2, got.shape[0] - 2).select(1, 0).sum(0, True) > 0.0))
         return grad * self._ramp(n) * inside
-
-    def _points(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """The points to bin: [xi, lambda] (2, d), plus lambda again with the gate (3, d)."""
-        if self.gate_unreached:
-            return torch.stack([xi, lam, lam])
-        return torch.stack([xi, lam])
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
@@ -452,14 +449,12 @@ class _EABFCore(torch.nn.Module):
             diff = diff - self.wrap_period * torch.round(diff * self.inv_period)
         f_lam = self.neg_kappa * diff  # kappa (lambda - xi) = -dE/dxi; the coupling force on lambda is -f_lam
         # ---- sampling: masked, no host synchronisation; an already-sampled (xi, lambda) is never sampled twice
-        pts = self._points(xi, lam)
-        v = pts.narrow(0, 0, 2) if self.gate_unreached else pts  # (2, d), the layout of `last`
+        v = torch.stack([xi, lam])  # (2, d), the layout of `last`
         take = (v != self.last).any() & (sample > 0.5)
         self.last.copy_(torch.where(take, v, self.last))
         self.n_samples.add_(take)
-        rows, inside = self._bin(pts)
-        flags = (inside & self.row_sampled) if self.gate_unreached else inside
-        self.acc.index_add_(0, rows, torch.outer((flags & take).to(torch.float64), torch.cat([self.one, f_lam])))
+        rows, inside = self._bin(v)
+        self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
         # ---- ABF bias on lambda (estimate including this sample)
         fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1))
         # ---- walls (x, non-periodic components) and y/z pins
@@ -471,7 +466,7 @@ class _EABFCore(torch.nn.Module):
 
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
-        rows, inside = self._bin(self._points(xi, lam))
+        rows, inside = self._bin(torch.stack([xi, lam]))
         fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1))
         return torch.cat([xi, lam, fbias])
 
@@ -497,6 +492,26 @@ class _EABFCore(torch.nn.Module):
         rows = torch.stack([s0, s1, s2], dim=1).to(positions.dtype)
         forces = torch.zeros_like(positions).index_copy(0, self.slot_index, rows)
         return torch.zeros((), dtype=positions.dtype, device=positions.device), forces
+
+
+def _covering_rows(grid_min: List[float], grid_max: List[float], bins: List[int], zbins: List[int],
+                   nb: int) -> List[List[int]]:
+    """Per lambda bin (flat, row-major), the accumulator rows (``nb`` + flat xi bin) of the CZAR xi bins that overlap
+    it, padded to equal length by repeating its first row (with a doubled count: only "any sample?" is asked)."""
+    per_dim = []
+    for a, b, n, nzb in zip(grid_min, grid_max, bins, zbins):
+        w, wz = (b - a) / n, (b - a) / nzb
+        per_dim.append([list(range(int(math.floor(j * w / wz + 1e-9)), min(nzb, int(math.ceil((j + 1) * w / wz - 1e-9)))))
+                        for j in range(n)])
+    zstrides = [int(np.prod(zbins[i + 1:])) for i in range(len(zbins))]
+    table = []
+    for cell in np.ndindex(*bins):
+        rows = [nb]
+        for i, j in enumerate(cell):
+            rows = [r + k * zstrides[i] for r in rows for k in per_dim[i][j]]
+        table.append(rows)
+    width = max(len(r) for r in table)
+    return [r + [r[0]] * (width - len(r)) for r in table]
 
 
 class _EABFCoreJacobian(_EABFCore):
@@ -940,8 +955,8 @@ class ExtendedABF:
         configuration's ``eabf.close_periodic_bias``, True). The accumulators, and so the free energy
         estimates, are the same either way; only the applied bias changes.
     biasOnlyWhereReached : bool
-        Apply the ABF bias at lambda only once the CV itself has been there (a sample of xi in the CZAR bin that
-        holds lambda; with ``sharedState``, the other walkers' xi samples count too). Where xi cannot go (beyond
+        Apply the ABF bias of a lambda bin only once the CV itself has been there (a sample of xi in a CZAR bin
+        overlapping it; with ``sharedState``, the other walkers' xi samples count too). Where xi cannot go (beyond
         the range of a bounded CV, e.g. a network with tanh layers), lambda's mean force is the spring's pull back
         towards xi; a bias cancelling it lets lambda run off and the spring tear the molecule apart. Default: the
         configuration's ``eabf.bias_only_where_reached``, True. No effect on grids whose components are all

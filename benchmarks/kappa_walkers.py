@@ -2,7 +2,7 @@
 
     python benchmarks/kappa_walkers.py --cv runs/loop0/iter_000/cv.pt --frames runs/loop0/iter_000 \\
         --kappa 300 --seed 11 --ns 1 --out runs/k300_s11 [--cv-interval auto] [--timestep 0.001 --report-interval 200]
-        [--initial-state pooled.npz]
+        [--initial-state pooled.npz] [--resume]
 
 ``--timestep`` (ps) changes the step (keep the frames per ns with ``--report-interval``); ``--initial-state``
 starts the bias from saved accumulators (an ``EABFState`` .npz, e.g. ``md.PooledRuns(...).state.save(path)``), so
@@ -63,6 +63,8 @@ def main() -> int:
     ap.add_argument("--report-interval", type=int, default=100, help="steps between COLVAR rows and frames")
     ap.add_argument("--timestep", type=float, default=0.002, help="integration time step, ps (the loop's 0.002)")
     ap.add_argument("--initial-state", type=Path, help="eABF accumulators (EABFState .npz) to start the bias from")
+    ap.add_argument("--resume", action="store_true", help="continue the walker in --out from its last checkpoint "
+                    "(same settings; the reach gate as the run started, see run.json)")
     a = ap.parse_args()
 
     from aesample.eabf import EABFState, coupled_czar_bins
@@ -92,7 +94,7 @@ def main() -> int:
                     equilibration_steps=int(round(10.0 / dt)), seed=a.seed, progress=False, cv_interval=k_int)
     t0 = time.time()
     initial = None if a.initial_state is None else EABFState.load(a.initial_state)
-    res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)), initial_state=initial)
+    res = run_eabf(ms, cv, es, md, a.out, int(round(a.ns * 1000 / dt)), initial_state=initial, resume=a.resume)
     info = {"kappa": a.kappa, "cv_interval": k_int, "stiffness": stiff, "cv_period_fs": t_cv * 1000,
             "czar_bins": es.czar_bins, "timestep": dt,
             "initial_state": None if a.initial_state is None else str(a.initial_state), "seed": a.seed, "ns": a.ns,
