@@ -75,6 +75,10 @@ def add_parser(subparsers) -> None:
                    default=_EABF.close_periodic_bias,
                    help="around a periodic CV (a torsion), apply the bias minus its mean over the ring once every "
                    "bin of the ring was visited, so it cannot drive a rotation (default: on)")
+    p.add_argument("--bias-only-where-reached", action=argparse.BooleanOptionalAction,
+                   default=_EABF.bias_only_where_reached,
+                   help="along a non-periodic CV, apply the bias of a lambda bin only once the CV itself was sampled "
+                   "there, so lambda cannot run off past a bounded CV (default: on)")
     p.add_argument("--threads", type=int, default=_EXEC.threads,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -139,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
     es = EABFSettings(grid_min=gmin, grid_max=gmax, bins=bins, kappa=kappa, periodic=periodic,
                       extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
                       czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs,
-                      close_periodic_bias=args.close_periodic_bias)
+                      close_periodic_bias=args.close_periodic_bias,
+                      bias_only_where_reached=args.bias_only_where_reached)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
                     seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
