@@ -70,7 +70,8 @@ def test_half_delta_f_uses_each_half():
     assert h1 != h1  # no phi > 0 frame in the first half: NaN, not an error
 
 
-@pytest.mark.parametrize("name", ["reference_fes", "adp_loop", "chignolin_loop", "synthetic_band_errorbars"])
+@pytest.mark.parametrize("name", ["reference_fes", "adp_loop", "chignolin_loop", "synthetic_band_errorbars",
+                                  "loop_error_bars", "walker_checks"])
 def test_benchmark_scripts_load(name):
     """The scripts themselves (loaded as files, not through sys.path) still import what they use."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
