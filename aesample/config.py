@@ -245,8 +245,8 @@ class EABFConfig(_Section):
     )
     czar_min_count: int = Field(
         1, ge=1,
-        description="Samples a CZAR bin needs to give a gradient estimate; sparser fringe bins are left out of the "
-        "free energy (their frames get weight 0). The count-weighted integration already gives sparse bins little "
+        description="Samples a CZAR bin needs to take part in the free energy; sparser fringe bins are left out "
+        "(their frames get weight 0). The count-weighted integration already gives sparse bins little "
         "say; a higher floor cuts more of the less-sampled basin's fringe and biases Delta F towards it, so raise it "
         "only when isolated noisy bins show up.",
     )

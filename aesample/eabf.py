@@ -751,12 +751,12 @@ class EABFState:
                              self.periodic, min_count=self._min_count(min_count))
 
     def czar_free_energy(self, temperature: Optional[float] = None, min_count: Optional[int] = None) -> np.ndarray:
-        """A(xi) on the CZAR grid (kJ/mol, min 0; NaN where not estimated): :meth:`czar_gradient` integrated by
-        count-weighted least squares (:func:`aesample.estimators.integrate_gradient`)."""
-        from .estimators import integrate_gradient
+        """A(xi) on the CZAR grid (kJ/mol, min 0; NaN where not estimated): CZAR's identity between neighbouring
+        bins, solved by count-weighted least squares (:func:`aesample.estimators.czar_free_energy`)."""
+        from .estimators import czar_free_energy
 
-        return integrate_gradient(self.czar_gradient(temperature, min_count), self.z_bin_width, self.periodic,
-                                  counts=self.zcount)
+        return czar_free_energy(self.czar, self.zcount, self.z_bin_width, self._temperature(temperature),
+                                self.periodic, min_count=self._min_count(min_count))
 
 
 # ----------------------------------------------------------------------------------------------------------

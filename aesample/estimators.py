@@ -4,7 +4,9 @@ Conventions: grids are regular, bin centres ``gmin + (i + 1/2) * width``; arrays
 first component slowest); gradient arrays add a last axis of length d. Energies in kJ/mol, CV in its own units.
 
 * :func:`naive_gradient`: ``dF_kappa/dlambda = <kappa (lambda - xi)>_lambda`` per lambda bin (the ABF estimate).
-* :func:`czar_gradient`: ``dA/dz = -kT d ln rho~(z)/dz + <kappa (lambda - z)>~_z`` (CZAR, Lesage et al. JPCB 2017).
+* :func:`czar_gradient`: ``dA/dz = -kT d ln rho~(z)/dz + <kappa (lambda - z)>~_z`` (CZAR, Lesage et al. JPCB 2017)
+  per bin; :func:`czar_free_energy`: A(z) from the same identity taken between neighbouring bins (what the
+  package reports and reweights with).
 * :func:`integrate_1d` (cumulative trapezoid) and :func:`integrate_2d` (least-squares / Poisson solve of
   ``grad A = g`` on the grid, periodic or not, with scipy.sparse).
 * :func:`reweighting_weights`: per-frame ``w ∝ exp(-beta F_kappa(lambda))`` (Belkacemi et al. JCTC 2022);
@@ -25,6 +27,7 @@ __all__ = [
     "kT",
     "naive_gradient",
     "czar_gradient",
+    "czar_free_energy",
     "integrate_1d",
     "integrate_2d",
     "integrate_gradient",
@@ -117,6 +120,53 @@ def czar_gradient(
     mean = naive_gradient(czar_sum, n_ok)
     dln = _log_density_gradient(n_ok, width, periodic)
     return -kT(temperature) * dln + mean
+
+
+def czar_free_energy(
+    czar_sum: np.ndarray,
+    zcount: np.ndarray,
+    width: Sequence[float],
+    temperature: float,
+    periodic: Optional[Sequence[bool]] = None,
+    min_count: int = 1,
+) -> np.ndarray:
+    """CZAR free energy A(z) (kJ/mol, minimum 0, NaN where not estimated) on the z = xi grid.
+
+    CZAR's identity ``dA/dz = -kT d ln n(z)/dz + <kappa (lambda - z)>_z`` is taken across each pair of neighbouring
+    bins i, j along axis k, ``A_j - A_i = -kT ln(n_j / n_i) + h_k (F_ik + F_jk) / 2`` with ``F`` the bins' mean
+    ``kappa (lambda - z)``, and the links are solved by count-weighted least squares (as
+    :func:`integrate_gradient`, weights ``n_i n_j / (n_i + n_j)``, the inverse variance of ``ln(n_j / n_i)``).
+    Unlike differentiating ln n at bin centres (:func:`czar_gradient`), no one-sided differences are needed at the
+    edge of the sampled region, and a link sees the density ratio of exactly the two bins it joins: where a 2D CV's
+    sampled region is a thin curved band, centred differences mixed the band's walls into the gradient along it
+    (1-2 kJ/mol between basins of one side measured along a learned CV; benchmarks/RESULTS.md). Around a
+    periodic axis the ln n terms cancel, so only the mean force can leave a closure.
+
+    Parameters
+    ----------
+    czar_sum : array, grid shape + (d,)
+        Per xi bin the sum of ``kappa (lambda - xi)`` over its samples (kJ/mol per CV unit).
+    zcount : array, grid shape
+        Samples per xi bin.
+    width : sequence of float
+        Bin widths (CV units).
+    temperature : float
+        K.
+    periodic : sequence of bool, optional
+        Periodicity per axis (default: none).
+    min_count : int
+        Bins with fewer samples take no part.
+    """
+    n = np.asarray(zcount, dtype=np.float64)
+    d = n.ndim
+    width = np.broadcast_to(np.asarray(width, dtype=np.float64), (d,))
+    periodic = [False] * d if periodic is None else [bool(p) for p in np.broadcast_to(periodic, (d,))]
+    n_ok = np.where(n >= min_count, n, 0.0)
+    mean = naive_gradient(np.asarray(czar_sum, dtype=np.float64).reshape(n.shape + (d,)), n_ok)
+    ri, rj, b, w = _link_equations(mean, width, periodic, n_ok, None)
+    flat = n_ok.reshape(-1)
+    b = b - kT(temperature) * np.log(flat[rj] / flat[ri])
+    return _solve_links(ri, rj, b, w, n.shape)
 
 
 def _link_equations(g: np.ndarray, width: Sequence[float], periodic: Sequence[bool], counts: Optional[np.ndarray],

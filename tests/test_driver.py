@@ -354,10 +354,9 @@ def _pooled_czar_weights(it):
     czar = states[0].czar + states[1].czar
     zcount = states[0].zcount + states[1].zcount
     st = states[0]
-    # on the CZAR grid (its own bins), integrated with count weights
-    g = est.czar_gradient(czar, zcount, st.z_bin_width, runs[0].temperature, st.periodic,
-                          min_count=int(st.meta["czar_min_count"]))
-    A = est.integrate_gradient(g, st.z_bin_width, st.periodic, counts=zcount)
+    # on the CZAR grid (its own bins), CZAR's identity between neighbouring bins solved with count weights
+    A = est.czar_free_energy(czar, zcount, st.z_bin_width, runs[0].temperature, st.periodic,
+                             min_count=int(st.meta["czar_min_count"]))
     xi = np.concatenate([r.colvar_xi() for r in runs])
     return est.czar_reweighting_weights(xi, A, zcount, st.grid_min, st.z_bin_width, runs[0].temperature,
                                         st.periodic)
