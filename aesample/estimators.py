@@ -112,14 +112,20 @@ def czar_gradient(
     runs over the biased eABF samples in the z bin. Bins with fewer than ``min_count`` samples are NaN, and so is
     a component whose both neighbours along it are (one-sided differences where one neighbour is).
     """
+    n_ok, mean, width, periodic = _czar_inputs(czar_sum, zcount, width, periodic, min_count)
+    return -kT(temperature) * _log_density_gradient(n_ok, width, periodic) + mean
+
+
+def _czar_inputs(czar_sum, zcount, width, periodic, min_count: int):
+    """(counts with the bins below ``min_count`` zeroed, mean kappa (lambda - z) per bin (NaN where zeroed), widths
+    (d,), periodic flags (d,)) of CZAR accumulators."""
     n = np.asarray(zcount, dtype=np.float64)
     d = n.ndim
     width = np.broadcast_to(np.asarray(width, dtype=np.float64), (d,))
     periodic = [False] * d if periodic is None else [bool(p) for p in np.broadcast_to(periodic, (d,))]
     n_ok = np.where(n >= min_count, n, 0.0)
-    mean = naive_gradient(czar_sum, n_ok)
-    dln = _log_density_gradient(n_ok, width, periodic)
-    return -kT(temperature) * dln + mean
+    mean = naive_gradient(np.asarray(czar_sum, dtype=np.float64).reshape(n.shape + (d,)), n_ok)
+    return n_ok, mean, width, periodic
 
 
 def czar_free_energy(
@@ -157,16 +163,11 @@ def czar_free_energy(
     min_count : int
         Bins with fewer samples take no part.
     """
-    n = np.asarray(zcount, dtype=np.float64)
-    d = n.ndim
-    width = np.broadcast_to(np.asarray(width, dtype=np.float64), (d,))
-    periodic = [False] * d if periodic is None else [bool(p) for p in np.broadcast_to(periodic, (d,))]
-    n_ok = np.where(n >= min_count, n, 0.0)
-    mean = naive_gradient(np.asarray(czar_sum, dtype=np.float64).reshape(n.shape + (d,)), n_ok)
+    n_ok, mean, width, periodic = _czar_inputs(czar_sum, zcount, width, periodic, min_count)
     ri, rj, b, w = _link_equations(mean, width, periodic, n_ok, None)
     flat = n_ok.reshape(-1)
     b = b - kT(temperature) * np.log(flat[rj] / flat[ri])
-    return _solve_links(ri, rj, b, w, n.shape)
+    return _solve_links(ri, rj, b, w, n_ok.shape)
 
 
 def _link_equations(g: np.ndarray, width: Sequence[float], periodic: Sequence[bool], counts: Optional[np.ndarray],
