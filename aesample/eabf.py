@@ -407,8 +407,9 @@ class _EABFCore(torch.nn.Module):
         grad = row[1:] / torch.clamp(n, min=1.0)
         if self.close_rings:
             grad = grad - self._ring_mean(lam_row)
-        if self.gate_unreached:
-            return grad * self._ramp(n) * (inside & (got.narrow(0, 2, got.shape[0] - 2).select(1, 0).sum(0, True) > 0.0))
+        if self.gate_unreached:  # rows 2..: xi counts of the CZAR bins overlapping lambda's bin
+            reached = got.narrow(0, 2, got.shape[0] - 2).select(1, 0).sum(0, True) > 0.0
+            return grad * self._ramp(n) * (inside & reached)
         return grad * self._ramp(n) * inside
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
@@ -501,8 +502,9 @@ def _covering_rows(grid_min: List[float], grid_max: List[float], bins: List[int]
     per_dim = []
     for a, b, n, nzb in zip(grid_min, grid_max, bins, zbins):
         w, wz = (b - a) / n, (b - a) / nzb
-        per_dim.append([list(range(int(math.floor(j * w / wz + 1e-9)), min(nzb, int(math.ceil((j + 1) * w / wz - 1e-9)))))
-                        for j in range(n)])
+        first = [int(math.floor(j * w / wz + 1e-9)) for j in range(n)]
+        end = [min(nzb, int(math.ceil((j + 1) * w / wz - 1e-9))) for j in range(n)]
+        per_dim.append([list(range(a0, e0)) for a0, e0 in zip(first, end)])
     zstrides = [int(np.prod(zbins[i + 1:])) for i in range(len(zbins))]
     table = []
     for cell in np.ndindex(*bins):

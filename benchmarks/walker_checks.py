@@ -134,7 +134,8 @@ def main() -> int:
                 m = min(len(xi), int(f.stem.split("_")[1]) // ri)
                 later = EABFState.weighted_sum([(1.0, st), (-1.0, EABFState.load(f))])
                 w = res.reweighting_weights("czar", state=later, xis=xi[m:])
-                print(f"   after {m * ri * dt / 1000:.2f} ns: {delta_f(w, lab[m:]):.2f} (C7ax frames {lab[m:].mean():.2f})")
+                print(f"   after {m * ri * dt / 1000:.2f} ns: {delta_f(w, lab[m:]):.2f} "
+                      f"(C7ax frames {lab[m:].mean():.2f})")
     return 0
 
 

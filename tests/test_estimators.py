@@ -295,7 +295,8 @@ def _band_accumulators(kb: float, bins: int = 60, kappa: float = 3000.0):
     """Exact (noise-free) CZAR accumulators of a 2D eABF run at equilibrium: a thin curved band A(z) (a ring arc of
     stiffness ``kb`` with a profile along it), a fixed bias V(lambda) = -0.7 min(A, 8 kT), coupling ``kappa``.
     zcount and the sums of kappa (lambda - z) per bin come from the extended density exp(-beta [A(z) + kappa/2
-    |z - lambda|^2 + V(lambda)]) integrated on a 0.005 grid; also the exact bin free energies -kT ln int_bin e^-beta A."""
+    |z - lambda|^2 + V(lambda)]) integrated on a 0.005 grid; also the exact bin free energies
+    -kT ln int_bin e^-beta A."""
     from scipy.signal import fftconvolve
 
     beta = 1.0 / KT
