@@ -543,9 +543,9 @@ class _SegmentedRun:
         shared = None
         self.reach_gate = bool(self.es.bias_only_where_reached) if biased else False
         if self.ck is not None:
-            self._check_resumable()
+            run_info = self._check_resumable()
             # a resume applies the bias as the run started (runs older than the setting had no gate)
-            self.reach_gate = bool(json.loads((out / "run.json").read_text()).get("bias_only_where_reached", False))
+            self.reach_gate = bool(run_info.get("bias_only_where_reached", False))
             if biased:
                 initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
             if self.shared_bias is not None and self.ck.get("shared"):  # the sums applied after that checkpoint
@@ -608,10 +608,11 @@ class _SegmentedRun:
         self.context.loadCheckpoint(checkpoint)
         self.eabf.setSampling(self.context, True)
 
-    def _check_resumable(self) -> None:
-        """A resume must keep the cv_interval and report_interval the run was started with."""
+    def _check_resumable(self) -> Dict[str, Any]:
+        """A resume must keep the cv_interval and report_interval the run was started with; the run's ``run.json``
+        ({} when absent)."""
         if not (self.out / "run.json").exists():
-            return
+            return {}
         run_info = json.loads((self.out / "run.json").read_text())
         started = int(run_info.get("cv_interval", 1))
         if started != self.cv_interval:
@@ -620,6 +621,7 @@ class _SegmentedRun:
         if int(run_info["report_interval"]) != self.md.report_interval:  # frames and COLVAR rows must stay in step
             raise ValueError(f"{self.out} was started with report_interval={run_info['report_interval']}; resume it "
                              f"with the same value, got report_interval={self.md.report_interval}")
+        return run_info
 
     def _extend(self, positions: np.ndarray) -> np.ndarray:
         return self.eabf.extendPositions(positions, self.box) if self.biased else positions

@@ -257,8 +257,9 @@ def write_eabf_grids(prefix, state, temperature: float, cv_units: str = "CV unit
         "grad": ("naive eABF gradient dF_kappa/dlambda", e_units),
         "count": ("samples per lambda bin", "count"),
         "pmf": ("naive eABF free energy F_kappa(lambda)", "kJ/mol"),
-        "czar.grad": ("CZAR gradient dA/dz", e_units),
-        "czar.pmf": ("CZAR free energy A(z)", "kJ/mol"),
+        "czar.grad": ("CZAR gradient dA/dz per bin (ln n differentiated at bin centres)", e_units),
+        "czar.pmf": ("CZAR free energy A(z) (the identity taken between neighbouring bins, not czar.grad "
+                     "integrated)", "kJ/mol"),
         "zcount": ("samples per xi bin", "count"),
     }
     for key, arr in out.items():
