@@ -66,15 +66,24 @@ def _xi(k: int) -> str:
     return "ξ" + str(k).translate(str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉"))
 
 
+def _free_energy_error(m: dict) -> tuple[Optional[float], str]:
+    """(error bar of iteration ``m``'s free energy, what it is): the larger of the run's own error (block bootstrap,
+    basin visits) and the walkers' standard error, as for the basins' Delta F -- the run's own error does not see
+    the walkers' different bias histories; (None, "") without either."""
+    own, sem = m.get("free_energy_error"), m.get("free_energy_sem")
+    if _finite(sem) and not (_finite(own) and own >= sem):
+        return sem, "walkers' standard error"
+    return (own, "error") if _finite(own) else (None, "")
+
+
 def _free_energy_line(m: dict) -> str:
     """The free energy along the CV that drove iteration ``m``'s eABF, with the best error bar there is."""
     k = m["iteration"]
     along = (f"{_xi(k - 1)}, the CV that drove iteration {k}'s eABF" if k > 0
              else f"{_xi(0)}, from the unbiased MD of iteration 0")
-    if _finite(m.get("free_energy_error")):
-        err = f"error ± {m['free_energy_error']:.2f} kJ/mol"
-    elif _finite(m.get("free_energy_sem")):
-        err = f"walkers' standard error ± {m['free_energy_sem']:.2f} kJ/mol"
+    error, what = _free_energy_error(m)
+    if error is not None:
+        err = f"{what} ± {error:.2f} kJ/mol"
     elif _finite(m.get("free_energy_drift")):
         err = (f"no error bar (one walker); it still moved by {m['free_energy_drift']:.2f} kJ/mol RMS over the "
                "second half of the run, a lower bound on its error")
@@ -116,7 +125,7 @@ def _per_iteration(history: list[dict]) -> tuple[list[str], list[list[str]]]:
             df = (_pm(b.get("value"), b.get("error"), "") if b.get("status", "ok") == "ok" else "not sampled").strip()
         else:
             df = _pm(m.get("delta_f_phi"), m.get("delta_f_phi_sem"), "").strip()
-        err = m.get("free_energy_error", m.get("free_energy_sem"))
+        err, _ = _free_energy_error(m)
         unweighted = m.get("unweighted_fraction")
         ess = m.get("effective_sample_size")
         rows.append([

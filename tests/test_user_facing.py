@@ -394,3 +394,15 @@ def test_grid_file_states_its_fill_value(tmp_path):
     assert np.isnan(read_grid(tmp_path / "g.pmf")[0][1])
     write_grid(tmp_path / "h.pmf", np.array([1.0, 2.0]), [0.0], [1.0], [False], units="kJ/mol")
     assert UNESTIMATED_NOTE not in (tmp_path / "h.pmf").read_text()
+
+
+def test_report_free_energy_error_is_at_least_the_walkers_standard_error():
+    # seed 3 of the cpu-long loop, iteration 3: the pooled run's own error 0.38 against a walkers' SEM of 1.58
+    from aesample.report import _free_energy_error, _free_energy_line
+
+    m = {"iteration": 3, "free_energy_error": 0.38, "free_energy_sem": 1.58}
+    assert _free_energy_error(m) == (1.58, "walkers' standard error")
+    assert "walkers' standard error ± 1.58 kJ/mol" in _free_energy_line(m)
+    assert _free_energy_error(dict(m, free_energy_error=2.0)) == (2.0, "error")
+    assert _free_energy_error({"iteration": 1, "free_energy_error": 0.7}) == (0.7, "error")
+    assert _free_energy_error({"iteration": 1}) == (None, "")
