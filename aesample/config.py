@@ -399,8 +399,10 @@ class LoopConfig(_Section):
     )
     hidden_barrier_tolerance: Optional[float] = Field(
         0.02, ge=0, le=1,
-        description="Largest share of the reweighted weight allowed in CV bins whose frames form separate, slowly "
-        "exchanging sets in feature space (aesample.hiddenbarrier) for convergence; null: not checked.",
+        description="Largest share allowed in CV bins whose frames form separate, slowly exchanging sets in feature "
+        "space (aesample.hiddenbarrier) for convergence, checked twice: as a share of the reweighted weight and as "
+        "a share of the iteration's frames (where a CV squeezes a barrier, the mixed bins carry little weight but "
+        "decide the free energy across it). A fraction; null: not checked.",
     )
     min_ess: Optional[float] = Field(
         30.0, ge=0, description="Smallest Kish effective sample size of an iteration's reweighted frames for "

@@ -240,18 +240,20 @@ def _coarse_index(fine: np.ndarray, shape: Tuple[int, ...], factor: Tuple[int, .
     return flat, cshape
 
 
-def _coarsening(fine: np.ndarray, w: np.ndarray, shp: Tuple[int, ...], coarsen, min_frames: int) -> Tuple[int, ...]:
+def _coarsening(fine: np.ndarray, w: np.ndarray, shp: Tuple[int, ...], coarsen, min_frames: int,
+                min_examined: float, min_coarsen: int) -> Tuple[int, ...]:
     d = len(shp)
     if isinstance(coarsen, str):
         if coarsen != "auto":
             raise ValueError(f"hidden_barrier: coarsen must be an int, one per dimension, or 'auto', got {coarsen!r}")
         total = w.sum()
         ok = fine >= 0
-        for f in range(1, max(shp) + 1):
+        for f in range(max(1, int(min_coarsen)), max(shp) + 1):
             fac = tuple(min(f, n) for n in shp)
             flat, _ = _coarse_index(fine[ok], shp, fac)
             counts = np.bincount(flat)
-            if w[ok][counts[flat] >= min_frames].sum() >= 0.5 * total or all(k >= n for k, n in zip(fac, shp)):
+            if (w[ok][counts[flat] >= min_frames].sum() >= min_examined * total
+                    or all(k >= n for k, n in zip(fac, shp))):
                 return fac
         return tuple(shp)
     fac = tuple(int(k) for k in np.broadcast_to(np.asarray(coarsen, dtype=np.int64), (d,)))
@@ -288,6 +290,8 @@ def hidden_barrier(
     min_dispersion: float = 4.0,
     n_components: int = 3,
     coarsen: Union[int, Sequence[int], str] = "auto",
+    min_examined: float = 0.5,
+    min_coarsen: int = 2,
     block_frames: Optional[int] = None,
     n_blocks: int = 5,
     weight_threshold: float = 0.02,
@@ -317,9 +321,13 @@ def hidden_barrier(
     n_components : leading within-bin principal components tried for the split (why: the direction of largest
         variance in a bin may be a fast, harmless motion; the slow one may come second).
     coarsen : merge this many adjacent grid bins per dimension into one examined bin (int or one per dimension).
-        ``"auto"`` (default): the smallest common factor (1, 2, 3, ...) for which bins with ``min_frames`` frames
-        hold at least half of the weight (why: a 2D 30 x 30 eABF grid leaves ~10 frames per bin for one walker
-        of 5000 frames, too few to judge a split).
+        ``"auto"`` (default): the smallest common factor from ``min_coarsen`` on for which bins with
+        ``min_frames`` frames hold at least ``min_examined`` of the weight (why: a 2D 30 x 30 eABF grid leaves ~10
+        frames per bin for one walker of 5000 frames, too few to judge a split).
+    min_examined : share of the weight that the examined bins must hold for ``coarsen="auto"``.
+    min_coarsen : smallest factor ``coarsen="auto"`` takes (why 2: where a learned CV squeezes a barrier below one
+        grid bin, the two sets sit in neighbouring grid bins; only bins examined together show them as two groups
+        in feature space; the mixing itself is still counted per grid bin, ``min_share``).
     block_frames : frames per time block within a run (None: each run cut into ``n_blocks`` equal blocks).
     n_blocks : blocks per run when ``block_frames`` is None.
     weight_threshold : ``flagged`` when the flagged bins hold at least this fraction of the total weight.
@@ -352,7 +360,7 @@ def hidden_barrier(
         raise ValueError("hidden_barrier: weights sum to zero")
     # Fine bins: the grid the bias acts on; examined bins: `factor` fine bins merged per dimension.
     fine = bin_indices(cv, gmin, wid, shp, per)
-    factor = _coarsening(fine, w, shp, coarsen, min_frames)
+    factor = _coarsening(fine, w, shp, coarsen, min_frames, min_examined, min_coarsen)
     flat, cshp = _coarse_index(fine, shp, factor)
     cwid = wid * np.asarray(factor)
 

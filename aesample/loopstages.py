@@ -470,10 +470,11 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                                      delta_f_labels=labels) if k > 0 else None
     metrics["free_energy_error"] = None if error is None else _finite_or_none(error["rms"])
     metrics["hidden_barrier_fraction"] = None
+    metrics["hidden_barrier_sample_fraction"] = None
     metrics["support_growth"] = None
     cells = None  # each frame's xi_{k-1} bin on the ABF grid, one label per occupied bin
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
-        metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, len(results)))
+        metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, results))
         st = pooled.state
         grid_bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
         cells = np.unique(grid_bins, axis=0, return_inverse=True)[1].ravel()
@@ -550,9 +551,15 @@ def _finite_or_none(value) -> Optional[float]:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, n_runs: int) -> dict[str, Any]:
+def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, results: list) -> dict[str, Any]:
     """The hidden-barrier diagnostic (:func:`aesample.hiddenbarrier.hidden_barrier`) on the model's input
-    features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along."""
+    features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along.
+
+    Run twice: with the reweighting weights (how much of the Boltzmann weight sits where the CV mixes sets) and
+    with every frame weighted alike (how much of the biased run does). Why both: where a learned CV squeezes a
+    barrier, the mixed bins are the junction between the sets, at high free energy. They carry almost no
+    Boltzmann weight, yet the free-energy difference between the sets is taken across them, and the biased runs
+    spend a fair share of their time there."""
     featurizer, _ = _featurizer(run)
     xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
     box = _box(traj)
@@ -560,10 +567,15 @@ def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, n
         boxes = torch.zeros(xyz.shape[0], 3, 3, dtype=torch.float64) if box is None else torch.as_tensor(box)
         features = featurizer(xyz, boxes).numpy()
     st = pooled.state
-    runs = np.repeat(np.arange(n_runs), traj.n_frames // n_runs) if traj.n_frames % n_runs == 0 else None
-    result = hidden_barrier(features, pooled.colvar_xi(), weights, runs, st.grid_min, st.bin_width, st.bins,
-                            st.periodic)
-    return {"hidden_barrier_fraction": float(result.weight_fraction), "hidden_barrier": result.as_dict(5)}
+    xi = pooled.colvar_xi()
+    lengths = [len(r.colvar_xi()) for r in results]
+    runs = np.repeat(np.arange(len(results)), lengths) if sum(lengths) == traj.n_frames else None
+    grid = (st.grid_min, st.bin_width, st.bins, st.periodic)
+    weighted = hidden_barrier(features, xi, weights, runs, *grid)
+    sampled = hidden_barrier(features, xi, np.ones(traj.n_frames), runs, *grid)
+    return {"hidden_barrier_fraction": float(weighted.weight_fraction), "hidden_barrier": weighted.as_dict(5),
+            "hidden_barrier_sample_fraction": float(sampled.weight_fraction),
+            "hidden_barrier_samples": sampled.as_dict(5)}
 
 
 def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[str, Any]:
@@ -652,7 +664,9 @@ def format_metrics(m: dict[str, Any]) -> str:
         note = "" if basin["status"] == "ok" else f" [not sampled: {basin['reason']}]"
         parts.append(f"dF({basin['definition']})={basin['value']:.2f}{err} kJ/mol{note}")
     if m.get("hidden_barrier_fraction") is not None:
-        parts.append(f"hidden barrier={100 * m['hidden_barrier_fraction']:.1f} %")
+        sampled = m.get("hidden_barrier_sample_fraction")
+        parts.append(f"hidden barrier={100 * m['hidden_barrier_fraction']:.1f} % of the weight"
+                     + (f", {100 * sampled:.1f} % of the frames" if sampled is not None else ""))
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

@@ -30,6 +30,7 @@ _COLUMNS = [
     ("phi_transitions", "C7eq↔C7ax transitions", "{}"),
     ("c7ax_in_shared_bins", "C7ax mass in bins shared with C7eq", "{:.2f}"),
     ("hidden_barrier_fraction", "weight in bins mixing states", "{:.2f}"),
+    ("hidden_barrier_sample_fraction", "frames in bins mixing states", "{:.2f}"),
     ("free_energy_drift", "F drift (kJ/mol)", "{:.2f}"),
     ("free_energy_error", "F error (kJ/mol)", "{:.2f}"),
     ("free_energy_sem", "F walkers' SEM (kJ/mol)", "{:.2f}"),
@@ -154,8 +155,10 @@ def first_screen(run: RunLayout, state: Optional[LoopState] = None) -> dict[str,
         if basin:
             lines.append(basin)
         if _finite(last.get("hidden_barrier_fraction")):
-            lines.append(f"{100 * last['hidden_barrier_fraction']:.0f}% of the weight lies in CV bins that mix "
-                         "metastable states.")
+            sampled = last.get("hidden_barrier_sample_fraction")
+            frames = f" ({100 * sampled:.0f}% of the frames)" if _finite(sampled) else ""
+            lines.append(f"{100 * last['hidden_barrier_fraction']:.0f}% of the weight{frames} lies in CV bins "
+                         "that mix metastable states.")
     advice = []
     if verdict["status"] == "not converged":
         advice.append(f"aesample resume {run.run_dir} --max-iterations {run.config.loop.max_iterations + 2}")

@@ -103,11 +103,15 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
         out.append(f"sampling still growing: {100 * growth:.1f} % of the weight lies in CV bins first reached in "
                    f"the second half of the runs (> loop.max_support_growth {max_growth}); lengthen "
                    "loop.eabf_per_iteration")
-    hb, hb_tol = metrics.get("hidden_barrier_fraction"), getattr(loop, "hidden_barrier_tolerance", None)
-    if hb_tol is not None and _finite(hb) and hb > hb_tol:
-        out.append(f"hidden barrier: {100 * hb:.1f} % of the weight sits in CV bins whose frames form separate, "
-                   f"slowly exchanging sets (> loop.hidden_barrier_tolerance {hb_tol}): the CV does not resolve a "
-                   "slow coordinate; run more iterations so the CV learns it")
+    hb_tol = getattr(loop, "hidden_barrier_tolerance", None)
+    for key, what in (("hidden_barrier_fraction", "of the weight"), ("hidden_barrier_sample_fraction",
+                                                                     "of the frames")):
+        hb = metrics.get(key)
+        if hb_tol is not None and _finite(hb) and hb > hb_tol:
+            out.append(f"hidden barrier: {100 * hb:.1f} % {what} sit in CV bins whose frames form separate, slowly "
+                       f"exchanging sets (> loop.hidden_barrier_tolerance {hb_tol}): the CV does not resolve a "
+                       "slow coordinate there, so the free energy across it rests on a few crossings; run more "
+                       "iterations so the CV learns it")
     return out
 
 
@@ -126,10 +130,11 @@ def sampling_warnings(metrics: dict[str, Any]) -> list[str]:
     if _finite(unweighted) and unweighted > UNWEIGHTED_MAX:
         out.append(f"{100 * unweighted:.0f}% of the frames have weight 0 (CV bins without a free-energy "
                    "estimate): the eABF run is too short for its grid")
-    hidden = metrics.get("hidden_barrier_fraction")
-    if _finite(hidden) and hidden > HIDDEN_BARRIER_MAX:
-        out.append(f"{100 * hidden:.0f}% of the weight lies in CV bins that mix metastable states: the CV hides "
-                   "a barrier there")
+    for key, what in (("hidden_barrier_fraction", "weight"), ("hidden_barrier_sample_fraction", "frames")):
+        hidden = metrics.get(key)
+        if _finite(hidden) and hidden > HIDDEN_BARRIER_MAX:
+            out.append(f"{100 * hidden:.0f}% of the {what} lie in CV bins that mix metastable states: the CV "
+                       "hides a barrier there")
     return out
 
 

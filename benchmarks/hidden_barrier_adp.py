@@ -13,10 +13,10 @@
     python benchmarks/hidden_barrier_adp.py --cv runs/loop0/iter_000/cv.pt --walkers runs/walker_* \\
         --control runs/phipsi [--json out.json]
 
-Per run: the detector's flagged weight fraction (features = the CV's own input features, aligned heavy-atom
-coordinates; weights = the run's CZAR reweighting weights; the run's eABF grid) against the truth from phi: the
-weight in bins holding >= 10 % of each side (C7ax: 0 < phi < 2.3 rad, vs the rest), and Delta F(C7ax - rest)
-from the weights. The control runs the detector with the same aligned heavy-atom coordinates (the built
+Per run: the detector's flagged fraction (features = the CV's own input features, aligned heavy-atom
+coordinates; the run's eABF grid) against the truth from phi: the share in bins holding >= 10 % of each side
+(C7ax: 0 < phi < 2.3 rad, vs the rest), both weighted two ways as the loop does: by the run's CZAR reweighting
+weights and by frames; and Delta F(C7ax - rest) from the weights. The control runs the detector with the same aligned heavy-atom coordinates (the built
 structure as reference) on a (phi, psi) eABF run.
 """
 import argparse
@@ -80,31 +80,38 @@ def load_run(run_dir: Path, featurize, topology):
 
 
 def analyse(name, feats, xi, w, phi, grid, kT, runs=None, **kw):
+    """Detector and truth on one run (or pooled runs), weighted two ways as the loop weighs them: by the CZAR
+    reweighting weights (Boltzmann) and by frames (every frame alike: where the biased run spends its time)."""
     from aesample.hiddenbarrier import _coarse_index, bin_indices, hidden_barrier
 
     gmin, width, shape, periodic = grid
+    frames = np.full(len(w), 1.0 / len(w))
     hb = hidden_barrier(feats, xi, w, runs, gmin, width, shape, periodic, **kw)
+    hbs = hidden_barrier(feats, xi, frames, runs, gmin, width, shape, periodic, **kw)
     flat = bin_indices(xi, gmin, width, shape, periodic)
     truth = truth_mixed_fraction(phi, flat, w)
-    # the truth on the bins the detector examined (hb.coarsen grid bins merged per dimension)
-    cflat, cshape = _coarse_index(flat, tuple(shape), hb.coarsen)
-    truth_c = truth_mixed_fraction(phi, cflat, w)
+    truth_s = truth_mixed_fraction(phi, flat, frames)
     ax_frac = float(np.mean((phi > C7AX[0]) & (phi < C7AX[1])))
     row = {"run": name, "frames": int(len(w)), "c7ax_frames": ax_frac, "detector": hb.weight_fraction,
            "flagged": hb.flagged, "n_flagged": hb.n_flagged, "n_examined": hb.n_examined,
            "examined_weight": hb.examined_weight, "coarsen": list(hb.coarsen), "truth_mixed": truth,
-           "truth_mixed_coarse": truth_c, "delta_f": delta_f(phi, w, kT)}
-    print(f"{name:>12s}  frames {len(w):6d}  C7ax frames {ax_frac:5.3f}  detector {hb.weight_fraction:6.3f} "
-          f"({'FLAG' if hb.flagged else 'ok  '}, {hb.n_flagged}/{hb.n_examined} bins x{hb.coarsen[0]}, examined "
-          f"{hb.examined_weight:5.3f})  truth mixed {truth:6.3f} (coarse {truth_c:6.3f})  dF(C7ax-rest) {row['delta_f']:6.2f} kJ/mol")
+           "detector_frames": hbs.weight_fraction, "flagged_frames": hbs.flagged, "coarsen_frames": list(hbs.coarsen),
+           "truth_mixed_frames": truth_s, "delta_f": delta_f(phi, w, kT)}
+    print(f"{name:>12s}  frames {len(w):6d}  C7ax frames {ax_frac:5.3f}  | weight: detector {hb.weight_fraction:6.3f} "
+          f"({'FLAG' if hb.flagged else 'ok  '}, x{hb.coarsen[0]}) truth {truth:6.3f} | frames: detector "
+          f"{hbs.weight_fraction:6.3f} ({'FLAG' if hbs.flagged else 'ok  '}, x{hbs.coarsen[0]}) truth {truth_s:6.3f} "
+          f"| dF(C7ax-rest) {row['delta_f']:6.2f} kJ/mol")
     ax = (phi > C7AX[0]) & (phi < C7AX[1])
-    for b in [b for b in hb.bins if b.flagged][:6] + [b for b in hb.bins if not b.flagged][:3]:
-        m = cflat == np.ravel_multi_index(b.index, cshape)
-        q = float(w[m & ax].sum() / max(w[m].sum(), 1e-300))
-        print(f"      bin {b.index} n={b.n_frames:5d} w={b.weight:.3f} mixed={b.mixed_weight:.3f} share={b.share:.2f} D={b.separation:5.2f} "
-              f"pers={b.persistence:5.2f} drift={b.drift:.2f} disp={b.dispersion:6.1f} pc{b.component} "
-              f"{'F' if b.flagged else '-'}  truth C7ax share {q:.2f}")
+    for label, res, ww in (("weight", hb, w), ("frames", hbs, frames)):
+        cflat, cshape = _coarse_index(flat, tuple(shape), res.coarsen)
+        for b in [b for b in res.bins if b.flagged][:4]:
+            m = cflat == np.ravel_multi_index(b.index, cshape)
+            q = float(ww[m & ax].sum() / max(ww[m].sum(), 1e-300))
+            print(f"      {label}: bin {b.index} n={b.n_frames:5d} mixed={b.mixed_weight:.3f} share={b.share:.2f} "
+                  f"D={b.separation:5.2f} pers={b.persistence:5.2f} disp={b.dispersion:6.1f} pc{b.component}  "
+                  f"truth C7ax share {q:.2f}")
     row["bins"] = hb.as_dict(max_bins=10)["bins"]
+    row["bins_frames"] = hbs.as_dict(max_bins=10)["bins"]
     return row
 
 

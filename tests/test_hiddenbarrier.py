@@ -166,6 +166,34 @@ def test_weights_decide_the_fraction_and_unbinned_weight_counts():
     assert res_out.examined_weight <= 0.5 + 1e-12
 
 
+def test_a_band_at_high_free_energy_shows_in_the_frames_not_in_the_weight():
+    # Where a learned CV squeezes a barrier, the bins that mix the two sets are the junction between them, at high
+    # free energy: the biased run spends a fair share of its frames there, the Boltzmann weights almost nothing
+    # (alanine dipeptide, the loop's CVs: 5-17 % of the frames, < 0.4 % of the weight). The loop runs the detector
+    # with both weightings; only the frames see this band.
+    f, xi, runs, h = _trajectories("slow", seed=0)
+    band = np.abs(xi[:, 0]) < 0.35
+    boltzmann = np.where(band, 1e-3, 1.0)  # A(xi) ~ 7 kT higher in the junction
+    boltzmann /= boltzmann.sum()
+    frames = np.full(len(xi), 1.0 / len(xi))
+    by_weight = hidden_barrier(f, xi, boltzmann, runs, **GRID)
+    by_frames = hidden_barrier(f, xi, frames, runs, **GRID)
+    assert _truth_mixed(xi, h, boltzmann) < 0.01 and _truth_mixed(xi, h, frames) > 0.1
+    assert not by_weight.flagged and by_weight.weight_fraction < 0.01
+    assert by_frames.flagged
+    assert by_frames.weight_fraction == pytest.approx(_truth_mixed(xi, h, frames), abs=0.05)
+
+
+def test_auto_coarsening_merges_at_least_min_coarsen_bins():
+    f, xi, runs, _ = _trajectories("slow", seed=0)
+    w = np.full(len(xi), 1.0 / len(xi))
+    # 20 000 frames on 30 bins: single bins would be enough to judge; two are merged anyway (sets in neighbouring
+    # bins must be seen together)
+    assert hidden_barrier(f, xi, w, runs, **GRID).coarsen == (2,)
+    assert hidden_barrier(f, xi, w, runs, **GRID, min_coarsen=1).coarsen == (1,)
+    assert hidden_barrier(f, xi, w, runs, **GRID, min_coarsen=1, min_examined=0.999).coarsen[0] > 1
+
+
 def test_threshold_and_summary():
     f, xi, runs, _ = _trajectories("slow", seed=0)
     w = np.ones(len(xi))
@@ -185,7 +213,7 @@ def test_two_dimensional_periodic_grid_and_runs_none():
     # One run, label set by the half of the run: never switches, separated, half/half -> flagged everywhere.
     f[:, 2] += np.where(np.arange(T) < T // 2, -3.0, 3.0)
     res = hidden_barrier(f, xi, np.ones(T), None, [-np.pi, -1.0], [2 * np.pi / 4, 0.5], [4, 4], [True, False],
-                         min_frames=100)
+                         min_frames=100, coarsen=1)
     assert res.flagged and res.weight_fraction > 0.9
     assert all(b.index[1] in (1, 2) for b in res.bins)
     # the wrap: xi = pi + 0.1 lands in the first bin of the periodic dimension

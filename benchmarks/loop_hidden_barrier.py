@@ -1,0 +1,75 @@
+"""The hidden-barrier diagnostic of finished loop iterations as the loop computes it today, against phi's truth.
+
+    python benchmarks/loop_hidden_barrier.py RUN_DIR 1 2 3
+
+Re-reads each iteration's saved walkers (no MD; metrics.json is not touched) and prints, per iteration, the
+detector's flagged share weighted two ways as ``aesample.loopstages._hidden_barrier_metrics`` weighs it (by the
+reweighting weights and by frames), the truth from phi (share in the walkers' ABF grid bins holding >= 10 % of
+each side of the phi barrier, C7ax 0 < phi < 2.3 rad vs the rest, weighted the same two ways), whether the loop's
+criterion would be held back by it (``loop.hidden_barrier_tolerance``), the walkers' own Delta F(C7ax vs rest)
+and their standard deviation. For dipeptide runs (the system must report phi).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def mixed_share(phi: np.ndarray, flat: np.ndarray, w: np.ndarray, min_side: float = 0.1) -> float:
+    """Share of ``w`` in grid bins (``flat``, -1 outside) holding >= ``min_side`` of each side of the phi barrier."""
+    from aesample.analysis import c7ax_labels
+
+    ax = c7ax_labels(phi).astype(bool)
+    ok = flat >= 0
+    n = int(flat.max()) + 1 if ok.any() else 1
+    tot = np.bincount(flat[ok], weights=w[ok], minlength=n)
+    side = np.bincount(flat[ok], weights=(w * ax)[ok], minlength=n)
+    q = np.divide(side, tot, out=np.zeros_like(tot), where=tot > 0)
+    return float(tot[np.minimum(q, 1 - q) >= min_side].sum() / w.sum())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("iterations", type=int, nargs="+")
+    args = ap.parse_args()
+
+    from aesample import md
+    from aesample import loopstages as ls
+    from aesample.hiddenbarrier import bin_indices
+    from aesample.runlayout import RunLayout
+
+    run = RunLayout.open(args.run_dir)
+    tol = run.config.loop.hidden_barrier_tolerance
+    for k in args.iterations:
+        traj, weights, _ = ls._frames(run, k)
+        results = [md.load_result(d) for d in ls._md_dirs(run, k)]
+        pooled = md.PooledRuns(results)
+        hb = ls._hidden_barrier_metrics(run, traj, pooled, weights, results)
+        phi = run.system.observables(traj)["phi"]
+        st = pooled.state
+        flat = bin_indices(pooled.colvar_xi(), st.grid_min, st.bin_width, st.bins, st.periodic)
+        spread = ls._walker_spread(results, phi, run.config.eabf.estimator, ls._kT(run)) if len(results) > 1 else {}
+        walkers = [v for v in spread.get("basin_delta_f_walkers", []) if v is not None]
+        held = tol is not None and max(hb["hidden_barrier_fraction"], hb["hidden_barrier_sample_fraction"]) > tol
+        print(json.dumps({
+            "iteration": k,
+            "weight": round(hb["hidden_barrier_fraction"], 4),
+            "weight_truth": round(mixed_share(phi, flat, weights), 4),
+            "frames": round(hb["hidden_barrier_sample_fraction"], 4),
+            "frames_truth": round(mixed_share(phi, flat, np.ones(len(phi))), 4),
+            "held_back": held,
+            "walkers_delta_f": [round(v, 2) for v in walkers],
+            "walkers_sd": round(float(np.std(walkers, ddof=1)), 2) if len(walkers) > 1 else None,
+        }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
