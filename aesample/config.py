@@ -330,6 +330,14 @@ class TrainingConfig(_Section):
     warm_start: bool = Field(True, description="Start iteration k's training from iteration k-1's weights.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device ('auto': CUDA if present).")
     seed: int = Field(0, ge=0, description="Seed for initialisation, splitting and shuffling.")
+    sampling_weight: float = Field(
+        0.0, ge=0, le=1, description="Share of the training weight spread evenly over the iteration's frames, the "
+        "rest following the reweighting weights (eabf.estimator): training weight = (1 - s) w + s / n. 0 is the "
+        "paper's purely reweighted training, which gives the frames at the barrier and along the transition "
+        "almost no weight, so the autoencoder may map them anywhere, including next to the other side's basin "
+        "(a hidden barrier, see loop.hidden_barrier_tolerance). Raise it (0.5) when the hidden-barrier diagnostic "
+        "flags the frames of successive iterations; 1 trains on the biased sample as it is.",
+    )
 
 
 class LoopConfig(_Section):

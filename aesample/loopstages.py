@@ -354,11 +354,24 @@ def _featurizer(run: RunLayout):
     return featurizer, indices
 
 
+def training_weights(weights: np.ndarray, sampling_weight: float) -> np.ndarray:
+    """Training weights: the normalised reweighting ``weights`` with a share ``sampling_weight`` spread evenly
+    over the frames (``training.sampling_weight``); they sum to 1 (``weights`` as they are at 0)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if sampling_weight == 0:
+        return w
+    total = w.sum()
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError("training weights: the reweighting weights must have a positive, finite sum")
+    return (1.0 - sampling_weight) * (w / total) + sampling_weight / w.size
+
+
 def run_train_stage(run: RunLayout, k: int) -> None:
     """Train the autoencoder on iteration ``k``'s reweighted frames and export xi_k."""
     cfg = run.config
     out = run.iteration_dir(k)
     traj, weights = _training_set(run, k)
+    fit_weights = training_weights(weights, cfg.training.sampling_weight)
     featurizer, indices = _featurizer(run)
     xyz = torch.as_tensor(traj.xyz, dtype=torch.float64)
     box = _box(traj)
@@ -366,7 +379,7 @@ def run_train_stage(run: RunLayout, k: int) -> None:
         boxes = torch.zeros(xyz.shape[0], 3, 3, dtype=torch.float64) if box is None else torch.as_tensor(box)
         features = featurizer(xyz, boxes)
     if cfg.cv.standardize:
-        featurizer.fit_standardization(features, torch.as_tensor(weights))
+        featurizer.fit_standardization(features, torch.as_tensor(fit_weights))
         with torch.no_grad():
             features = featurizer(xyz, boxes)
     spec = ModelSpec(
@@ -386,16 +399,19 @@ def run_train_stage(run: RunLayout, k: int) -> None:
     warm = None
     if cfg.training.warm_start and k > 0:
         warm = torch.load(run.iteration_dir(k - 1) / "model.pt", weights_only=True)["state_dict"]
-    result = fit_autoencoder(features, weights, spec, options, warm_start=warm)
+    result = fit_autoencoder(features, fit_weights, spec, options, warm_start=warm)
     model = result.model.cpu().double().eval()
     with torch.no_grad():
         code = model.encode(features)
-    scaling = fit_cv_scaling(code, weights, target_range=cfg.cv.scale_range)
+    scaling = fit_cv_scaling(code, fit_weights, target_range=cfg.cv.scale_range)
     meta = {
         "selection": cfg.cv.selection,
         "system": cfg.system.name,
         "iteration": k,
         "training": result.summary(),
+        "sampling_weight": cfg.training.sampling_weight,
+        # Kish effective sample size of the training weights: how many frames the autoencoder learned from
+        "training_ess": float(1.0 / np.sum(fit_weights ** 2)),
     }
     export_cv(featurizer, model, scaling, out / "cv.pt", metadata=meta)
     with atomic_path(out / "model.pt") as tmp:

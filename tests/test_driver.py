@@ -73,6 +73,11 @@ def test_loop_outputs(uninterrupted):
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
         assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
+        # training.sampling_weight 0 (default): the autoencoder learned from the reweighted frames as they are
+        meta = json.loads((uninterrupted / f"iter_{k:03d}" / "cv.json").read_text())
+        assert meta["sampling_weight"] == 0.0 and meta["training_ess"] == pytest.approx(m["effective_sample_size"])
+        # both weightings of the hidden-barrier diagnostic are reported
+        assert 0 <= m["hidden_barrier_fraction"] <= 1 and 0 <= m["hidden_barrier_sample_fraction"] <= 1
         # the share of the weight first reached in the run's second half, recomputed from the files
         from aesample.analysis import support_growth
 

@@ -124,3 +124,19 @@ def test_bad_training_input():
     x[4, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite values \\(first at frame 4\\)"):
         fit_autoencoder(x)
+
+
+def test_sampling_weight_spreads_a_share_of_the_training_weight_over_the_frames():
+    from aesample.loopstages import training_weights
+
+    # reweighted frames of an eABF run: the barrier frames (last 40) carry almost no Boltzmann weight
+    w = np.r_[np.full(60, 1.0), np.full(40, 1e-6)]
+    w /= w.sum()
+    assert training_weights(w, 0.0) is not None and np.array_equal(training_weights(w, 0.0), w)
+    half = training_weights(w, 0.5)
+    assert half.sum() == pytest.approx(1.0)
+    assert half[60:].sum() == pytest.approx(0.5 * 0.4, rel=1e-4)  # half of the frames' own share
+    ess = lambda x: 1.0 / np.sum((x / x.sum()) ** 2)  # noqa: E731
+    assert ess(w) == pytest.approx(60, rel=1e-3) and ess(half) > 80 and ess(training_weights(w, 1.0)) == pytest.approx(100)
+    with pytest.raises(ValueError, match="positive, finite sum"):
+        training_weights(np.zeros(5), 0.5)
