@@ -1198,6 +1198,13 @@ class RunOutputs(FreeEnergyEstimates):
         return [_block_increments_of(self.out_dir, self.state, len(self.colvar_xi()), int(self.run["report_interval"]),
                                      int(self.checkpoint["step"]))]
 
+    def block_snapshots(self) -> List[Tuple[int, Path]]:
+        """The cumulative eABF states saved at the time-block ends (``blocks/``) up to the last checkpoint, as
+        (production step, file) in step order: what the run knew at each of those times
+        (``EABFState.load(file)``). Empty for an unbiased run or one without blocks."""
+        files = sorted((self.out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
+        return [(_block_step(f), f) for f in files if _block_step(f) <= int(self.checkpoint["step"])]
+
 
 @dataclass
 class PooledRuns(FreeEnergyEstimates):

@@ -282,8 +282,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     series = []
     # what the run knew at each time: the cumulative accumulators saved at each time-block end (blocks/), with the
     # frames up to that step
-    for snap in sorted((ed / md.BLOCKS_DIR).glob("step_*.npz")):
-        step = md._block_step(snap)
+    for step, snap in res.block_snapshots():
         m = min(len(phi), step // EFF_REPORT)
         w = res.reweighting_weights(state=EABFState.load(snap), xis=xi[:m])
         series.append((eff_ns * step / steps, delta_f_or_nan(phi[:m], w, ms.temperature)))

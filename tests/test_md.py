@@ -285,6 +285,9 @@ def test_czar_grid_and_time_blocks_survive_resume(tmp_path):
     for name in names:  # the same trajectory: the same cumulative accumulators at the same steps
         a, b = EABFState.load(tmp_path / "cont" / "blocks" / name), EABFState.load(tmp_path / "split" / "blocks" / name)
         np.testing.assert_array_equal(a.czar, b.czar)
+    snaps = load_result(tmp_path / "split").block_snapshots()  # what the run knew at each block end
+    assert [step for step, _ in snaps] == [25, 50, 75, 100, 150, 200]
+    np.testing.assert_array_equal(EABFState.load(snaps[-1][1]).zcount, res.state.zcount)
     ((frame_block, blocks),) = load_result(tmp_path / "split").block_increments()
     assert len(blocks) == 6 and frame_block.tolist() == [0, 1, 2, 3, 4, 4, 5, 5]
     np.testing.assert_allclose(sum(b.zcount for b in blocks), res.state.zcount)
