@@ -25,6 +25,7 @@ import importlib.util
 import math
 import os
 import platform as _pyplatform
+import re
 import statistics
 import subprocess
 import sys
@@ -49,9 +50,9 @@ def _load_eabf_at(rev: str):
     """aesample/eabf.py of git revision ``rev`` as a module (relative imports redirected to the package)."""
     src = subprocess.run(["git", "show", f"{rev}:aesample/eabf.py"], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout
-    src = src.replace("from . import cvs as _cvs", "from aesample import cvs as _cvs")
-    src = src.replace("from .torchbinding", "from aesample.torchbinding").replace("from .io", "from aesample.io")
-    src = src.replace("from .estimators", "from aesample.estimators")
+    # every relative import of that revision (whatever modules it used) from today's installed package
+    src = re.sub(r"^(\s*)from \.(\w*) import", lambda m: f"{m.group(1)}from aesample{'.' + m.group(2) if m.group(2) else ''} import",
+                 src, flags=re.MULTILINE)
     path = Path(tempfile.mkdtemp()) / f"eabf_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"eabf_{rev}", path)
