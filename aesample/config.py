@@ -331,12 +331,12 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device ('auto': CUDA if present).")
     seed: int = Field(0, ge=0, description="Seed for initialisation, splitting and shuffling.")
     sampling_weight: float = Field(
-        0.0, ge=0, le=1, description="Share of the training weight spread evenly over the iteration's frames, the "
-        "rest following the reweighting weights (eabf.estimator): training weight = (1 - s) w + s / n. 0 is the "
-        "paper's purely reweighted training, which gives the frames at the barrier and along the transition "
-        "almost no weight, so the autoencoder may map them anywhere, including next to the other side's basin "
-        "(a hidden barrier, see loop.hidden_barrier_tolerance). Raise it (0.5) when the hidden-barrier diagnostic "
-        "flags the frames of successive iterations; 1 trains on the biased sample as it is.",
+        0.5, ge=0, le=1, description="Share of the training weight spread evenly over the iteration's frames, the "
+        "rest following the reweighting weights (eabf.estimator): training weight = (1 - s) w + s / n, a fraction. "
+        "Reweighting alone (0, the paper's choice) gives the frames at the barrier and along the transition almost "
+        "no weight, so the autoencoder may map them next to the other side's basin: a hidden barrier that the next "
+        "iteration's walkers cross only by chance (loop.hidden_barrier_tolerance). 0.5 keeps half of the weight "
+        "Boltzmann; 1 trains on the biased sample as it is. Lower it if the CV should describe the basins alone.",
     )
 
 

@@ -52,6 +52,22 @@ class LoopState:
         atomic_write_json(path, asdict(self))
 
 
+# Settings added with a new default after runs existed: (section, field, the behaviour such runs started with).
+# A run.yaml written before the field resumes with what it started with, not with today's default.
+_STARTED_WITHOUT = (("training", "sampling_weight", 0.0),)
+
+
+def _as_started(config: Config, path: Path) -> Config:
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    for section, name, value in _STARTED_WITHOUT:
+        if name not in (raw.get(section) or {}):
+            part = getattr(config, section).model_copy(update={name: value})
+            config = config.model_copy(update={section: part})
+    return config
+
+
 class RunLayout:
     """A run directory with its validated configuration and the molecular system it describes.
 
@@ -77,9 +93,10 @@ class RunLayout:
         if not (run_dir / "run.yaml").is_file() or not (run_dir / "state.json").is_file():
             raise RunDirectoryError(f"{run_dir} is not an aesample run directory (no run.yaml/state.json)")
         try:
-            return load_config(run_dir / "run.yaml")
+            config = load_config(run_dir / "run.yaml")
         except ConfigError as exc:
             raise RunDirectoryError(str(exc)) from None
+        return _as_started(config, run_dir / "run.yaml")
 
     @classmethod
     def open(cls, run_dir: Path) -> "RunLayout":

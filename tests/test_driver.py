@@ -73,9 +73,12 @@ def test_loop_outputs(uninterrupted):
         w = np.load(uninterrupted / f"iter_{k:03d}" / "weights.npy")
         assert m["effective_sample_size"] == pytest.approx(1.0 / np.sum(w**2))
         assert 1.0 <= m["effective_sample_size"] < m["frames"]  # eABF frames are reweighted unevenly
-        # training.sampling_weight 0 (default): the autoencoder learned from the reweighted frames as they are
+        # training.sampling_weight 0.5 (default): half of the training weight on the reweighted frames, half spread
+        # evenly, so the autoencoder learns from more frames than the reweighting's ESS
         meta = json.loads((uninterrupted / f"iter_{k:03d}" / "cv.json").read_text())
-        assert meta["sampling_weight"] == 0.0 and meta["training_ess"] == pytest.approx(m["effective_sample_size"])
+        fit = 0.5 * w / w.sum() + 0.5 / len(w)
+        assert meta["sampling_weight"] == 0.5 and meta["training_ess"] == pytest.approx(1.0 / np.sum(fit**2))
+        assert meta["training_ess"] > m["effective_sample_size"]
         # both weightings of the hidden-barrier diagnostic are reported
         assert 0 <= m["hidden_barrier_fraction"] <= 1 and 0 <= m["hidden_barrier_sample_fraction"] <= 1
         # the share of the weight first reached in the run's second half, recomputed from the files
@@ -425,3 +428,23 @@ def test_killed_driver_takes_its_walkers_along_and_resumes(tmp_path, walkers_par
         assert (run / name).read_text() == (walkers_parallel / name).read_text()
     np.testing.assert_array_equal(np.load(run / "iter_001" / "weights.npy"),
                                   np.load(walkers_parallel / "iter_001" / "weights.npy"))
+
+
+def test_a_run_started_before_sampling_weight_resumes_with_the_training_it_started_with(tmp_path):
+    from aesample.config import config_from_dict, save_config
+    from aesample.runlayout import RunLayout
+
+    new = tmp_path / "new"
+    new.mkdir()
+    save_config(config_from_dict({}), new / "run.yaml")
+    (new / "state.json").write_text("{}")
+    assert "sampling_weight: 0.5" in (new / "run.yaml").read_text()
+    assert RunLayout.read_config(new).training.sampling_weight == 0.5
+    # a run.yaml written before the field existed: its iterations were trained on the reweighted frames alone
+    old = tmp_path / "old"
+    old.mkdir()
+    text = "\n".join(line for line in (new / "run.yaml").read_text().splitlines() if "sampling_weight" not in line)
+    (old / "run.yaml").write_text(text + "\n")
+    (old / "state.json").write_text("{}")
+    cfg = RunLayout.read_config(old)
+    assert cfg.training.sampling_weight == 0.0 and cfg.training.seed == 0 and cfg.loop.walkers == 1
