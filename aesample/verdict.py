@@ -111,7 +111,7 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
             out.append(f"hidden barrier: {100 * hb:.1f} % {what} sit in CV bins whose frames form separate, slowly "
                        f"exchanging sets (> loop.hidden_barrier_tolerance {hb_tol}): the CV does not resolve a "
                        "slow coordinate there, so the free energy across it rests on a few crossings; run more "
-                       "iterations so the CV learns it")
+                       "iterations so the CV learns it (it sees those frames only with training.sampling_weight > 0)")
     return out
 
 
