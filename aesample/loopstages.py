@@ -490,12 +490,12 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
     metrics["support_growth"] = None
     cells = None  # each frame's xi_{k-1} bin on the ABF grid, one label per occupied bin
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
-        metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, results))
+        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])  # run id per frame
+        metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, walker))
         st = pooled.state
         grid_bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)
         cells = np.unique(grid_bins, axis=0, return_inverse=True)[1].ravel()
         # weight in xi_{k-1} bins that the walkers only reached in the second half of their runs
-        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
         metrics["support_growth"] = _finite_or_none(analysis.support_growth(cells, walker, weights))
     plotting = cfg.output.plots
     if dipeptide:
@@ -567,7 +567,8 @@ def _finite_or_none(value) -> Optional[float]:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, results: list) -> dict[str, Any]:
+def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray,
+                            walker: np.ndarray) -> dict[str, Any]:
     """The hidden-barrier diagnostic (:func:`aesample.hiddenbarrier.hidden_barrier`) on the model's input
     features of the iteration's frames, binned on the ABF grid of the CV the walkers ran along.
 
@@ -584,8 +585,7 @@ def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray, r
         features = featurizer(xyz, boxes).numpy()
     st = pooled.state
     xi = pooled.colvar_xi()
-    lengths = [len(r.colvar_xi()) for r in results]
-    runs = np.repeat(np.arange(len(results)), lengths) if sum(lengths) == traj.n_frames else None
+    runs = walker if len(walker) == traj.n_frames else None  # ``walker``: the run id of each COLVAR row
     grid = (st.grid_min, st.bin_width, st.bins, st.periodic)
     weighted = hidden_barrier(features, xi, weights, runs, *grid)
     sampled = hidden_barrier(features, xi, np.ones(traj.n_frames), runs, *grid)

@@ -1108,14 +1108,19 @@ def _visit_error(labels: np.ndarray, weights: np.ndarray, kT: float, run_lengths
             "delta_f_visits": {k: v[k] for k in ("visits", "cv2", "transitions")}}
 
 
+def _block_files(out_dir: Path, checkpoint_step: int) -> List[Tuple[int, Path]]:
+    """(production step, file) of the block snapshots of ``out_dir`` up to ``checkpoint_step``, in step order."""
+    files = sorted((out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
+    return [(_block_step(f), f) for f in files if _block_step(f) <= checkpoint_step]
+
+
 def _block_increments_of(out_dir: Path, final: EABFState, n_rows: int, report_interval: int, checkpoint_step: int):
     """(block index per COLVAR row, per-block accumulators) of one run directory."""
-    files = sorted((out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
-    files = [f for f in files if _block_step(f) <= checkpoint_step]
+    files = _block_files(out_dir, checkpoint_step)
     if not files:
         return np.zeros(n_rows, dtype=int), [final]
-    steps = np.array([_block_step(f) for f in files])
-    cumulative = [EABFState.load(f) for f in files]
+    steps = np.array([step for step, _ in files])
+    cumulative = [EABFState.load(f) for _, f in files]
     if steps[-1] < checkpoint_step:  # the run went on past its last block end: the rest is one more block
         steps = np.append(steps, checkpoint_step)
         cumulative.append(final)
@@ -1202,8 +1207,7 @@ class RunOutputs(FreeEnergyEstimates):
         """The cumulative eABF states saved at the time-block ends (``blocks/``) up to the last checkpoint, as
         (production step, file) in step order: what the run knew at each of those times
         (``EABFState.load(file)``). Empty for an unbiased run or one without blocks."""
-        files = sorted((self.out_dir / BLOCKS_DIR).glob("step_*.npz"), key=_block_step)
-        return [(_block_step(f), f) for f in files if _block_step(f) <= int(self.checkpoint["step"])]
+        return _block_files(self.out_dir, int(self.checkpoint["step"]))
 
 
 @dataclass

@@ -18,20 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-
-def mixed_share(phi: np.ndarray, flat: np.ndarray, w: np.ndarray, min_side: float = 0.1) -> float:
-    """Share of ``w`` in grid bins (``flat``, -1 outside) holding >= ``min_side`` of each side of the phi barrier."""
-    from aesample.analysis import c7ax_labels
-
-    ax = c7ax_labels(phi).astype(bool)
-    ok = flat >= 0
-    n = int(flat.max()) + 1 if ok.any() else 1
-    tot = np.bincount(flat[ok], weights=w[ok], minlength=n)
-    side = np.bincount(flat[ok], weights=(w * ax)[ok], minlength=n)
-    q = np.divide(side, tot, out=np.zeros_like(tot), where=tot > 0)
-    return float(tot[np.minimum(q, 1 - q) >= min_side].sum() / w.sum())
+from hidden_barrier_adp import truth_mixed_fraction  # noqa: E402  (this directory)
 
 
 def main() -> int:
@@ -51,7 +42,8 @@ def main() -> int:
         traj, weights, _ = ls._frames(run, k)
         results = [md.load_result(d) for d in ls._md_dirs(run, k)]
         pooled = md.PooledRuns(results)
-        hb = ls._hidden_barrier_metrics(run, traj, pooled, weights, results)
+        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
+        hb = ls._hidden_barrier_metrics(run, traj, pooled, weights, walker)
         phi = run.system.observables(traj)["phi"]
         st = pooled.state
         flat = bin_indices(pooled.colvar_xi(), st.grid_min, st.bin_width, st.bins, st.periodic)
@@ -61,9 +53,9 @@ def main() -> int:
         print(json.dumps({
             "iteration": k,
             "weight": round(hb["hidden_barrier_fraction"], 4),
-            "weight_truth": round(mixed_share(phi, flat, weights), 4),
+            "weight_truth": round(truth_mixed_fraction(phi, flat, weights), 4),
             "frames": round(hb["hidden_barrier_sample_fraction"], 4),
-            "frames_truth": round(mixed_share(phi, flat, np.ones(len(phi))), 4),
+            "frames_truth": round(truth_mixed_fraction(phi, flat, np.ones(len(phi))), 4),
             "held_back": held,
             "walkers_delta_f": [round(v, 2) for v in walkers],
             "walkers_sd": round(float(np.std(walkers, ddof=1)), 2) if len(walkers) > 1 else None,
