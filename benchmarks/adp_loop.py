@@ -249,7 +249,9 @@ def _prefix_delta_f(phi, w, temperature, ns_total, points=20):
 EFF_REPORT = 100  # steps between frames of the efficiency runs
 
 
-def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]) -> dict:
+def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict],
+               seeds: tuple[int, int] = (7, 2022)) -> dict:
+    """seeds: (unbiased MD, eABF on (phi, psi)); the defaults are those of the first comparison."""
     from aesample import md
     from aesample.analysis import phi_psi
     from aesample.eabf import EABFState
@@ -263,7 +265,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     ud = out / "eff_unbiased"
     steps = int(round(eff_ns * 5e5)) // EFF_REPORT * EFF_REPORT
     settings = MDSettings(timestep=0.002, friction=1.0, temperature=ms.temperature, report_interval=EFF_REPORT,
-                          segment_steps=50000, seed=7, minimize=True, equilibration_steps=5000)
+                          segment_steps=50000, seed=seeds[0], minimize=True, equilibration_steps=5000)
     md.run_md(ms, settings, ud, steps, resume=True, progress=False)
     phi = phi_psi(md.load_result(ud).load_trajectory(ms.mdtraj_topology))[:, 0]
     series = _prefix_delta_f(phi, np.ones(len(phi)), ms.temperature, eff_ns)
@@ -272,7 +274,7 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     ed = out / "eff_eabf_phipsi"
     exe = Path(sys.executable).parent / "aesample"
     cmd = [str(exe), "eabf", "--system", "alanine-dipeptide", "--cv", "phi,psi", "--ns", str(eff_ns), "--out", str(ed),
-           "--bins", "36", "--full-samples", "100", "--report-interval", str(EFF_REPORT), "--no-progress"]
+           "--bins", "36", "--full-samples", "100", "--report-interval", str(EFF_REPORT), "--no-progress", "--seed", str(seeds[1])]
     if (ed / "checkpoint.json").exists():
         cmd.append("--resume")
     subprocess.run(cmd, check=True)
@@ -313,6 +315,8 @@ def main(argv=None) -> int:
     p.add_argument("--reference", type=Path, help="reference .npz (reference_fes.py) or phi-only .npy")
     p.add_argument("--efficiency", action="store_true", help="also run the unbiased / eABF(phi,psi) comparison")
     p.add_argument("--eff-ns", type=float, default=5.0, help="length of each efficiency run, ns")
+    p.add_argument("--eff-seeds", type=int, nargs=2, default=(7, 2022), metavar=("UNBIASED", "EABF"),
+                   help="random seeds of the unbiased and the (phi, psi) eABF efficiency runs (default 7 2022)")
     p.add_argument("--tolerance", type=float, default=1.0, help="Delta F tolerance, kJ/mol")
     p.add_argument("--quiet", action="store_true", help="no progress bars / per-iteration lines from the driver")
     a = p.parse_args(argv)
@@ -340,7 +344,7 @@ def main(argv=None) -> int:
             print("note: the reference is alanine dipeptide in vacuum; the comparison with a water run is not like for like")
         report["accuracy"] = accuracy(run_dir, rows[-1]["iteration"], ref)
         if a.efficiency:
-            report["efficiency"] = efficiency(a.out, ref, a.eff_ns, a.tolerance, rows)
+            report["efficiency"] = efficiency(a.out, ref, a.eff_ns, a.tolerance, rows, tuple(a.eff_seeds))
     path = a.out / "benchmark.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     previous.update(report)  # a --report-only call keeps an earlier efficiency result
