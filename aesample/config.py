@@ -371,16 +371,17 @@ class LoopConfig(_Section):
         "for convergence, kJ/mol "
         "(a CV that stopped changing does not make its free energy converged; a drift that stays above it asks "
         "for longer loop.eabf_per_iteration). With loop.walkers >= 2 the standard error of the pooled free energy "
-        "from the walkers' scatter (same frames, same RMS) must be at most this too, and so must the walkers' "
-        "standard error of the named basins' Delta F where the system names basins. null: the regression score "
+        "from the walkers' scatter (same frames, same RMS) must be at most this too, and so must the named "
+        "basins' Delta F error bar where the system names basins (at least the walkers' standard error and the "
+        "gap between the pooled value and the walkers' mean). null: the regression score "
         "and the sampling checks decide.",
     )
     walkers: int = Field(
         1, ge=1, le=64, description="Independent eABF walkers per iteration (k >= 1), each running "
         "eabf_per_iteration ns with its own seed from the previous iteration's final structures in turn. Their "
         "accumulators are pooled for the free energy, the training weights and the drift; the spread of their own "
-        "Delta F estimates is reported (metrics basin_delta_f_walkers, basin_delta_f_sem for dipeptides) and "
-        "is the least error bar of the named basins' Delta F. Use >= 2 when the free energy must come with an "
+        "Delta F estimates is reported (metrics basin_delta_f_walkers, basin_delta_f_sem, "
+        "basin_delta_f_walkers_gap for dipeptides) and bounds the named basins' Delta F error bar from below. Use >= 2 when the free energy must come with an "
         "error bar: one walker's own error estimates understate the scatter between walkers.",
     )
     walker_processes: Optional[int] = Field(

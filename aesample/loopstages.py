@@ -515,10 +515,14 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                 pass
         if k > 0 and len(results) > 1:
             metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
-        df_error, df_error_from = _basin_error(error, metrics.get("basin_delta_f_sem"))
-        metrics["basin_delta_f"] = analysis.basin_report(
-            angles[:, 0], weights, kT, n_runs=len(results), error=df_error, error_from=df_error_from,
-            min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
+        basin_args = dict(n_runs=len(results), min_transitions=cfg.loop.basin_min_transitions,
+                          min_ess=cfg.loop.basin_min_ess)
+        pooled_df = analysis.basin_report(angles[:, 0], weights, kT, **basin_args)["value"]
+        metrics["basin_delta_f_walkers_gap"] = _walkers_gap(pooled_df, metrics.get("basin_delta_f_walkers"))
+        df_error, df_error_from = _basin_error(error, metrics.get("basin_delta_f_sem"),
+                                               metrics["basin_delta_f_walkers_gap"])
+        metrics["basin_delta_f"] = analysis.basin_report(angles[:, 0], weights, kT, error=df_error,
+                                                         error_from=df_error_from, **basin_args)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
             overlap = analysis.basin_overlap(angles[:, 0], cells, weights)
             metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited
@@ -628,19 +632,30 @@ def _sem(values: list) -> Optional[float]:
     return float(np.std(ok, ddof=1) / np.sqrt(len(ok))) if len(ok) >= 2 else None
 
 
-def _basin_error(error: Optional[dict], walkers_sem: Optional[float]) -> tuple[Optional[float], Optional[str]]:
+def _basin_error(error: Optional[dict], walkers_sem: Optional[float],
+                 walkers_gap: Optional[float] = None) -> tuple[Optional[float], Optional[str]]:
     """The error bar of the named basins' Delta F and where it comes from.
 
     The pooled run's own error (block bootstrap or basin visits, ``error["delta_f_error_from"]``) sees only the
     statistics of the pooled samples. Walkers that each build their own bias also differ by that bias's history,
     which no within-run resampling sees (benchmarks/LOOP_RESULTS.md): with walkers, the larger of the two is the
-    error bar.
+    error bar. ``walkers_gap``, |pooled Delta F - the walkers' mean|, joins them: both estimate the same Delta F,
+    so where they differ by more than the walkers' spread explains, at least one of them is off by that much.
     """
     own = None if error is None else _finite_or_none(error.get("delta_f_error"))
-    own_from = None if own is None else error.get("delta_f_error_from")
-    if walkers_sem is not None and (own is None or walkers_sem > own):
-        return walkers_sem, "walkers' SEM"
-    return own, own_from
+    out = (own, None if own is None else error.get("delta_f_error_from"))
+    for value, source in ((walkers_sem, "walkers' SEM"), (walkers_gap, "pooled vs walkers' mean")):
+        if value is not None and np.isfinite(value) and (out[0] is None or value > out[0]):
+            out = (float(value), source)
+    return out
+
+
+def _walkers_gap(pooled: Optional[float], walkers: Optional[list]) -> Optional[float]:
+    """|pooled - mean of the walkers' own values| (None without a pooled value or two walkers' values)."""
+    ok = [v for v in (walkers or []) if v is not None and np.isfinite(v)]
+    if pooled is None or not np.isfinite(pooled) or len(ok) < 2:
+        return None
+    return float(abs(pooled - np.mean(ok)))
 
 
 def is_converged(metrics: dict[str, Any], loop) -> bool:

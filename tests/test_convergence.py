@@ -132,3 +132,17 @@ def test_walkers_scatter_is_the_least_error_bar_of_the_basins_delta_f():
     assert _basin_error(pooled, None) == (0.67, "bootstrap")
     assert _basin_error({"delta_f_error": float("inf"), "delta_f_error_from": "visits"}, None) == (None, None)
     assert _basin_error(None, 1.2) == (1.2, "walkers' SEM")
+
+
+def test_gap_between_pooled_and_walkers_mean_joins_the_basins_error_bar():
+    """Seed 3 of the cpu-long loop, iteration 4: six walkers agree (SD 1.15, SEM 0.47) but the pooled Delta F, 6.18,
+    lies below all but one of them; an error bar of 0.55 would have put it 4.8 error bars from the reference."""
+    from aesample.loopstages import _basin_error, _walkers_gap
+
+    walkers = [8.04, 9.50, 6.85, 7.99, 6.20, 7.19, None]  # a walker without a value does not count
+    gap = _walkers_gap(6.18, walkers)
+    assert gap == pytest.approx(7.628333 - 6.18, abs=1e-4)
+    pooled = {"delta_f_error": 0.55, "delta_f_error_from": "visits"}
+    assert _basin_error(pooled, 0.47, gap) == (pytest.approx(1.448333, abs=1e-4), "pooled vs walkers' mean")
+    assert _basin_error(pooled, 0.47, 0.2) == (0.55, "visits")  # agreeing walkers change nothing
+    assert _walkers_gap(6.18, [8.0]) is None and _walkers_gap(None, walkers) is None

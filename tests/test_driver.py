@@ -390,6 +390,10 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
     basin = m["basin_delta_f"]
     if m["basin_delta_f_sem"] is not None:
         assert basin["error"] >= m["basin_delta_f_sem"] and basin["error_from"] is not None
+    walkers = [v for v in m["basin_delta_f_walkers"] if v is not None]
+    if basin["value"] is not None and len(walkers) == 2:  # and the gap to the walkers' mean
+        assert m["basin_delta_f_walkers_gap"] == pytest.approx(abs(basin["value"] - np.mean(walkers)))
+        assert basin["error"] >= m["basin_delta_f_walkers_gap"]
     # the walkers' standard error of the pooled CZAR free energy, as estimators.walker_standard_error gives it
     from aesample import estimators as est
     from aesample.md import PooledRuns, load_result
