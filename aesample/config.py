@@ -381,8 +381,9 @@ class LoopConfig(_Section):
         "eabf_per_iteration ns with its own seed from the previous iteration's final structures in turn. Their "
         "accumulators are pooled for the free energy, the training weights and the drift; the spread of their own "
         "Delta F estimates is reported (metrics basin_delta_f_walkers, basin_delta_f_sem, "
-        "basin_delta_f_walkers_gap for dipeptides) and bounds the named basins' Delta F error bar from below. Use >= 2 when the free energy must come with an "
-        "error bar: one walker's own error estimates understate the scatter between walkers.",
+        "basin_delta_f_walkers_gap for dipeptides) and bounds the named basins' Delta F error bar from below. "
+        "Use >= 2 when the free energy must come with an error bar: one walker's own error estimates understate "
+        "the scatter between walkers.",
     )
     walker_processes: Optional[int] = Field(
         None, ge=1, description="Walkers run at once, each in its own Dask worker process (null: all of them; 1: "

@@ -515,14 +515,13 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
                 pass
         if k > 0 and len(results) > 1:
             metrics.update(_walker_spread(results, angles[:, 0], estimator, kT))
-        basin_args = dict(n_runs=len(results), min_transitions=cfg.loop.basin_min_transitions,
-                          min_ess=cfg.loop.basin_min_ess)
-        pooled_df = analysis.basin_report(angles[:, 0], weights, kT, **basin_args)["value"]
-        metrics["basin_delta_f_walkers_gap"] = _walkers_gap(pooled_df, metrics.get("basin_delta_f_walkers"))
+        basin = analysis.basin_report(angles[:, 0], weights, kT, n_runs=len(results),
+                                      min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
+        metrics["basin_delta_f_walkers_gap"] = _walkers_gap(basin["value"], metrics.get("basin_delta_f_walkers"))
+        # _basin_error gives a finite error bar with its source, or (None, None), as basin_report would store them
         df_error, df_error_from = _basin_error(error, metrics.get("basin_delta_f_sem"),
                                                metrics["basin_delta_f_walkers_gap"])
-        metrics["basin_delta_f"] = analysis.basin_report(angles[:, 0], weights, kT, error=df_error,
-                                                         error_from=df_error_from, **basin_args)
+        metrics["basin_delta_f"] = dict(basin, error=df_error, error_from=df_error_from)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
             overlap = analysis.basin_overlap(angles[:, 0], cells, weights)
             metrics["c7ax_in_shared_bins"] = overlap if np.isfinite(overlap) else None  # None: C7ax never visited

@@ -274,7 +274,8 @@ def efficiency(out: Path, ref: dict, eff_ns: float, tol: float, rows: list[dict]
     ed = out / "eff_eabf_phipsi"
     exe = Path(sys.executable).parent / "aesample"
     cmd = [str(exe), "eabf", "--system", "alanine-dipeptide", "--cv", "phi,psi", "--ns", str(eff_ns), "--out", str(ed),
-           "--bins", "36", "--full-samples", "100", "--report-interval", str(EFF_REPORT), "--no-progress", "--seed", str(seeds[1])]
+           "--bins", "36", "--full-samples", "100", "--report-interval", str(EFF_REPORT), "--no-progress",
+           "--seed", str(seeds[1])]
     if (ed / "checkpoint.json").exists():
         cmd.append("--resume")
     subprocess.run(cmd, check=True)

@@ -224,7 +224,7 @@ def evaluate(run_dir: Path, misfolded_pdb: Path | None = None, out_dir: Path | N
     # folding free energy of the last iteration: only with enough folded <-> unfolded transitions
     last_sel = it == last
     lab = np.where(rmsd[last_sel] < FOLDED, 0, np.where(rmsd[last_sel] > UNFOLDED, 1, -1))
-    lengths = [len(r) for r, k in zip(rs, (int(i[0]) for i in its)) if k == last]
+    lengths = [len(i) for i in its if i[0] == last]  # the last iteration's runs, frames each
     # visits that start in another basin than the one before, run by run (a visit never spans two runs)
     transitions = sum(max(0, len(basin_visits(part)[1]) - 1) for part in np.split(lab, np.cumsum(lengths)[:-1]))
     wl = w[last_sel]
