@@ -490,7 +490,7 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
     metrics["support_growth"] = None
     cells = None  # each frame's xi_{k-1} bin on the ABF grid, one label per occupied bin
     if k > 0:  # frames of different metastable sets at the same xi_{k-1}: a barrier the bias cannot see
-        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])  # run id per frame
+        walker = pooled.run_index()
         metrics.update(_hidden_barrier_metrics(run, traj, pooled, weights, walker))
         st = pooled.state
         grid_bins = np.floor((pooled.colvar_xi() - st.grid_min) / st.bin_width).astype(int)

@@ -1260,6 +1260,10 @@ class PooledRuns(FreeEnergyEstimates):
     def colvar_xi(self) -> np.ndarray:
         return self._colvar_xi.copy()
 
+    def run_index(self) -> np.ndarray:
+        """Which walker each pooled COLVAR row came from (0-based, in the order of ``runs``), (n_rows,) int."""
+        return np.repeat(np.arange(len(self.runs)), [len(r.colvar_xi()) for r in self.runs])
+
     def block_increments(self):
         return [b for r in self.runs for b in r.block_increments()]
 

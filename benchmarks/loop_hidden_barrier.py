@@ -42,7 +42,7 @@ def main() -> int:
         traj, weights, _ = ls._frames(run, k)
         results = [md.load_result(d) for d in ls._md_dirs(run, k)]
         pooled = md.PooledRuns(results)
-        walker = np.repeat(np.arange(len(results)), [len(r.colvar_xi()) for r in results])
+        walker = pooled.run_index()
         hb = ls._hidden_barrier_metrics(run, traj, pooled, weights, walker)
         phi = run.system.observables(traj)["phi"]
         st = pooled.state

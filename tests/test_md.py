@@ -330,6 +330,22 @@ def test_run_outputs_read_each_file_once(tmp_path, monkeypatch):
     assert reads == {"colvar": 1, "state": 1}
 
 
+def test_pooled_runs_label_each_row_with_its_walker(tmp_path):
+    """Pooled COLVAR rows come in walker order and run_index says whose each row is."""
+    from aesample.md import PooledRuns, load_result
+
+    _phi_run_100_steps(tmp_path)
+    res = load_result(tmp_path)
+    one = PooledRuns([res])
+    short = PooledRuns([res, load_result(tmp_path)])
+    fields, rows = short.runs[1].colvar()
+    short.runs[1]._colvar = (fields, rows[:2])  # a walker with fewer rows
+    xi = res.colvar_xi()
+    assert one.run_index().tolist() == [0, 0, 0, 0]
+    assert short.run_index().tolist() == [0, 0, 0, 0, 1, 1]
+    np.testing.assert_array_equal(short.colvar_xi(), np.concatenate([xi, xi[:2]]))
+
+
 def _stiff_particle(k: float):
     """One argon-mass-1 particle in a harmonic well of stiffness k (kJ/mol/nm^2): unstable at 2 fs when k is huge."""
     system = openmm.System()
