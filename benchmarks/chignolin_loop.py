@@ -17,7 +17,8 @@ structure, as the loop allows), so iteration 0 already sees both states.
 
 Evaluation (printed after the loop, also with ``--report-only``): all frames of all iterations, C-alpha RMSD to
 5AWL (``aesample.analysis.chignolin_observables``); folded = RMSD < 0.2 nm, unfolded = RMSD > 0.4 nm. With the
-final CV xi (2D): the regression score of RMSD on xi (weighted, per-iteration reweighting weights), and the
+final CV xi (2D): the regression score of RMSD on xi (weighted with the loop's own frame weights: each eABF
+iteration's walkers pooled, iterations weighted equally), and the
 ROC AUC of the folded/unfolded split along the best linear projection of xi (least squares of RMSD on xi, fitted
 on the even frames, AUC on the odd ones). AUC near 1 (or 0) = separated, 0.5 = not. If no unfolded frame was
 sampled, the separation is undefined and says so.
@@ -153,8 +154,12 @@ def evaluate(run_dir: Path, misfolded_pdb: Path | None = None, out_dir: Path | N
     xs, rs, gs, ws, its, cas = [], [], [], [], [], []
     for k in range(last + 1):
         dirs = sorted(p for p in (run_dir / f"iter_{k:03d}").glob("md_*") if p.is_dir())
-        for d in dirs:
-            res = md.load_result(d)
+        results = [md.load_result(d) for d in dirs]
+        # the loop's own frame weights: the walkers pooled (one CZAR free energy from all of them), uniform at 0
+        pooled_w = (None if k == 0 else
+                    md.PooledRuns(results).reweighting_weights(driver.config.eabf.estimator))
+        start = 0
+        for res in results:
             traj = res.load_trajectory(driver.system.mdtraj_topology)
             box = None if traj.unitcell_vectors is None else np.asarray(traj.unitcell_vectors, dtype=np.float64)
             xs.append(compute_cv(cv, traj.xyz.astype(np.float64), box=box))
@@ -162,9 +167,11 @@ def evaluate(run_dir: Path, misfolded_pdb: Path | None = None, out_dir: Path | N
             rs.append(obs["rmsd_ca"])
             gs.append(obs["rg"])
             cas.append(traj.atom_slice(traj.topology.select("protein and name CA")))
-            w = (np.full(traj.n_frames, 1.0 / traj.n_frames) if k == 0
-                 else res.reweighting_weights(driver.config.eabf.estimator))
-            ws.append(w / w.sum() / len(dirs))
+            if pooled_w is None:
+                ws.append(np.full(traj.n_frames, 1.0 / traj.n_frames / len(dirs)))
+            else:
+                ws.append(pooled_w[start:start + traj.n_frames])
+            start += traj.n_frames
             its.append(np.full(traj.n_frames, k))
     xi, rmsd, rg, w, it = (np.concatenate(v) for v in (xs, rs, gs, ws, its))
     ca = mdtraj.join(cas)
