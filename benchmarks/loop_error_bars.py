@@ -9,27 +9,21 @@ walker's own Delta F. For dipeptide runs (the system must report phi).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loop_reader import run_and_iterations  # noqa: E402  (this directory)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("iterations", type=int, nargs="+")
-    args = ap.parse_args()
-
+    run, iterations = run_and_iterations(__doc__)
     from aesample import analysis, md
     from aesample import loopstages as ls
-    from aesample.runlayout import RunLayout
 
-    run = RunLayout.open(args.run_dir)
     estimator, kT = run.config.eabf.estimator, ls._kT(run)
-    for k in args.iterations:
+    for k in iterations:
         traj, weights, lambdas = ls._frames(run, k)
         results = [md.load_result(d) for d in ls._md_dirs(run, k)]
         phi = run.system.observables(traj)["phi"]

@@ -11,7 +11,6 @@ and their standard deviation. For dipeptide runs (the system must report phi).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,22 +22,17 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from hidden_barrier_adp import truth_mixed_fraction  # noqa: E402  (this directory)
+from loop_reader import run_and_iterations  # noqa: E402  (this directory)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("iterations", type=int, nargs="+")
-    args = ap.parse_args()
-
+    run, iterations = run_and_iterations(__doc__)
     from aesample import md
     from aesample import loopstages as ls
     from aesample.hiddenbarrier import bin_indices
-    from aesample.runlayout import RunLayout
 
-    run = RunLayout.open(args.run_dir)
     tol = run.config.loop.hidden_barrier_tolerance
-    for k in args.iterations:
+    for k in iterations:
         traj, weights, _ = ls._frames(run, k)
         results = [md.load_result(d) for d in ls._md_dirs(run, k)]
         pooled = md.PooledRuns(results)

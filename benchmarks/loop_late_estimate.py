@@ -13,31 +13,25 @@ frames agree (the last column pair: the final A on the first / second half of th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loop_reader import run_and_iterations  # noqa: E402  (this directory)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("iterations", type=int, nargs="+")
-    args = ap.parse_args()
-
+    run, iterations = run_and_iterations(__doc__)
     from aesample import analysis, md
     from aesample import loopstages as ls
     from aesample.eabf import EABFState
     from aesample.estimators import czar_reweighting_weights
-    from aesample.runlayout import RunLayout
 
-    run = RunLayout.open(args.run_dir)
     kT = ls._kT(run)
-    for k in args.iterations:
+    for k in iterations:
         results = [md.load_result(d) for d in ls._md_dirs(run, k)]
         pooled = md.PooledRuns(results)
         phi = run.system.observables(ls._frames(run, k)[0])["phi"]
