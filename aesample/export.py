@@ -59,13 +59,10 @@ class ExportedCV(nn.Module):
         self.cv_dim = int(cv_dim)
         self.periodic = [False] * int(cv_dim)
         self.register_buffer("atom_indices", featurizer.atom_indices.clone())
-        # constants of the closed-form Jacobian (value_and_jacobian), so that one call is a few dozen small ops:
-        # the first layer's weights centred over the atoms, as (h1 n, 3) rows ((W1 C) per atom, C the centring),
-        # Horn's and the rotation's maps as matrix-vector products, the cross-product map transposed
+        # the first layer's weights centred over the atoms, as (h1 n, 3) rows (W1 C, C the centring): with them the
+        # closed-form Jacobian (value_and_jacobian) never forms the (3n, 3n) alignment map
         w1 = self.weights[0].reshape(self.weights[0].shape[0], -1, 3)
         self.register_buffer("w1_centred", (w1 - w1.mean(dim=1, keepdim=True)).reshape(-1, 3).contiguous())
-        self.register_buffer("horn_from_x_t", featurizer.horn_from_x.t().contiguous())
-        self.register_buffer("cross_map_t", featurizer.cross_map.t().contiguous())
 
     def forward(self, positions: Tensor, box: Tensor) -> Tensor:
         x = positions.to(self.features.reference.dtype)
@@ -119,25 +116,12 @@ class ExportedCV(nn.Module):
     def _first_layer_jacobian(self, xs: Tensor) -> Tensor:
         """W1 M (h1, 3n) for one frame of the selected atoms xs (n, 3), M the implicit alignment's linear map.
 
-        ``AlignedPositions._implicit_map`` builds M = K - P Q K (K = C kron R0) as a (3n, 3n) matrix; here it is
-        never formed: W1 K is the atom-centred W1 rotated by R0, and Q K is Q rotated by R0 (Q's atom blocks sum
-        to zero, as the reference is centred, so the centring drops out). Equal to ``W1 @ M`` up to rounding.
+        With M = K - P Q K from ``AlignedPositions._frame_factors`` (K = C kron R0), M is never formed: W1 K is
+        the atom-centred W1 rotated by R0, and Q K is Q rotated by R0 (Q's atom blocks sum to zero). Equal to
+        ``W1 @ M`` up to rounding.
         """
-        f = self.features
-        xc = xs - xs.mean(dim=0, keepdim=True)
-        if f.power_solver:
-            R0 = f._rotation(xc.unsqueeze(0))[0]
-        else:
-            _, V = torch.linalg.eigh(torch.mv(self.horn_from_x_t, xs.reshape(-1)).view(4, 4))
-            q = V.select(1, 3)
-            R0 = torch.mv(f.rot_map, torch.outer(q, q).view(16)).view(3, 3)
-        xr = torch.mm(xc, R0.t())  # aligned coordinates x'
-        S = torch.mm(xr.t(), f.reference)
-        Jm = S - (torch.trace(S) * (1.0 + 1e-12) + 1e-30) * f.eye3
-        c = torch.linalg.cross(Jm.index_select(0, f.perm1), Jm.index_select(0, f.perm2), dim=1)  # adj(Jm)^T
-        Q = torch.mm(c.t(), f.ref_cross) / torch.dot(Jm[0], c[0])  # Jm^-1 [[y_1]x ... [y_n]x], (3, 3n)
+        R0, P, Q = self.features._frame_factors(xs)
         QK = torch.mm(Q.view(-1, 3), R0).view(3, -1)
-        P = torch.mm(xr, self.cross_map_t).view(-1, 3)  # [x'_i]x stacked, (3n, 3)
         W1K = torch.mm(self.w1_centred, R0).view(self.weights[0].shape[0], -1)
         return W1K - torch.mm(torch.mm(self.weights[0], P), QK)
 

@@ -302,6 +302,9 @@ class AlignedPositions(nn.Module):
         hx = np.einsum("ia,kb->kiab", np.eye(3), ref_c)  # (n, 3, 3, 3): d S[a, b] / d x[k, i]
         hx = hx.reshape(3 * n, 9) @ _horn_matrix_map().T  # (3n, 16)
         self.register_buffer("horn_from_x", torch.as_tensor(hx, dtype=dtype))
+        # transposed copies for the one-frame path (_frame_factors): matrix-vector products without a transpose op
+        self.register_buffer("horn_from_x_t", self.horn_from_x.t().contiguous())
+        self.register_buffer("cross_map_t", self.cross_map.t().contiguous())
         self.register_buffer("mean", torch.zeros(3 * n, dtype=dtype))
         self.register_buffer("std", torch.ones(3 * n, dtype=dtype))
         if mean is not None or std is not None:
@@ -467,6 +470,18 @@ class AlignedPositions(nn.Module):
         """The linear map M (B, 3n, 3n) with features = M x_flat (see _implicit_features)."""
         B = x.shape[0]
         n = self.n_atoms
+        R0, P, Q = self._implicit_factors(x)
+        K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
+        return K - torch.matmul(P, torch.matmul(Q, K))
+
+    def _implicit_factors(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The factors of M = K - P Q K (K = C kron R0): R0 (B, 3, 3), P (B, 3n, 3) and Q (B, 3, 3n).
+
+        Q's atom blocks sum to zero (the reference is centred), so Q K is Q with each block rotated by R0: a
+        caller that needs only W M for a fixed W can skip forming K and M. One frame: :meth:`_frame_factors`.
+        """
+        B = x.shape[0]
+        n = self.n_atoms
         aligned = self._aligned_value(x)
         xr = aligned[0]
         R0 = aligned[1]
@@ -479,8 +494,28 @@ class AlignedPositions(nn.Module):
         det = (J[:, 0] * c[:, 0]).sum(1).reshape(B, 1, 1)
         Q = torch.matmul(c.transpose(1, 2), self.ref_cross) / det  # (B, 3, 3n)
         P = torch.matmul(xr, self.cross_map.t()).reshape(B, 3 * n, 3)  # [x'_i]_x stacked
-        K = (self.centering.reshape(1, n, 1, n, 1) * R0.reshape(B, 1, 3, 1, 3)).reshape(B, 3 * n, 3 * n)
-        return K - torch.matmul(P, torch.matmul(Q, K))
+        return R0, P, Q
+
+    def _frame_factors(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_implicit_factors` of one frame x (n, 3): R0 (3, 3), P (3n, 3), Q (3, 3n); call without autograd.
+
+        The same algebra in 2D products: about a third fewer ops than the batched form with B = 1, which is what
+        the exported CV's per-step Jacobian (``ExportedCV.value_and_jacobian``) pays for.
+        """
+        xc = x - x.mean(dim=0, keepdim=True)
+        if self.power_solver:
+            R0 = self._rotation(xc.unsqueeze(0))[0]
+        else:
+            _, V = torch.linalg.eigh(torch.mv(self.horn_from_x_t, x.reshape(-1)).view(4, 4))
+            q = V.select(1, 3)
+            R0 = torch.mv(self.rot_map, torch.outer(q, q).view(16)).view(3, 3)
+        xr = torch.mm(xc, R0.t())  # aligned coordinates x'
+        S = torch.mm(xr.t(), self.reference)
+        J = S - (torch.trace(S) * (1.0 + 1e-12) + 1e-30) * self.eye3
+        c = torch.linalg.cross(J.index_select(0, self.perm1), J.index_select(0, self.perm2), dim=1)  # adj(J)^T
+        Q = torch.mm(c.t(), self.ref_cross) / torch.dot(J[0], c[0])
+        P = torch.mm(xr, self.cross_map_t).view(-1, 3)
+        return R0, P, Q
 
     def featurize_selected(self, x: Tensor, box: Tensor) -> Tensor:
         """Features from coordinates of the selected atoms only.

@@ -219,3 +219,23 @@ def test_periodic_modes_and_power_solver(ala, periodic, solver):
         assert (g1 - g2).abs().max().item() < 1e-8
     with pytest.raises(FeatureError, match="rotation_solver must be"):
         AlignedPositions(idx, ref, rotation_solver="qr")
+
+
+@pytest.mark.parametrize("solver", ["eigh", "power"])
+def test_one_frame_factors_equal_the_batched_ones_and_rebuild_the_map(ala, solver):
+    """The one-frame factors (the exported CV's per-step path) equal the batched ones, and K - P Q K is M."""
+    x0, top, idx, parents = ala
+    rng = np.random.default_rng(8)
+    feat = AlignedPositions(idx, x0[idx], parents, rotation_solver=solver)  # eager: the helpers are not exported
+    x = torch.tensor(x0[idx] + rng.normal(scale=0.05, size=(len(idx), 3)))
+    with torch.no_grad():
+        one = feat._frame_factors(x)
+        batched = feat._implicit_factors(x.unsqueeze(0))
+        M = feat._implicit_map(x.unsqueeze(0))[0]
+    for a, b in zip(one, batched):
+        assert a.shape == b.shape[1:] and (a - b[0]).abs().max().item() < 1e-12
+    R0, P, Q = one
+    n = len(idx)
+    K = torch.kron(torch.eye(n, dtype=torch.float64) - 1.0 / n, R0)
+    assert (K - P @ (Q @ K) - M).abs().max().item() < 1e-12
+    assert not torch.allclose(P @ (Q @ K), torch.zeros_like(K))  # the rotation's response term is really there
