@@ -47,6 +47,8 @@ def main() -> int:
 
         every = np.ones(len(xi), dtype=bool)
         final, half = pooled.state, pooled.half_state
+        if half is None:
+            raise SystemExit(f"{run.run_dir}: iteration {k} has a walker without a half-time state (one segment only)")
         second = EABFState.weighted_sum([(1.0, final), (-1.0, half)])
         own_late = []
         for j, r in enumerate(results):
