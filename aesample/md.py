@@ -20,8 +20,9 @@ segments of ``MDSettings.segment_steps``. After every segment it writes, each fi
   Shared-bias walkers (``run_eabf(..., shared_bias=)``) also keep ``checkpoint/seg_N.shared.npz``, the other
   walkers' sums applied in the next segment.
 * ``eabf_half.npz``: the eABF state at the first checkpoint at or past half of ``n_steps`` (and before the end),
-  written once; comparing the free energy from it with the final one shows how much it still moves
-  (:meth:`RunOutputs.free_energy_drift`).
+  written once, with its production step in ``meta["production_step"]``; comparing the free energy from it with
+  the final one shows how much it still moves (:meth:`RunOutputs.free_energy_drift`), and it splits the samples
+  and frames into two halves (:meth:`RunOutputs.delta_f_halves`).
 * ``blocks/step_NNNNNNNNNN.npz``: the cumulative eABF state at the end of each of ``MDSettings.error_blocks``
   time blocks (compressed); differences of consecutive ones are the blocks' own accumulators, which
   :meth:`FreeEnergyEstimates.bootstrap` resamples for error bars. Files past the checkpoint are dropped on resume.
@@ -44,7 +45,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -59,6 +60,7 @@ from .torchbinding import resolve_cuda_graphs
 from .outputs import ColvarWriter, read_colvar, write_eabf_grids
 
 HALF_STATE = "eabf_half.npz"  # eABF state at half of the run, for the free-energy drift
+HALF_STEP_KEY = "production_step"  # meta of the half-time state: the step it was saved at
 BLOCKS_DIR = "blocks"  # cumulative eABF states at time-block ends, for block-bootstrap error bars
 
 __all__ = ["EABFSettings", "MDSettings", "EABFRunResult", "FreeEnergyEstimates", "RunOutputs", "PooledRuns",
@@ -818,7 +820,8 @@ class _SegmentedRun:
             state.save(out / "checkpoint" / names["eabf"])
             # Written once: after a crash the redone segment reproduces it, so an existing file stays valid.
             if 2 * done >= self.n_steps and done < self.n_steps and not (out / HALF_STATE).exists():
-                state.save(out / HALF_STATE)
+                # its production step says which frames its samples came with (the first half of the samples)
+                replace(state, meta={**state.meta, HALF_STEP_KEY: str(done)}).save(out / HALF_STATE)
             if self.shared_bias is not None:  # publish ours, keep the others' sums for the next segment
                 self.shared_bias.publish(state)
                 shared = self.shared_bias.others()
@@ -962,6 +965,42 @@ class FreeEnergyEstimates:
         rms, frac = free_energy_drift(self.free_energy(estimator, half), self.free_energy(estimator, st), pts,
                                       *self._grid(estimator, st), st.periodic)
         return {"rms": rms, "frames": frac}
+
+    def first_half_frames(self) -> Optional[np.ndarray]:
+        """Per COLVAR row/frame, True where it was recorded up to the half-time state (None without one)."""
+        raise NotImplementedError  # pragma: no cover - provided by subclasses
+
+    def delta_f_halves(self, labels: np.ndarray, estimator: str = "czar", lambdas: Optional[np.ndarray] = None,
+                       xis: Optional[np.ndarray] = None) -> Optional[Dict[str, float]]:
+        """Delta F between two basins from the first and from the second half of the samples, separately (kJ/mol).
+
+        ``first``: the half-time accumulators (:attr:`half_state`) and the frames recorded up to then;
+        ``second``: the accumulators gathered after it (final minus half-time) and the later frames. Each is the
+        estimate a run of that half alone would give with the bias it had (``labels`` per frame: 1 in basin B,
+        0 in A, -1 in neither; ``F_B - F_A``, NaN where a half has no weight in a basin). Stationary sampling
+        gives two estimates that differ by noise, about twice the whole run's error; a trend common to all
+        walkers (a slow relaxation that the bias's build-up started) shows as a difference no walkers' scatter
+        and no resampling of time blocks sees. None without a half-time state.
+        """
+        from .estimators import kT as kT_of
+
+        _check_estimator(estimator)
+        first, half = self.first_half_frames(), self.half_state
+        if first is None or half is None:
+            return None
+        labels = np.asarray(labels)
+        lam = self.colvar_lambda() if lambdas is None else np.asarray(lambdas)
+        xi = self.colvar_xi() if xis is None else np.asarray(xis)
+        late = EABFState.weighted_sum([(1.0, self.state), (-1.0, half)])
+        out = {}
+        for name, state, rows in (("first", half, first), ("second", late, ~first)):
+            try:
+                w = self.reweighting_weights(estimator, state, lambdas=lam[rows], xis=xi[rows])
+            except ValueError:  # no frame of this half in a bin its accumulators estimate
+                out[name] = float("nan")
+                continue
+            out[name] = _delta_f(w, labels[rows], kT_of(self.temperature))
+        return out
 
     def block_increments(self) -> List[Tuple[np.ndarray, List[EABFState]]]:
         """Per run: (the block index of each COLVAR row/frame, each block's own accumulators as an EABFState).
@@ -1199,6 +1238,17 @@ class RunOutputs(FreeEnergyEstimates):
         p = self.out_dir / HALF_STATE
         return EABFState.load(p) if p.is_file() else None
 
+    def first_half_frames(self) -> Optional[np.ndarray]:
+        half = self.half_state
+        if half is None or self.state is None:
+            return None
+        every = int(self.run["report_interval"])
+        step = half.meta.get(HALF_STEP_KEY)
+        if step is None:  # saved before the step was recorded: from its share of the samples, to a whole row
+            end = int(self.checkpoint["step"])
+            step = every * round(end * half.n_samples / max(1, self.state.n_samples) / every)
+        return (np.arange(len(self.colvar_xi())) + 1) * every <= int(step)
+
     def block_increments(self):
         return [_block_increments_of(self.out_dir, self.state, len(self.colvar_xi()), int(self.run["report_interval"]),
                                      int(self.checkpoint["step"]))]
@@ -1263,6 +1313,10 @@ class PooledRuns(FreeEnergyEstimates):
     def run_index(self) -> np.ndarray:
         """Which walker each pooled COLVAR row came from (0-based, in the order of ``runs``), (n_rows,) int."""
         return np.repeat(np.arange(len(self.runs)), [len(r.colvar_xi()) for r in self.runs])
+
+    def first_half_frames(self) -> Optional[np.ndarray]:
+        parts = [r.first_half_frames() for r in self.runs]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
 
     def block_increments(self):
         return [b for r in self.runs for b in r.block_increments()]

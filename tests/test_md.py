@@ -39,6 +39,11 @@ def test_resume_reproduces_continuous_run(tmp_path):
     assert part.n_steps == 100 and part.state.n_samples > 0
     mid = run_eabf(ms, cv, es, md, tmp_path / "split", 200, resume=True, log=None)
     assert mid.n_steps == 200
+    from aesample.md import load_result
+
+    at_200 = load_result(tmp_path / "split")  # what the continuous run's half-time state must reproduce
+    at_200_lambda = at_200.colvar_lambda()
+    at_200_first = at_200.reweighting_weights("naive")
     res = run_eabf(ms, cv, es, md, tmp_path / "split", 300, resume=True, log=None)
     assert res.n_steps == 300
     for name in ("count", "grad", "zcount", "czar", "last"):
@@ -72,11 +77,29 @@ def test_resume_reproduces_continuous_run(tmp_path):
     for suffix in (".grad", ".pmf", ".czar.grad", ".czar.pmf", ".zcount"):
         assert (tmp_path / "split" / ("eabf" + suffix)).is_file()
     # the half-time eABF state: the checkpoint at step 200 of 300 (first at or past half), strictly before the end
-    from aesample.md import load_result
-
     half = load_result(tmp_path / "cont").half_state
     assert half is not None and 0 < half.n_samples < cont.state.n_samples
     assert abs(3 * half.n_samples - 2 * cont.state.n_samples) <= 3
+    assert half.meta["production_step"] == "200"
+    # ... which splits the samples in two: the first half is the run as it stood at step 200, frames and all
+    whole = load_result(tmp_path / "cont")
+    assert whole.first_half_frames().tolist() == [True] * 8 + [False] * 4
+    np.testing.assert_array_equal(whole.colvar_lambda()[:8], at_200_lambda)
+    labels = np.arange(12) % 2  # any two-set partition of the frames that each half has both sets of
+    halves = whole.delta_f_halves(labels, "naive")
+    from aesample.estimators import kT as kT_of
+
+    kT = kT_of(300.0)
+    assert halves["first"] == pytest.approx(-kT * np.log(at_200_first[1::2].sum() / at_200_first[::2].sum()),
+                                            rel=1e-12)
+    late = EABFState.weighted_sum([(1.0, whole.state), (-1.0, half)])
+    assert late.n_samples == whole.state.n_samples - half.n_samples
+    w2 = whole.reweighting_weights("naive", late, lambdas=whole.colvar_lambda()[8:])
+    assert halves["second"] == pytest.approx(-kT * np.log(w2[1::2].sum() / w2[::2].sum()), rel=1e-12)
+    assert halves["first"] != pytest.approx(halves["second"])
+    # a half-time state saved before the step was recorded: the split comes from its share of the samples
+    del whole.half_state.meta["production_step"]
+    assert whole.first_half_frames().tolist() == [True] * 8 + [False] * 4
     drift = load_result(tmp_path / "cont").free_energy_drift("naive")
     assert drift["rms"] > 0 and 0 < drift["frames"] <= 1
     # CZAR needs sampled neighbour bins for its density gradient: after 200 steps on 144 bins it may have no bin
