@@ -372,8 +372,9 @@ class LoopConfig(_Section):
         "(a CV that stopped changing does not make its free energy converged; a drift that stays above it asks "
         "for longer loop.eabf_per_iteration). With loop.walkers >= 2 the standard error of the pooled free energy "
         "from the walkers' scatter (same frames, same RMS) must be at most this too, and so must the named "
-        "basins' Delta F error bar where the system names basins (at least the walkers' standard error and the "
-        "gap between the pooled value and the walkers' mean). null: the regression score "
+        "basins' Delta F error bar where the system names basins (at least the walkers' standard error, the "
+        "gap between the pooled value and the walkers' mean, and half the difference between the Delta F of the "
+        "first and of the second half of the samples). null: the regression score "
         "and the sampling checks decide.",
     )
     walkers: int = Field(

@@ -518,9 +518,13 @@ def run_analyse_stage(run: RunLayout, k: int) -> dict[str, Any]:
         basin = analysis.basin_report(angles[:, 0], weights, kT, n_runs=len(results),
                                       min_transitions=cfg.loop.basin_min_transitions, min_ess=cfg.loop.basin_min_ess)
         metrics["basin_delta_f_walkers_gap"] = _walkers_gap(basin["value"], metrics.get("basin_delta_f_walkers"))
+        # the same Delta F from each half of the samples: a trend all walkers share shows only there
+        halves = pooled.delta_f_halves(labels, estimator, lambdas=lambdas) if k > 0 else None
+        for h in ("first", "second"):
+            metrics[f"basin_delta_f_{h}_half"] = None if halves is None else _finite_or_none(halves[h])
         # _basin_error gives a finite error bar with its source, or (None, None), as basin_report would store them
         df_error, df_error_from = _basin_error(error, metrics.get("basin_delta_f_sem"),
-                                               metrics["basin_delta_f_walkers_gap"])
+                                               metrics["basin_delta_f_walkers_gap"], halves)
         metrics["basin_delta_f"] = dict(basin, error=df_error, error_from=df_error_from)
         if k > 0:  # how much of C7ax shares xi_{k-1} bins with C7eq/C5: there the bias cannot help
             overlap = analysis.basin_overlap(angles[:, 0], cells, weights)
@@ -631,8 +635,8 @@ def _sem(values: list) -> Optional[float]:
     return float(np.std(ok, ddof=1) / np.sqrt(len(ok))) if len(ok) >= 2 else None
 
 
-def _basin_error(error: Optional[dict], walkers_sem: Optional[float],
-                 walkers_gap: Optional[float] = None) -> tuple[Optional[float], Optional[str]]:
+def _basin_error(error: Optional[dict], walkers_sem: Optional[float], walkers_gap: Optional[float] = None,
+                 halves: Optional[dict] = None) -> tuple[Optional[float], Optional[str]]:
     """The error bar of the named basins' Delta F and where it comes from.
 
     The pooled run's own error (block bootstrap or basin visits, ``error["delta_f_error_from"]``) sees only the
@@ -640,10 +644,16 @@ def _basin_error(error: Optional[dict], walkers_sem: Optional[float],
     which no within-run resampling sees (benchmarks/LOOP_RESULTS.md): with walkers, the larger of the two is the
     error bar. ``walkers_gap``, |pooled Delta F - the walkers' mean|, joins them: both estimate the same Delta F,
     so where they differ by more than the walkers' spread explains, at least one of them is off by that much.
+    ``halves`` (:meth:`aesample.md.FreeEnergyEstimates.delta_f_halves`) joins them as half the difference between
+    the first and the second half of the samples: for stationary sampling a one-draw estimate of the whole run's
+    error (each half's error is about sqrt(2) times it), and where every walker drifts the same way over its run
+    the one measure that sees it.
     """
     own = None if error is None else _finite_or_none(error.get("delta_f_error"))
     out = (own, None if own is None else error.get("delta_f_error_from"))
-    for value, source in ((walkers_sem, "walkers' SEM"), (walkers_gap, "pooled vs walkers' mean")):
+    split = None if halves is None else 0.5 * abs(halves["second"] - halves["first"])
+    for value, source in ((walkers_sem, "walkers' SEM"), (walkers_gap, "pooled vs walkers' mean"),
+                          (split, "first vs second half of the samples")):
         if value is not None and np.isfinite(value) and (out[0] is None or value > out[0]):
             out = (float(value), source)
     return out

@@ -27,6 +27,8 @@ _COLUMNS = [
     ("delta_f_phi", "ΔF φ>0−φ<0 (kJ/mol)", "{:.2f}"),
     ("delta_f_phi_half", "same, F at half time", "{:.2f}"),
     ("delta_f_phi_sem", "± walkers' SEM", "{:.2f}"),
+    ("basin_delta_f_first_half", "basins' ΔF, 1st half of samples", "{:.2f}"),
+    ("basin_delta_f_second_half", "2nd half", "{:.2f}"),
     ("phi_transitions", "C7eq↔C7ax transitions", "{}"),
     ("c7ax_in_shared_bins", "C7ax mass in bins shared with C7eq", "{:.2f}"),
     ("hidden_barrier_fraction", "weight in bins mixing states", "{:.2f}"),

@@ -146,3 +146,16 @@ def test_gap_between_pooled_and_walkers_mean_joins_the_basins_error_bar():
     assert _basin_error(pooled, 0.47, gap) == (pytest.approx(1.448333, abs=1e-4), "pooled vs walkers' mean")
     assert _basin_error(pooled, 0.47, 0.2) == (0.55, "visits")  # agreeing walkers change nothing
     assert _walkers_gap(6.18, [8.0]) is None and _walkers_gap(None, walkers) is None
+
+
+def test_a_drift_shared_by_the_walkers_joins_the_basins_error_bar():
+    """Seed 1 of the cpu-long loop, iteration 2 (LOOP_RESULTS.md): six walkers agree (SEM 0.67), but the first
+    half of their samples gives Delta F 5.05 and the second 7.68; half the difference is the error bar."""
+    from aesample.loopstages import _basin_error
+
+    pooled = {"delta_f_error": 0.41, "delta_f_error_from": "bootstrap"}
+    drifting = {"first": 5.05, "second": 7.68}
+    assert _basin_error(pooled, 0.67, 0.1, drifting) == (pytest.approx(1.315), "first vs second half of the samples")
+    assert _basin_error(pooled, 0.67, 0.1, {"first": 8.55, "second": 8.64}) == (0.67, "walkers' SEM")
+    assert _basin_error(pooled, None, None, {"first": float("nan"), "second": 8.0}) == (0.41, "bootstrap")
+    assert _basin_error(None, None, None, drifting)[0] == pytest.approx(1.315)
