@@ -1,15 +1,16 @@
-"""Does the start of each walker bias the loop's Delta F? The CZAR estimate from each half of the samples.
+"""Does an iteration's Delta F drift over the walkers' runs? The CZAR estimate from each part of the samples.
 
     python benchmarks/loop_late_estimate.py RUN_DIR 1 2 3 4
 
-Re-reads each iteration's saved walkers (no MD). Every walker saves its accumulators at the first checkpoint past
-half of its run (``half_state``), so the pooled accumulators split into the first half's samples (the half-time
-state) and the second half's (final minus half-time). Printed per iteration, for the named basins' Delta F
-(C7ax = 0 < phi < 2.3 rad vs the rest, kJ/mol) of all the iteration's frames weighted with w = exp(-beta A(xi)) / n(xi): A and n from
-all samples (what the loop reports), from the first halves only and from the second halves only; then each
-walker's own second-half Delta F. If the early samples, taken while the bias was still building, carry an error
-that the later ones do not, the second-half value differs from the first-half one while the two halves of the
-frames agree (the last column pair: the final A on the first / second half of the frames). For dipeptide runs.
+Re-reads each iteration's saved walkers (no MD). For the named basins' Delta F (C7ax = 0 < phi < 2.3 rad vs the
+rest, kJ/mol), per iteration: the loop's value (all samples, all frames); from the first and from the second half of
+the samples (:meth:`aesample.md.FreeEnergyEstimates.delta_f_halves`: the half-time accumulators with the frames
+recorded up to then, the later accumulators with the later frames), as the loop records them since the tenth
+session; from each quarter of the samples (the walkers' time-block snapshots, ``blocks/``, summed over the
+walkers, with each quarter's frames); each walker's own halves; and the basins' error bar as the loop gives it now
+(the larger of the run's own error, the walkers' SEM, the pooled-vs-mean gap and half the halves' difference)
+against the one recorded when the iteration ran. A trend that every walker shares moves the quarters one way while
+the walkers agree with each other. For dipeptide runs.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ def main() -> int:
     from aesample import analysis, md
     from aesample import loopstages as ls
     from aesample.eabf import EABFState
-    from aesample.estimators import czar_reweighting_weights
 
     kT = ls._kT(run)
     for k in iterations:
@@ -37,32 +37,41 @@ def main() -> int:
         phi = run.system.observables(ls._frames(run, k)[0])["phi"]
         labels = analysis.c7ax_labels(phi)
         xi, walker = pooled.colvar_xi(), pooled.run_index()
-        late_frames = np.concatenate([np.arange(n) >= n // 2 for n in np.bincount(walker)])
-
-        def delta_f(state: EABFState, frames: np.ndarray) -> float:
-            w = czar_reweighting_weights(xi[frames], state.czar_free_energy(pooled.temperature), state.zcount,
-                                         state.grid_min, state.z_bin_width, pooled.temperature, state.periodic)
-            lab = labels[frames]
-            return float(-kT * np.log(w[lab == 1].sum() / w[lab == 0].sum()))
-
-        every = np.ones(len(xi), dtype=bool)
-        final, half = pooled.state, pooled.half_state
-        if half is None:
+        if pooled.half_state is None:
             raise SystemExit(f"{run.run_dir}: iteration {k} has a walker without a half-time state (one segment only)")
-        second = EABFState.weighted_sum([(1.0, final), (-1.0, half)])
-        own_late = []
-        for j, r in enumerate(results):
+        halves = pooled.delta_f_halves(labels)
+        # quarters: cumulative block snapshots summed over the walkers, frames by their place in their walker's run
+        snaps = [[EABFState.load(f) for _, f in r.block_snapshots()] for r in results]
+        n_blocks = min(len(s) for s in snaps)
+        place = np.concatenate([np.arange(n) / n for n in np.bincount(walker)])
+
+        def cumulative(b: int) -> EABFState:
+            return EABFState.weighted_sum([(1.0, s[b - 1]) for s in snaps])
+
+        def delta_f(state: EABFState, rows: np.ndarray) -> float:
             try:
-                own_late.append(round(delta_f(EABFState.weighted_sum([(1.0, r.state), (-1.0, r.half_state)]),
-                                              walker == j), 2))
-            except ValueError:  # a walker without a weighted frame
-                own_late.append(None)
-        row = {"iteration": k, "all_samples": round(delta_f(final, every), 2),
-               "first_half_samples": round(delta_f(half, every), 2),
-               "second_half_samples": round(delta_f(second, every), 2),
-               "walkers_second_half": own_late,
-               "final_A_first_half_frames": round(delta_f(final, ~late_frames), 2),
-               "final_A_second_half_frames": round(delta_f(final, late_frames), 2),
+                w = pooled.reweighting_weights("czar", state, xis=xi[rows])
+            except ValueError:  # no frame of these in a bin the state estimates
+                return float("nan")
+            return round(md._delta_f(w, labels[rows], kT), 2)
+
+        quarters = []
+        for j in range(4):
+            lo, hi = j * n_blocks // 4, (j + 1) * n_blocks // 4
+            state = cumulative(hi) if lo == 0 else EABFState.weighted_sum([(1.0, cumulative(hi)),
+                                                                          (-1.0, cumulative(lo))])
+            quarters.append(delta_f(state, (place >= lo / n_blocks - 1e-9) & (place < hi / n_blocks - 1e-9)))
+        metrics = run.metrics(k) or {}
+        basin = metrics.get("basin_delta_f") or {}
+        own = {"delta_f_error": basin.get("error"), "delta_f_error_from": basin.get("error_from")}
+        now = ls._basin_error(own, metrics.get("basin_delta_f_sem"), metrics.get("basin_delta_f_walkers_gap"), halves)
+        row = {"iteration": k, "all_samples": round(md._delta_f(pooled.reweighting_weights("czar"), labels, kT), 2),
+               "first_half": round(halves["first"], 2), "second_half": round(halves["second"], 2),
+               "quarters": quarters,
+               "walkers_halves": [[round(v, 2) for v in r.delta_f_halves(labels[walker == j]).values()]
+                                  for j, r in enumerate(results)],
+               "error_recorded": [basin.get("error"), basin.get("error_from")],
+               "error_now": [None if now[0] is None else round(now[0], 2), now[1]],
                "transitions": analysis.basin_transitions(phi, n_runs=len(results))}
         print(json.dumps(row), flush=True)
     return 0
