@@ -989,13 +989,13 @@ class FreeEnergyEstimates:
         if first is None or half is None:
             return None
         labels = np.asarray(labels)
-        lam = self.colvar_lambda() if lambdas is None else np.asarray(lambdas)
-        xi = self.colvar_xi() if xis is None else np.asarray(xis)
+        points = np.asarray(self._points(estimator, lambdas, xis))  # xi for CZAR, lambda for F_kappa
+        key = "xis" if estimator == "czar" else "lambdas"
         late = EABFState.weighted_sum([(1.0, self.state), (-1.0, half)])
         out = {}
         for name, state, rows in (("first", half, first), ("second", late, ~first)):
             try:
-                w = self.reweighting_weights(estimator, state, lambdas=lam[rows], xis=xi[rows])
+                w = self.reweighting_weights(estimator, state, **{key: points[rows]})
             except ValueError:  # no frame of this half in a bin its accumulators estimate
                 out[name] = float("nan")
                 continue

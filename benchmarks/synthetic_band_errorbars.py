@@ -16,6 +16,10 @@ basin visits as blocks, else the larger of it and the basin visits'; loop's n_bo
 parts, and the CZAR grid's Delta F with its Bayesian block
 bootstrap -- then the ratio RMS(error bar) / walkers' SD with a
 95 % interval (chi-square interval of the SD with the RMS error bar held fixed, and a bootstrap over walkers).
+Also each walker's Delta F from the first and the second half of its samples (``md``'s ``delta_f_halves``: the
+snapshot after half of the blocks with the frames up to then, the rest with the rest), half their difference
+(``halves``) and the loop's basins' error bar with it (``error_with_halves``, its largest when a single walker),
+and the mean second-minus-first difference over walkers: a start-up transient of the estimator would show there.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import numpy as np
 # the model and its walker live in the test that runs it on 8 walkers (one copy of both)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.test_estimators_integration import (KT, WALKER_STEPS, WalkerEstimates, _exact_delta_f,  # noqa: E402
-                                               _grid_delta_f, _walker)
+                                               _grid_delta_f, _walker, theta)
 
 from aesample.eabf import EABFState  # noqa: E402
 
@@ -87,19 +91,32 @@ def analyse(paths: List[Path], n_boot: int) -> Dict[str, object]:
         r = fe.delta_f(seed=seed, n_boot=n_boot)
         # the grid's Delta F (Boltzmann sum over CZAR bins) and its Bayesian block bootstrap: the 2026-12-04 table
         grid_reps = [_grid_delta_f(st) for st, _ in fe.bootstrap(n_boot=n_boot, seed=seed)]
+        labels = (theta(xi) > 0).astype(int)
+        halves = fe.delta_f_halves(labels, xis=xi)  # each half of the samples with its own frames
+        split = 0.5 * abs(halves["second"] - halves["first"])
         rows.append({"walker": p.name, "delta_f": r["delta_f"] / KT, "error": r["delta_f_error"] / KT,
                      "bootstrap": r["delta_f_error_bootstrap"] / KT, "visits": r["delta_f_error_visits"] / KT,
                      "error_from": r["delta_f_error_from"],
                      "transitions": r["delta_f_visits"]["transitions"], "grid_delta_f": _grid_delta_f(snaps[-1]) / KT,
-                     "grid_bootstrap": float(np.std(grid_reps, ddof=1)) / KT})
+                     "grid_bootstrap": float(np.std(grid_reps, ddof=1)) / KT,
+                     "first_half": halves["first"] / KT, "second_half": halves["second"] / KT, "halves": split / KT,
+                     # the loop's basins' error bar without walkers: the run's own, at least half the halves' gap
+                     "error_with_halves": float(np.fmax(r["delta_f_error"], split)) / KT})
         print(f"{p.name}: dF {rows[-1]['delta_f']:.3f} kT, error {rows[-1]['error']:.3f} (bootstrap "
               f"{rows[-1]['bootstrap']:.3f}, visits {rows[-1]['visits']:.3f}, {rows[-1]['transitions']} "
               f"transitions) {time.time() - t0:.1f}s", flush=True)
     df = np.array([r["delta_f"] for r in rows])
     out: Dict[str, object] = {"walkers": len(rows), "exact_kT": exact, "mean_minus_exact": float(df.mean() - exact),
                               "error_from_bootstrap": sum(r["error_from"] == "bootstrap" for r in rows), "rows": rows}
-    for key in ("error", "bootstrap", "visits"):
+    for key in ("error", "bootstrap", "visits", "halves", "error_with_halves"):
         out[key] = ratio_interval(df, np.array([r[key] for r in rows]))
+    # a start-up transient of the estimate would show as a mean difference between the halves
+    first, second = (np.array([r[h] for r in rows]) for h in ("first_half", "second_half"))
+    gap = second - first
+    out["second_minus_first_half"] = {"mean": float(np.nanmean(gap)),
+                                      "sem": float(np.nanstd(gap, ddof=1) / np.sqrt(np.isfinite(gap).sum())),
+                                      "first_mean_minus_exact": float(np.nanmean(first) - exact),
+                                      "second_mean_minus_exact": float(np.nanmean(second) - exact)}
     grid = np.array([r["grid_delta_f"] for r in rows])
     out["grid_mean_minus_exact"] = float(grid.mean() - exact)
     out["grid_bootstrap"] = ratio_interval(grid, np.array([r["grid_bootstrap"] for r in rows]))

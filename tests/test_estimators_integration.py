@@ -151,9 +151,13 @@ class WalkerEstimates(FreeEnergyEstimates):
         self._xi = xi
         self._block = block
         self.blocks = [snaps[0]] + [EABFState.weighted_sum([(1, b), (-1, a)]) for a, b in zip(snaps, snaps[1:])]
+        self.half_state = snaps[len(snaps) // 2 - 1]  # after half of the blocks, as a run's half-time state
 
     def colvar_xi(self) -> np.ndarray:
         return self._xi
+
+    def first_half_frames(self) -> np.ndarray:
+        return self._block < len(self.blocks) // 2
 
     def block_increments(self):
         return [(self._block, self.blocks)]
