@@ -167,12 +167,15 @@ def evaluate(run_dir: Path, misfolded_pdb: Path | None = None, out_dir: Path | N
             rs.append(obs["rmsd_ca"])
             gs.append(obs["rg"])
             cas.append(traj.atom_slice(traj.topology.select("protein and name CA")))
-            if pooled_w is None:
-                ws.append(np.full(traj.n_frames, 1.0 / traj.n_frames / len(dirs)))
+            if pooled_w is None:  # normalised over the iteration's frames below, as the loop's uniform weights
+                ws.append(np.ones(traj.n_frames))
             else:
                 ws.append(pooled_w[start:start + traj.n_frames])
             start += traj.n_frames
             its.append(np.full(traj.n_frames, k))
+        if pooled_w is None:
+            for j in range(len(ws) - len(results), len(ws)):
+                ws[j] = ws[j] / start
     xi, rmsd, rg, w, it = (np.concatenate(v) for v in (xs, rs, gs, ws, its))
     ca = mdtraj.join(cas)
     out = {"iteration": last, "frames": int(len(rmsd)), "rmsd_min": float(rmsd.min()), "rmsd_max": float(rmsd.max()),
