@@ -1,0 +1,111 @@
+"""Is the loop's free energy along its CV right inside one basin? Unbiased frames decide (no reference needed).
+
+    OMP_NUM_THREADS=1 python benchmarks/within_basin_check.py unbiased OUT_DIR [--ns 10] [--seed 7]
+    OMP_NUM_THREADS=1 python benchmarks/within_basin_check.py check RUN_DIR K [K ...] --unbiased OUT_DIR
+
+``unbiased``: plain MD of alanine dipeptide in vacuum from C7eq (the loop's MD settings, Reference platform), long
+enough to sample C7eq and C5 at equilibrium (they exchange in tens of ps; C7ax is not reached). ``check``: for
+loop iteration K (eABF along xi_{K-1}), Delta F(C7eq - C5) (C7eq: -2 < phi < 0; C5: phi <= -2 or phi >= 2.3;
+kJ/mol) four ways:
+
+* ``true``: the unbiased frames' own populations;
+* ``loop``: the iteration's frames with the loop's weights exp(-beta A(xi)) / n(xi);
+* ``loop_A_unbiased_makeup``: the loop's CZAR A(xi) with the unbiased frames' make-up per CZAR bin (each unbiased
+  frame weighted exp(-beta A(xi)) / its bin's unbiased count): equal to ``loop`` when the error is in A(xi);
+* ``unbiased_A_loop_makeup``: the unbiased histogram of xi as exp(-beta A) with the iteration's frames' make-up per
+  bin (over the bins the unbiased run reached): equal to ``true`` when the frames' make-up at fixed xi is right.
+
+So a loop value off ``true`` is placed either in the free energy along xi or in what the frames hold at fixed xi.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def run_unbiased(out: Path, ns: float, seed: int) -> None:
+    from aesample.config import apply_overrides, config_from_dict
+    from aesample.md import MDSettings, run_md
+    from aesample.systems import build_system
+
+    cfg = apply_overrides(config_from_dict({}), ["md.segment_steps=500000", "md.report_interval=100",
+                                                 f"md.seed={seed}", "system.platform=Reference"])
+    system = build_system("alanine-dipeptide", temperature=cfg.system.temperature)
+    run_md(system, MDSettings.from_config(cfg, 0), out, int(round(ns * 1e6 / (cfg.md.timestep))),
+           resume=(out / "checkpoint.json").exists(), progress=False)
+
+
+def delta_f(phi: np.ndarray, weights: np.ndarray, kT: float) -> float:
+    """F(C7eq) - F(C5) from per-frame weights."""
+    c5 = (phi <= -2.0) | (phi >= 2.3)
+    c7eq = (phi > -2.0) & (phi < 0.0)
+    return float(-kT * np.log(weights[c7eq].sum() / weights[c5].sum()))
+
+
+def check(run_dir: Path, iterations: list, unbiased: Path) -> None:
+    import mdtraj
+
+    from aesample import md
+    from aesample import loopstages as ls
+    from aesample.export import compute_cv, load_cv
+    from aesample.runlayout import RunLayout
+
+    run = RunLayout.open(run_dir)
+    kT = ls._kT(run)
+    ref = md.load_result(unbiased).load_trajectory(run.system.mdtraj_topology)
+    phi_u = mdtraj.compute_phi(ref)[1][:, 0]
+    for k in iterations:
+        pooled = md.PooledRuns([md.load_result(d) for d in ls._md_dirs(run, k)])
+        st = pooled.state
+        a = st.czar_free_energy(pooled.temperature)
+        cv, _ = load_cv(run.iteration_dir(k - 1) / "cv.pt")
+
+        def bins(xi: np.ndarray) -> np.ndarray:  # flat CZAR-bin index of each frame
+            cell = np.clip(np.floor((xi - st.grid_min) / st.z_bin_width).astype(int), 0, st.zbins - 1)
+            return np.ravel_multi_index(tuple(cell.T), tuple(st.zbins))
+
+        b_u = bins(compute_cv(cv, ref.xyz.astype(np.float64)))
+        n_u = np.bincount(b_u, minlength=a.size)
+        traj, w, _ = ls._frames(run, k)
+        phi_b = run.system.observables(traj)["phi"]
+        b_b = bins(pooled.colvar_xi())
+        n_b = np.bincount(b_b, minlength=a.size)
+        a_u = a.ravel()[b_u]
+        ok = np.isfinite(a_u)
+        w_u = np.where(ok, np.exp(-(np.where(ok, a_u, 0.0) - a_u[ok].min()) / kT), 0.0) / n_u[b_u]
+        w_b = n_u[b_b] / n_b[b_b]  # unbiased histogram as the Boltzmann mass of each bin, shared by its frames
+        print(json.dumps({"iteration": k, "true": round(delta_f(phi_u, np.ones(len(phi_u)), kT), 2),
+                          "loop": round(delta_f(phi_b, w, kT), 2),
+                          "loop_A_unbiased_makeup": round(delta_f(phi_u, w_u, kT), 2),
+                          "unbiased_A_loop_makeup": round(delta_f(phi_b, w_b, kT), 2),
+                          "unbiased_frames_with_A": round(float(ok.mean()), 4),
+                          "loop_frames_in_unbiased_bins": round(float((n_u[b_b] > 0).mean()), 3)}), flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("unbiased")
+    u.add_argument("out", type=Path)
+    u.add_argument("--ns", type=float, default=10.0)
+    u.add_argument("--seed", type=int, default=7)
+    c = sub.add_parser("check")
+    c.add_argument("run_dir", type=Path)
+    c.add_argument("iterations", type=int, nargs="+")
+    c.add_argument("--unbiased", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "unbiased":
+        run_unbiased(args.out, args.ns, args.seed)
+    else:
+        check(args.run_dir, args.iterations, args.unbiased)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
