@@ -16,6 +16,9 @@ kJ/mol) four ways:
   bin (over the bins the unbiased run reached): equal to ``true`` when the frames' make-up at fixed xi is right.
 
 So a loop value off ``true`` is placed either in the free energy along xi or in what the frames hold at fixed xi.
+Then where along xi: the loop's A(xi) minus -kT ln(unbiased count) over the CZAR bins with >= 30 unbiased frames
+(count-weighted, mean removed): its RMS, the plane that fits it best (``A_minus_unbiased_tilt``, kJ/mol per CV
+unit per component) and what the plane leaves (the unbiased histogram's own noise is part of it).
 """
 from __future__ import annotations
 
@@ -80,12 +83,27 @@ def check(run_dir: Path, iterations: list, unbiased: Path) -> None:
         ok = np.isfinite(a_u)
         w_u = np.where(ok, np.exp(-(np.where(ok, a_u, 0.0) - a_u[ok].min()) / kT), 0.0) / n_u[b_u]
         w_b = n_u[b_b] / n_b[b_b]  # unbiased histogram as the Boltzmann mass of each bin, shared by its frames
+        # where along xi: A - (-kT ln n_unbiased) over the bins with >= 30 unbiased frames, fitted by a plane
+        full = n_u >= 30
+        d = a.ravel() - np.where(full, -kT * np.log(np.maximum(n_u, 1)), np.nan)
+        ok_bins = full & np.isfinite(d)
+        d_ok, w_ok = d[ok_bins], n_u[ok_bins]
+        d_ok = d_ok - np.average(d_ok, weights=w_ok)
+        centres = st.grid_min + (np.argwhere(ok_bins.reshape(a.shape)) + 0.5) * st.z_bin_width
+        design = np.column_stack([np.ones(len(d_ok)), centres]) * np.sqrt(w_ok)[:, None]
+        plane = np.linalg.lstsq(design, d_ok * np.sqrt(w_ok), rcond=None)[0]
+        resid = d_ok - (design / np.sqrt(w_ok)[:, None]) @ plane
         print(json.dumps({"iteration": k, "true": round(delta_f(phi_u, np.ones(len(phi_u)), kT), 2),
                           "loop": round(delta_f(phi_b, w, kT), 2),
                           "loop_A_unbiased_makeup": round(delta_f(phi_u, w_u, kT), 2),
                           "unbiased_A_loop_makeup": round(delta_f(phi_b, w_b, kT), 2),
                           "unbiased_frames_with_A": round(float(ok.mean()), 4),
-                          "loop_frames_in_unbiased_bins": round(float((n_u[b_b] > 0).mean()), 3)}), flush=True)
+                          "loop_frames_in_unbiased_bins": round(float((n_u[b_b] > 0).mean()), 3),
+                          "A_minus_unbiased_rms": round(float(np.sqrt(np.average(d_ok ** 2, weights=w_ok))), 2),
+                          "A_minus_unbiased_tilt": [round(float(t), 2) for t in plane[1:]],
+                          "A_minus_unbiased_residual_rms": round(float(np.sqrt(np.average(resid ** 2, weights=w_ok))),
+                                                                 2),
+                          "bins_compared": int(ok_bins.sum())}), flush=True)
 
 
 def main(argv=None) -> int:
