@@ -5,9 +5,9 @@
 Re-reads loop iterations (no MD). For each: F(phi) of the iteration's frames with the loop's weights (uniform at
 iteration 0, unbiased MD from C7eq) in 18 bins over [-pi, pi], and the difference to the reference
 (``benchmarks/data/reference_phi_metad_20ns.npz``, its Boltzmann mass integrated over each bin) in the phi < 0
-bins where the reference is below 15 kJ/mol, mean offset over those bins removed (kJ/mol). Unbiased MD samples the C7eq/C5/alpha_R
-basin at equilibrium within a nanosecond (its states exchange in tens of ps), so where several runs agree with
-each other and not with the reference, the reference's shape there is in question.
+bins where the reference is below 15 kJ/mol, mean offset over those bins removed (kJ/mol). Unbiased MD samples
+the C7eq/C5/alpha_R basin at equilibrium within a nanosecond (its states exchange in tens of ps): iteration 0
+checks the reference there, the later iterations check the loop's weights against it.
 """
 from __future__ import annotations
 
