@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/within_basin_check.py unbiased OUT_DIR [--ns 10] [--seed 7]
     OMP_NUM_THREADS=1 python benchmarks/within_basin_check.py check RUN_DIR K [K ...] --unbiased OUT_DIR
+    OMP_NUM_THREADS=1 python benchmarks/within_basin_check.py eabf EABF_DIR [...] --cv CV.pt --unbiased OUT_DIR
 
 ``unbiased``: plain MD of alanine dipeptide in vacuum from C7eq (the loop's MD settings, Reference platform), long
 enough to sample C7eq and C5 at equilibrium (they exchange in tens of ps; C7ax is not reached). ``check``: for
@@ -51,9 +52,71 @@ def delta_f(phi: np.ndarray, weights: np.ndarray, kT: float) -> float:
     return float(-kT * np.log(weights[c7eq].sum() / weights[c5].sum()))
 
 
-def check(run_dir: Path, iterations: list, unbiased: Path) -> None:
+def bins_of(state, xi: np.ndarray) -> np.ndarray:
+    """Flat CZAR-bin index of each frame's xi (clipped to the grid)."""
+    cell = np.clip(np.floor((xi - state.grid_min) / state.z_bin_width).astype(int), 0, state.zbins - 1)
+    return np.ravel_multi_index(tuple(cell.T), tuple(state.zbins))
+
+
+def along_xi(state, a: np.ndarray, n_u: np.ndarray, kT: float) -> dict:
+    """A(xi) minus -kT ln(unbiased count) over the bins with >= 30 unbiased frames: RMS, best plane, residual."""
+    full = n_u >= 30
+    d = a.ravel() - np.where(full, -kT * np.log(np.maximum(n_u, 1)), np.nan)
+    ok_bins = full & np.isfinite(d)
+    d_ok, w_ok = d[ok_bins], n_u[ok_bins]
+    d_ok = d_ok - np.average(d_ok, weights=w_ok)
+    centres = state.grid_min + (np.argwhere(ok_bins.reshape(a.shape)) + 0.5) * state.z_bin_width
+    design = np.column_stack([np.ones(len(d_ok)), centres])
+    root = np.sqrt(w_ok)
+    plane = np.linalg.lstsq(design * root[:, None], d_ok * root, rcond=None)[0]
+    resid = d_ok - design @ plane
+    return {"A_minus_unbiased_rms": round(float(np.sqrt(np.average(d_ok ** 2, weights=w_ok))), 2),
+            "A_minus_unbiased_tilt": [round(float(t), 2) for t in plane[1:]],
+            "A_minus_unbiased_residual_rms": round(float(np.sqrt(np.average(resid ** 2, weights=w_ok))), 2),
+            "bins_compared": int(ok_bins.sum())}
+
+
+def a_with_unbiased_makeup(a: np.ndarray, b_u: np.ndarray, n_u: np.ndarray, kT: float) -> tuple:
+    """Weights exp(-beta A(xi)) / (unbiased count of the bin) of the unbiased frames, and the share that has an A."""
+    a_u = a.ravel()[b_u]
+    ok = np.isfinite(a_u)
+    w = np.where(ok, np.exp(-(np.where(ok, a_u, 0.0) - a_u[ok].min()) / kT), 0.0) / n_u[b_u]
+    return w, float(ok.mean())
+
+
+def unbiased_frames(unbiased: Path, topology):
+    """phi of the unbiased run's frames, and the trajectory."""
     import mdtraj
 
+    from aesample import md
+
+    ref = md.load_result(unbiased).load_trajectory(topology)
+    return mdtraj.compute_phi(ref)[1][:, 0], ref
+
+
+def check_eabf(run_dirs: list, cv_path: Path, unbiased: Path) -> None:
+    """The same along xi for plain eABF runs (``aesample eabf --cv-model``), pooled; with ``--full-samples`` huge
+    they apply no bias, which separates the CZAR estimate itself from what the bias does to the sampling."""
+    from aesample import md
+    from aesample.export import compute_cv, load_cv
+    from aesample.estimators import kT as kT_of
+    from aesample.systems import build_system
+
+    pooled = md.PooledRuns([md.load_result(d) for d in run_dirs])
+    st, kT = pooled.state, kT_of(pooled.temperature)
+    a = st.czar_free_energy(pooled.temperature)
+    cv, _ = load_cv(cv_path)
+    phi_u, ref = unbiased_frames(unbiased, build_system("alanine-dipeptide").mdtraj_topology)
+    b_u = bins_of(st, compute_cv(cv, ref.xyz.astype(np.float64)))
+    n_u = np.bincount(b_u, minlength=a.size)
+    w_u, share = a_with_unbiased_makeup(a, b_u, n_u, kT)
+    print(json.dumps({"runs": [str(d) for d in run_dirs], "samples": int(st.n_samples),
+                      "true": round(delta_f(phi_u, np.ones(len(phi_u)), kT), 2),
+                      "A_unbiased_makeup": round(delta_f(phi_u, w_u, kT), 2), "unbiased_frames_with_A": round(share, 4),
+                      **along_xi(st, a, n_u, kT)}), flush=True)
+
+
+def check(run_dir: Path, iterations: list, unbiased: Path) -> None:
     from aesample import md
     from aesample import loopstages as ls
     from aesample.export import compute_cv, load_cv
@@ -61,49 +124,27 @@ def check(run_dir: Path, iterations: list, unbiased: Path) -> None:
 
     run = RunLayout.open(run_dir)
     kT = ls._kT(run)
-    ref = md.load_result(unbiased).load_trajectory(run.system.mdtraj_topology)
-    phi_u = mdtraj.compute_phi(ref)[1][:, 0]
+    phi_u, ref = unbiased_frames(unbiased, run.system.mdtraj_topology)
     for k in iterations:
         pooled = md.PooledRuns([md.load_result(d) for d in ls._md_dirs(run, k)])
         st = pooled.state
         a = st.czar_free_energy(pooled.temperature)
         cv, _ = load_cv(run.iteration_dir(k - 1) / "cv.pt")
-
-        def bins(xi: np.ndarray) -> np.ndarray:  # flat CZAR-bin index of each frame
-            cell = np.clip(np.floor((xi - st.grid_min) / st.z_bin_width).astype(int), 0, st.zbins - 1)
-            return np.ravel_multi_index(tuple(cell.T), tuple(st.zbins))
-
-        b_u = bins(compute_cv(cv, ref.xyz.astype(np.float64)))
+        b_u = bins_of(st, compute_cv(cv, ref.xyz.astype(np.float64)))
         n_u = np.bincount(b_u, minlength=a.size)
         traj, w, _ = ls._frames(run, k)
         phi_b = run.system.observables(traj)["phi"]
-        b_b = bins(pooled.colvar_xi())
+        b_b = bins_of(st, pooled.colvar_xi())
         n_b = np.bincount(b_b, minlength=a.size)
-        a_u = a.ravel()[b_u]
-        ok = np.isfinite(a_u)
-        w_u = np.where(ok, np.exp(-(np.where(ok, a_u, 0.0) - a_u[ok].min()) / kT), 0.0) / n_u[b_u]
+        w_u, share = a_with_unbiased_makeup(a, b_u, n_u, kT)
         w_b = n_u[b_b] / n_b[b_b]  # unbiased histogram as the Boltzmann mass of each bin, shared by its frames
-        # where along xi: A - (-kT ln n_unbiased) over the bins with >= 30 unbiased frames, fitted by a plane
-        full = n_u >= 30
-        d = a.ravel() - np.where(full, -kT * np.log(np.maximum(n_u, 1)), np.nan)
-        ok_bins = full & np.isfinite(d)
-        d_ok, w_ok = d[ok_bins], n_u[ok_bins]
-        d_ok = d_ok - np.average(d_ok, weights=w_ok)
-        centres = st.grid_min + (np.argwhere(ok_bins.reshape(a.shape)) + 0.5) * st.z_bin_width
-        design = np.column_stack([np.ones(len(d_ok)), centres]) * np.sqrt(w_ok)[:, None]
-        plane = np.linalg.lstsq(design, d_ok * np.sqrt(w_ok), rcond=None)[0]
-        resid = d_ok - (design / np.sqrt(w_ok)[:, None]) @ plane
         print(json.dumps({"iteration": k, "true": round(delta_f(phi_u, np.ones(len(phi_u)), kT), 2),
                           "loop": round(delta_f(phi_b, w, kT), 2),
                           "loop_A_unbiased_makeup": round(delta_f(phi_u, w_u, kT), 2),
                           "unbiased_A_loop_makeup": round(delta_f(phi_b, w_b, kT), 2),
-                          "unbiased_frames_with_A": round(float(ok.mean()), 4),
+                          "unbiased_frames_with_A": round(share, 4),
                           "loop_frames_in_unbiased_bins": round(float((n_u[b_b] > 0).mean()), 3),
-                          "A_minus_unbiased_rms": round(float(np.sqrt(np.average(d_ok ** 2, weights=w_ok))), 2),
-                          "A_minus_unbiased_tilt": [round(float(t), 2) for t in plane[1:]],
-                          "A_minus_unbiased_residual_rms": round(float(np.sqrt(np.average(resid ** 2, weights=w_ok))),
-                                                                 2),
-                          "bins_compared": int(ok_bins.sum())}), flush=True)
+                          **along_xi(st, a, n_u, kT)}), flush=True)
 
 
 def main(argv=None) -> int:
@@ -117,9 +158,15 @@ def main(argv=None) -> int:
     c.add_argument("run_dir", type=Path)
     c.add_argument("iterations", type=int, nargs="+")
     c.add_argument("--unbiased", type=Path, required=True)
+    e = sub.add_parser("eabf")
+    e.add_argument("run_dirs", type=Path, nargs="+")
+    e.add_argument("--cv", type=Path, required=True, help="the cv.pt the runs used")
+    e.add_argument("--unbiased", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "unbiased":
         run_unbiased(args.out, args.ns, args.seed)
+    elif args.cmd == "eabf":
+        check_eabf(args.run_dirs, args.cv, args.unbiased)
     else:
         check(args.run_dir, args.iterations, args.unbiased)
     return 0
