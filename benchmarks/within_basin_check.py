@@ -46,10 +46,11 @@ def run_unbiased(out: Path, ns: float, seed: int) -> None:
 
 
 def delta_f(phi: np.ndarray, weights: np.ndarray, kT: float) -> float:
-    """F(C7eq) - F(C5) from per-frame weights."""
-    c5 = (phi <= -2.0) | (phi >= 2.3)
-    c7eq = (phi > -2.0) & (phi < 0.0)
-    return float(-kT * np.log(weights[c7eq].sum() / weights[c5].sum()))
+    """F(C7eq) - F(C5) from per-frame weights (``md._delta_f`` on C7eq = 1, C5 = 0, the rest -1)."""
+    from aesample.md import _delta_f
+
+    labels = np.where((phi > -2.0) & (phi < 0.0), 1, np.where((phi <= -2.0) | (phi >= 2.3), 0, -1))
+    return _delta_f(weights, labels, kT)
 
 
 def bins_of(state, xi: np.ndarray) -> np.ndarray:

@@ -395,8 +395,8 @@ def test_walkers_run_in_processes_and_are_pooled(tmp_path, walkers_parallel, uni
         assert m["basin_delta_f_walkers_gap"] == pytest.approx(abs(basin["value"] - np.mean(walkers)))
         assert basin["error"] >= m["basin_delta_f_walkers_gap"]
     # each half of the samples on its own (every walker saved a half-time state: 8 segments of 500 steps)
-    halves = [m["basin_delta_f_first_half"], m["basin_delta_f_second_half"]]
     assert "basin_delta_f_first_half" in m and "basin_delta_f_second_half" in m
+    halves = [m["basin_delta_f_first_half"], m["basin_delta_f_second_half"]]
     if basin["value"] is not None and None not in halves:
         assert basin["error"] >= 0.5 * abs(halves[1] - halves[0]) - 1e-12
     # the walkers' standard error of the pooled CZAR free energy, as estimators.walker_standard_error gives it
