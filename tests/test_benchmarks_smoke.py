@@ -72,7 +72,8 @@ def test_half_delta_f_uses_each_half():
 
 @pytest.mark.parametrize("name", ["reference_fes", "adp_loop", "chignolin_loop", "synthetic_band_errorbars",
                                   "loop_error_bars", "walker_checks", "cv_jacobian_ops",
-                                  "loop_late_estimate", "reference_basin_check", "within_basin_check"])
+                                  "loop_late_estimate", "reference_basin_check", "within_basin_check",
+                                  "static_bias_check"])
 def test_benchmark_scripts_load(name):
     """The scripts themselves (loaded as files, not through sys.path) still import what they use."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
