@@ -190,7 +190,7 @@ class _EABFCore(torch.nn.Module):
 
     # compile-time: the scripted module of a graph-safe core has no other path; one without shared accumulators
     # has no shared-bias ops
-    __constants__ = ["graph_safe", "has_shared", "close_rings", "gate_unreached"]
+    __constants__ = ["graph_safe", "has_shared", "close_rings", "gate_unreached", "smooth"]
 
     def __init__(
         self,
@@ -214,6 +214,9 @@ class _EABFCore(torch.nn.Module):
         shared: Optional["EABFState"] = None,
         close_rings: bool = False,
         gate_unreached: bool = False,
+        smooth: bool = False,
+        smooth_interval: int = 500,
+        smooth_iterations: Optional[int] = None,
     ):
         super().__init__()
         d = len(ext_index)
@@ -315,6 +318,51 @@ class _EABFCore(torch.nn.Module):
             self.shared[:nb, 1:].copy_(torch.as_tensor(shared.grad.reshape(nb, d), dtype=f64))
             self.shared[nb:, 0].copy_(torch.as_tensor(shared.zcount.reshape(nz), dtype=f64))
             self.shared[nb:, 1:].copy_(torch.as_tensor(shared.czar.reshape(nz, d), dtype=f64))
+        # smooth bias: the force on lambda is the gradient of the multilinear interpolant of a potential `pot` on the
+        # lambda-bin centres, the least-squares integral of the applied (ramped) per-bin means, refreshed every
+        # `smooth_interval` samples. In 2D and 3D a bias constant over each bin is not a gradient (its tangential
+        # component jumps across bin edges) and then CZAR's estimate is biased; this one is exactly conservative
+        # (benchmarks/static_bias_check.py). Compiled out when off.
+        self.smooth = bool(smooth)
+        self.smooth_interval: float = float(smooth_interval)
+        self.smooth_iterations: int = int(8 * max(bins) if smooth_iterations is None else smooth_iterations)
+        corners = [[float((c >> (d - 1 - k)) & 1) for k in range(d)] for c in range(2 ** d)]
+        self.register_buffer("corner", t(corners))  # (2^d, d): which end of the cell along each axis
+        self.register_buffer("corner_sign", 2.0 * t(corners).t() - 1.0)  # (d, 2^d)
+        # (d, 2^d, d): for the derivative along k, the other axes' weights (True) and a 1 for axis k itself
+        self.register_buffer("other_axes", torch.tensor(
+            [[[m != k for m in range(d)] for _ in range(2 ** d)] for k in range(d)], dtype=torch.bool))
+        # lambda -> position in units of bins with 0 at the first centre; periodic components wrap into [0, bins)
+        self.register_buffer("cell_inv_width", t([b / s_ for b, s_ in zip(bins, span)]))
+        self.register_buffer("cell_origin", t([-a * b / s_ - 0.5 for a, b, s_ in zip(grid_min, bins, span)]))
+        self.register_buffer("cell_wrap", t([float(b) if p else 0.0 for b, p in zip(bins, periodic)]))
+        self.register_buffer("cell_inv_bins", t([1.0 / b for b in bins]))
+        # lowest corner: periodic 0..bins-1 (the upper corner wraps), else 0..bins-2 (outer half bins extrapolate)
+        self.register_buffer("cell_last", t([float(b - 1) if p else float(max(b - 2, 0)) for b, p in zip(bins, periodic)]))
+        self.register_buffer("cell_strides", t([float(st) for st in row_stride]))
+        li, lj, lk, lh = [], [], [], []
+        for k in range(d):
+            if bins[k] < 2:
+                continue
+            for cell in np.ndindex(*bins):
+                nxt = list(cell)
+                nxt[k] += 1
+                if nxt[k] == bins[k]:
+                    if not (periodic[k] and bins[k] > 2):
+                        continue
+                    nxt[k] = 0
+                li.append(int(np.ravel_multi_index(cell, bins)))
+                lj.append(int(np.ravel_multi_index(tuple(nxt), bins)))
+                lk.append(k)
+                lh.append(span[k] / bins[k])
+        self.register_buffer("link_i", torch.tensor(li if smooth else [0], dtype=torch.long))
+        self.register_buffer("link_j", torch.tensor(lj if smooth else [0], dtype=torch.long))
+        self.register_buffer("link_axis", torch.tensor(lk if smooth else [0], dtype=torch.long).unsqueeze(1))
+        self.register_buffer("link_h", t(lh if smooth else [0.0]))
+        self.register_buffer("pot", torch.zeros(nb if smooth else 1, dtype=f64))
+        if self.smooth:
+            with torch.no_grad():
+                self.pot.copy_(self._integrate())
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -399,18 +447,79 @@ class _EABFCore(torch.nn.Module):
             return (n >= self.full_samples).to(torch.float64)
         return torch.clamp(torch.addcmul(self.ramp_shift, n, self.ramp_scale), 0.0, 1.0)
 
-    def _fbias(self, got: torch.Tensor, inside: torch.Tensor, lam_row: torch.Tensor) -> torch.Tensor:
+    def _fbias(self, got: torch.Tensor, inside: torch.Tensor, lam_row: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """ABF bias force on lambda (d,) from the rows of :meth:`_bias_rows`: lambda bin ``lam_row`` (1,)'s
-        [n, sum kappa (lambda - xi)], and with the gate the xi count where lambda is; ``inside``: lambda on the grid."""
-        row = got[1]
-        n = row[0:1]
-        grad = row[1:] / torch.clamp(n, min=1.0)
-        if self.close_rings:
-            grad = grad - self._ring_mean(lam_row)
+        [n, sum kappa (lambda - xi)], and with the gate the xi count where lambda is; ``inside``: lambda on the grid.
+        With the smooth bias, the gradient of the interpolated potential at ``lam`` (d,) instead of the bin's mean."""
+        if self.smooth:
+            grad = self._smooth_gradient(lam)
+        else:
+            row = got[1]
+            n = row[0:1]
+            grad = row[1:] / torch.clamp(n, min=1.0)
+            if self.close_rings:
+                grad = grad - self._ring_mean(lam_row)
+            grad = grad * self._ramp(n)
         if self.gate_unreached:  # rows 2..: xi counts of the CZAR bins overlapping lambda's bin
             reached = got.narrow(0, 2, got.shape[0] - 2).select(1, 0).sum(0, True) > 0.0
-            return grad * self._ramp(n) * (inside & reached)
-        return grad * self._ramp(n) * inside
+            return grad * (inside & reached)
+        return grad * inside
+
+    def _laplacian(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """(D^T W D + eps) x for the lambda grid's links (D x: x_j - x_i per link, W: link weights ``w``)."""
+        dw = w * (x.index_select(0, self.link_j) - x.index_select(0, self.link_i))
+        return torch.zeros_like(x).index_add_(0, self.link_j, dw).index_add_(0, self.link_i, -dw) + 1e-6 * x
+
+    def _integrate(self) -> torch.Tensor:
+        """Potential on the lambda-bin centres whose differences best match the applied per-bin means.
+
+        Each link between neighbouring bins i, j along axis k asks ``pot_j - pot_i = h_k (g_ik + g_jk) / 2`` with
+        ``g`` the ramped mean forces; its weight is the product of both bins' ramps (0 until a bin has
+        ``minSamples``: a free, Neumann boundary at the edge of the sampled region). Solved by Jacobi-preconditioned
+        conjugate gradients from zero with a fixed number of iterations, so the result is a deterministic function
+        of the accumulators (a force rebuilt from a saved state applies the same potential). The tiny diagonal
+        shift fixes the free constant of each connected set of bins.
+        """
+        rows = self.acc.narrow(0, 0, self.n_bins)
+        if self.has_shared:
+            rows = rows + self.shared.narrow(0, 0, self.n_bins)
+        n = rows.select(1, 0)
+        ramp = self._ramp(n)
+        g = rows.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1)
+        w = ramp.index_select(0, self.link_i) * ramp.index_select(0, self.link_j)
+        gi = g.index_select(0, self.link_i).gather(1, self.link_axis).squeeze(1)
+        gj = g.index_select(0, self.link_j).gather(1, self.link_axis).squeeze(1)
+        wb = w * 0.5 * (gi + gj) * self.link_h
+        r = torch.zeros_like(n).index_add_(0, self.link_j, wb).index_add_(0, self.link_i, -wb)
+        diag = torch.zeros_like(n).index_add_(0, self.link_i, w).index_add_(0, self.link_j, w) + 1e-6
+        x = torch.zeros_like(n)
+        z = r / diag
+        p = z
+        rz = torch.dot(r, z)
+        for _ in range(self.smooth_iterations):
+            ap = self._laplacian(p, w)
+            alpha = rz / torch.clamp(torch.dot(p, ap), min=1e-300)
+            x = x + alpha * p
+            r = r - alpha * ap
+            z = r / diag
+            rz_next = torch.dot(r, z)
+            p = z + (rz_next / torch.clamp(rz, min=1e-300)) * p
+            rz = rz_next
+        return x
+
+    def _smooth_gradient(self, lam: torch.Tensor) -> torch.Tensor:
+        """Gradient (d,) at ``lam`` of the multilinear interpolant of ``pot`` between the bin centres around it
+        (kJ/mol per CV unit); beyond the outer centres of a non-periodic axis the end cells' interpolant continues."""
+        u = torch.addcmul(self.cell_origin, lam, self.cell_inv_width)
+        u = u - self.cell_wrap * torch.floor(u * self.cell_inv_bins)  # periodic axes into [0, bins)
+        low = torch.clamp(torch.floor(u), self.bin_zero, self.cell_last)
+        frac = u - low
+        cells = low.unsqueeze(0) + self.corner  # (2^d, d)
+        cells = cells - self.cell_wrap * torch.floor(cells * self.cell_inv_bins)
+        p = self.pot.index_select(0, (cells * self.cell_strides).sum(1).to(torch.long))
+        weight = torch.where(self.corner > 0.5, frac, 1.0 - frac)  # (2^d, d)
+        others = torch.where(self.other_axes, weight.unsqueeze(0), torch.ones_like(weight).unsqueeze(0)).prod(2)
+        return (others * self.corner_sign * p.unsqueeze(0)).sum(1) * self.cell_inv_width
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
@@ -456,8 +565,11 @@ class _EABFCore(torch.nn.Module):
         self.n_samples.add_(take)
         rows, inside = self._bin(v)
         self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
+        if self.smooth:  # refresh every smooth_interval samples (a host synchronisation; not for graph-safe cores)
+            if bool((take & (torch.remainder(self.n_samples, self.smooth_interval) == 0.0).all()).item()):
+                self.pot.copy_(self._integrate())
         # ---- ABF bias on lambda (estimate including this sample)
-        fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1))
+        fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1), lam)
         # ---- walls (x, non-periodic components) and y/z pins
         ex = ext - torch.clamp(ext, self.restr_lo, self.restr_hi)
         f_r = self.neg_restr_k * ex
@@ -468,7 +580,7 @@ class _EABFCore(torch.nn.Module):
     def _info(self, xi: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[xi, lambda, applied ABF bias] (3d,) from the current accumulators (same ops as the force path)."""
         rows, inside = self._bin(torch.stack([xi, lam]))
-        fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1))
+        fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1), lam)
         return torch.cat([xi, lam, fbias])
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
@@ -963,6 +1075,18 @@ class ExtendedABF:
         towards xi; a bias cancelling it lets lambda run off and the spring tear the molecule apart. Default: the
         configuration's ``eabf.bias_only_where_reached``, True. No effect on grids whose components are all
         periodic.
+    smoothBias : bool
+        Apply the ABF bias as the gradient of a potential instead of the bin's mean force: the potential on the
+        lambda-bin centres is the least-squares integral of the (ramped) per-bin means, refreshed every
+        ``smoothBiasInterval`` samples inside the force, and the force on lambda is the gradient of its multilinear
+        interpolant, so the bias is exactly conservative and continuous in lambda. In 2D and 3D a bias constant over
+        each bin is not a gradient, and along learned CVs CZAR's free energy then comes out distorted
+        (``benchmarks/static_bias_check.py``). The accumulators and estimators are the same either way. Not with
+        ``useCUDAGraphs`` (the refresh is a branch). Default False.
+    smoothBiasInterval : int
+        Samples between refreshes of the smooth bias's potential (> 0). A force rebuilt from a saved state
+        recomputes the potential from its accumulators, so a resume is exact when states are saved at multiples of
+        this interval.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -1010,6 +1134,8 @@ class ExtendedABF:
         sharedState: Optional[Union[EABFState, str, Path]] = None,
         closePeriodicBias: bool = _DEFAULTS.close_periodic_bias,
         biasOnlyWhereReached: bool = _DEFAULTS.bias_only_where_reached,
+        smoothBias: bool = False,
+        smoothBiasInterval: int = 500,
     ):
         import openmm
 
@@ -1074,6 +1200,12 @@ class ExtendedABF:
         if not 0 <= minSamples <= fullSamples:
             raise EABFError(f"minSamples must be in 0..fullSamples={fullSamples}, got {minSamples}")
         wk = [10.0 * k for k in kap] if wallKappa is None else _per_dim(wallKappa, d, "wallKappa")
+        if smoothBias:
+            if useCUDAGraphs:
+                raise EABFError("smoothBias cannot be captured in a CUDA graph (its refresh is a branch); "
+                                "use useCUDAGraphs=False")
+            if int(smoothBiasInterval) != smoothBiasInterval or int(smoothBiasInterval) < 1:
+                raise EABFError(f"smoothBiasInterval must be a positive integer (samples), got {smoothBiasInterval}")
         if forceGroup is None:
             forceGroup = _free_force_group(system)
         forceGroup = int(forceGroup)
@@ -1126,6 +1258,8 @@ class ExtendedABF:
         self.forceGroup = forceGroup
         self.closePeriodicBias = bool(closePeriodicBias)
         self.biasOnlyWhereReached = bool(biasOnlyWhereReached)
+        self.smoothBias = bool(smoothBias)
+        self.smoothBiasInterval = int(smoothBiasInterval)
         self.temperature = None if temperature is None else float(_strip(temperature, "K"))
         self._lastState: Optional[EABFState] = None
         self._lastTemperature: Optional[float] = None
@@ -1149,6 +1283,7 @@ class ExtendedABF:
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
             self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs), shared=shared,
             close_rings=bool(closePeriodicBias), gate_unreached=bool(biasOnlyWhereReached),
+            smooth=bool(smoothBias), smooth_interval=int(smoothBiasInterval),
         )
         self.usesPeriodic = bool(system.usesPeriodicBoundaryConditions())
         wrapper = _EABFForcePeriodic(self._core) if self.usesPeriodic else _EABFForceNonPeriodic(self._core)

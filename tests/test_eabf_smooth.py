@@ -1,0 +1,186 @@
+"""The smooth (conservative) ABF bias: the applied force on lambda is the gradient of the multilinear interpolant of
+the least-squares integral of the per-bin means (ExtendedABF(smoothBias=True)); one light particle, CV = its (x, y)."""
+import numpy as np
+import openmm
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from aesample import cvs
+from aesample import estimators as est
+from aesample.eabf import EABFError, EABFState, ExtendedABF
+
+from .test_eabf_analytic import _particle_system
+
+REF = openmm.Platform.getPlatformByName("Reference")
+T = 300.0
+KT = est.kT(T)
+LO, HI, NB = -1.0, 1.0, 8
+H = (HI - LO) / NB
+
+
+def _field(x, y):
+    """A smooth mean-force field: the gradient of x^2 + 4 x y - 0.6 y^2 + 0.5 x^3 (strong cross term)."""
+    return np.stack([2 * x + 4 * y + 1.5 * x ** 2, 4 * x - 1.2 * y], axis=-1)
+
+
+def _state(count=1000.0):
+    c = LO + H * (np.arange(NB) + 0.5)
+    X, Y = np.meshgrid(c, c, indexing="ij")
+    n = np.full((NB, NB), count)
+    return EABFState(grid_min=np.array([LO, LO]), grid_max=np.array([HI, HI]), bins=np.array([NB, NB]),
+                     periodic=np.array([False, False]), kappa=np.array([500.0, 500.0]), count=n,
+                     grad=_field(X, Y) * n[..., None], zcount=np.ones((NB, NB)), czar=np.zeros((NB, NB, 2)),
+                     last=np.full(4, 1e300), n_samples=0, zbins=np.array([NB, NB]))
+
+
+def _context(smooth, state, interval=500, expr="0.5*k*(x^2+y^2+z^2)", params=None):
+    system = _particle_system(expr, params or {"k": 10.0})
+    e = ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, fullSamples=100, positions=np.zeros((1, 3)),
+                    initialState=state, smoothBias=smooth, smoothBiasInterval=interval)
+    integ = openmm.LangevinMiddleIntegrator(T, 10.0, 0.002)
+    integ.setRandomNumberSeed(5)
+    ctx = openmm.Context(system, integ, REF)
+    e.setSampling(ctx, False)  # setting velocities evaluates the forces once: no sample from that
+    ctx.setPositions(e.extendPositions(np.zeros((1, 3))))
+    ctx.setVelocitiesToTemperature(T, 5)
+    return e, ctx
+
+
+def _applied(e, ctx, lam):
+    """The applied ABF bias force on lambda at ``lam`` (sampling off, particle at the origin)."""
+    e.setSampling(ctx, False)
+    pos = e.extendPositions(np.zeros((1, 3)))
+    pos[1:, 0] = lam
+    ctx.setPositions(pos)
+    return e.getInstantaneous(ctx)[2]
+
+
+def _reference_potential(state):
+    """The potential the force should hold: all links weight 1 (every bin fully ramped), solved with scipy."""
+    g = state.grad / state.count[..., None]
+    ii, jj, bb = [], [], []
+    idx = np.arange(NB * NB).reshape(NB, NB)
+    for k in range(2):
+        lo = tuple(slice(0, NB - 1) if a == k else slice(None) for a in range(2))
+        hi = tuple(slice(1, NB) if a == k else slice(None) for a in range(2))
+        ii.append(idx[lo].ravel())
+        jj.append(idx[hi].ravel())
+        bb.append((0.5 * (g[..., k][lo] + g[..., k][hi]) * H).ravel())
+    ii, jj, bb = map(np.concatenate, (ii, jj, bb))
+    m = len(bb)
+    D = sp.csr_matrix((np.r_[-np.ones(m), np.ones(m)], (np.r_[np.arange(m), np.arange(m)], np.r_[ii, jj])),
+                      shape=(m, NB * NB))
+    A = (D.T @ D + 1e-6 * sp.eye(NB * NB)).tocsc()
+    return spla.spsolve(A, D.T @ bb).reshape(NB, NB)
+
+
+def _bilinear_gradient(pot, lam):
+    u = (np.asarray(lam) - LO) / H - 0.5
+    i0 = np.clip(np.floor(u), 0, NB - 2).astype(int)
+    f = u - i0
+    p00, p10 = pot[i0[0], i0[1]], pot[i0[0] + 1, i0[1]]
+    p01, p11 = pot[i0[0], i0[1] + 1], pot[i0[0] + 1, i0[1] + 1]
+    gx = ((p10 - p00) * (1 - f[1]) + (p11 - p01) * f[1]) / H
+    gy = ((p01 - p00) * (1 - f[0]) + (p11 - p10) * f[0]) / H
+    return np.array([gx, gy])
+
+
+def test_smooth_bias_is_the_gradient_of_the_interpolated_integral():
+    state = _state()
+    e, ctx = _context(True, state)
+    pot = _reference_potential(state)
+    rng = np.random.default_rng(0)
+    for lam in [[0.1, -0.3], [0.01, 0.0], [-0.87, 0.62], [0.95, -0.95]] + list(rng.uniform(-0.99, 0.99, (6, 2))):
+        got = _applied(e, ctx, lam)
+        want = _bilinear_gradient(pot, lam)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    # the integral reproduces the field it integrates (up to the trapezoid and interpolation errors)
+    got = _applied(e, ctx, [0.25, 0.25])  # a bin corner
+    np.testing.assert_allclose(got, _field(0.25, 0.25), rtol=0.05)
+
+
+def _circulation(e, ctx, x0, x1, y0, y1, n=60):
+    """Line integral of the applied bias around the rectangle [x0, x1] x [y0, y1], anticlockwise (midpoints)."""
+    t = (np.arange(n) + 0.5) / n
+    total = 0.0
+    for (ax, ay), (bx, by) in zip([(x0, y0), (x1, y0), (x1, y1), (x0, y1)],
+                                  [(x1, y0), (x1, y1), (x0, y1), (x0, y0)]):
+        for s in t:
+            f = _applied(e, ctx, [ax + s * (bx - ax), ay + s * (by - ay)])
+            total += f[0] * (bx - ax) / n + f[1] * (by - ay) / n
+    return total
+
+
+def test_smooth_bias_has_no_circulation_where_the_binned_bias_has():
+    """Around a loop crossing a bin edge the per-bin mean (constant over each bin) has a circulation of about
+    the jump of its tangential component times the loop's length; the smooth bias, a gradient, has none."""
+    state = _state()
+    loop = (0.05, 0.2, -0.1, 0.1)  # crosses the edge y = 0 between two rows of bins
+    e, ctx = _context(False, state)
+    binned = _circulation(e, ctx, *loop)
+    # jump of g_x across y = 0: 4 * H (the cross term), over 0.15 of edge: 0.15; the sign is the loop's
+    assert binned == pytest.approx(-4 * H * 0.15, rel=0.05)
+    e, ctx = _context(True, state)
+    assert abs(_circulation(e, ctx, *loop)) < 0.01 * abs(binned)
+
+
+def test_smooth_bias_refreshes_from_the_accumulators_and_rebuilds_the_same():
+    """With a refresh after every sample the running force equals a force rebuilt from its saved accumulators; with
+    no refresh during the run it keeps the potential of the state it started from."""
+    expr = "0.5*k*(x^2+y^2+z^2) + 2*sin(6*x)"
+    probes = [[0.1, -0.3], [-0.4, 0.5], [0.6, 0.2]]
+    for interval, same_as_rebuilt in ((1, True), (10 ** 9, False)):
+        e, ctx = _context(True, _state(count=60.0), interval=interval, expr=expr)
+        e.setSampling(ctx, True)
+        ctx.getIntegrator().step(400)
+        saved = e.getState(ctx)
+        assert saved.n_samples >= 300
+        running = np.array([_applied(e, ctx, lam) for lam in probes])
+        e2, ctx2 = _context(True, saved, interval=interval, expr=expr)
+        rebuilt = np.array([_applied(e2, ctx2, lam) for lam in probes])
+        e3, ctx3 = _context(True, _state(count=60.0), interval=interval, expr=expr)
+        initial = np.array([_applied(e3, ctx3, lam) for lam in probes])
+        if same_as_rebuilt:
+            np.testing.assert_allclose(running, rebuilt, rtol=1e-10, atol=1e-9)
+            assert np.abs(running - initial).max() > 1e-3  # the samples did change it
+        else:
+            np.testing.assert_allclose(running, initial, rtol=1e-12, atol=1e-12)
+            assert np.abs(running - rebuilt).max() > 1e-3
+
+
+def test_smooth_bias_refuses_cuda_graphs_and_bad_intervals():
+    system = _particle_system("0.5*k*(x^2+y^2+z^2)", {"k": 10.0})
+    with pytest.raises(EABFError, match="CUDA graph"):
+        ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, positions=np.zeros((1, 3)), smoothBias=True,
+                    useCUDAGraphs=True)
+    with pytest.raises(EABFError, match="smoothBiasInterval"):
+        ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, positions=np.zeros((1, 3)), smoothBias=True,
+                    smoothBiasInterval=0)
+
+
+@pytest.mark.slow
+def test_2d_czar_with_the_smooth_bias_matches_exact():
+    """test_eabf_analytic's 2D double well with the smooth bias: the CZAR free energy and a quadrant's weight."""
+    params = {"a": 3 * KT, "b": 2 * KT, "c": 1.5 * KT, "x0": 0.4, "kc": 1000.0}
+    expr = "a*((x/x0)^2-1)^2 + b*((y/x0)^2-1)^2 + c*x*y/x0^2 + 0.5*kc*z^2"
+    system = _particle_system(expr, params)
+    e = ExtendedABF(system, cvs.PositionXY(0), [-0.8, -0.8], [0.8, 0.8], [16, 16], 600.0, extendedPeriod=0.2,
+                    fullSamples=200, positions=np.zeros((1, 3)), smoothBias=True, smoothBiasInterval=200)
+    integ = openmm.LangevinMiddleIntegrator(T, 10.0, 0.005)
+    integ.setRandomNumberSeed(11)
+    ctx = openmm.Context(system, integ, REF)
+    ctx.setPositions(e.extendPositions(np.array([[-0.4, -0.4, 0.0]])))
+    ctx.setVelocitiesToTemperature(T, 11)
+    integ.step(100000)
+    s = e.getState(ctx)
+    X, Y = np.meshgrid(*s.centers(), indexing="ij")
+    exact = (params["a"] * ((X / 0.4) ** 2 - 1) ** 2 + params["b"] * ((Y / 0.4) ** 2 - 1) ** 2
+             + params["c"] * X * Y / 0.16)
+    exact -= exact.min()
+    A = s.czar_free_energy(T)
+    region = np.isfinite(A) & (exact < 8 * KT)
+    assert region.sum() > 0.6 * (exact < 8 * KT).sum()  # the smooth bias flattens: the four wells are reached
+    dev = A[region] - exact[region]
+    dev -= np.average(dev, weights=s.zcount[region])
+    assert np.sqrt(np.average(dev ** 2, weights=s.zcount[region])) < 0.5 * KT
