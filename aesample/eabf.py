@@ -138,15 +138,16 @@ def coupled_czar_bins(bins: Sequence[int], grid_min: Sequence[float], grid_max: 
 # ----------------------------------------------------------------------------------------------------------
 # readout encoding
 # ----------------------------------------------------------------------------------------------------------
-def readout_layout(d: int, n_bins: int, n_zbins: int) -> Tuple[Dict[str, Tuple[int, int]], int]:
+def readout_layout(d: int, n_bins: int, n_zbins: int, smooth: bool = False) -> Tuple[Dict[str, Tuple[int, int]], int]:
     """(offset, length) of each part of the read-out vector (``_EABFCore.flat_state``), and its total length.
 
     Parts: ``info`` = [xi, lambda, applied bias] (3d); ``acc`` = the accumulator array (n_bins + n_zbins, 1 + d)
     row-major (lambda-grid rows [count, sum kappa (lambda - xi)], then CZAR xi-grid rows [zcount, czar sum]);
-    ``last`` (2d); ``n_samples`` (1).
+    ``last`` (2d); ``n_samples`` (1); with the smooth bias ``pot``, its potential on the lambda-bin centres (n_bins).
     """
     layout, offset = {}, 0
-    for key, length in (("info", 3 * d), ("acc", (n_bins + n_zbins) * (1 + d)), ("last", 2 * d), ("n_samples", 1)):
+    parts = [("info", 3 * d), ("acc", (n_bins + n_zbins) * (1 + d)), ("last", 2 * d), ("n_samples", 1)]
+    for key, length in parts + ([("pot", n_bins)] if smooth else []):
         layout[key] = (offset, length)
         offset += length
     return layout, offset
@@ -362,7 +363,11 @@ class _EABFCore(torch.nn.Module):
         self.register_buffer("pot", torch.zeros(nb if smooth else 1, dtype=f64))
         if self.smooth:
             with torch.no_grad():
-                self.pot.copy_(self._integrate())
+                stored = None if state is None else state.bias_potential
+                if stored is not None:  # a resume applies the potential the run had (refreshed at its own times)
+                    self.pot.copy_(torch.as_tensor(np.asarray(stored).reshape(nb), dtype=f64))
+                else:
+                    self.pot.copy_(self._integrate())
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -585,6 +590,8 @@ class _EABFCore(torch.nn.Module):
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
         """The read-out vector, in the order of :func:`readout_layout` (the accumulator array row-major)."""
+        if self.smooth:
+            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot])
         return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples])
 
     def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
@@ -715,6 +722,8 @@ class EABFState:
     ``czar`` add a last axis of length d. ``grad`` holds per-lambda-bin sums of ``kappa (lambda - xi)``, ``count``
     the samples; ``czar`` the per-xi-bin sums of ``kappa (lambda - xi)``, ``zcount`` the xi histogram. Units:
     kJ/mol/(CV unit). ``meta`` carries strings such as ``temperature`` (K) and ``czar_min_count``.
+    ``bias_potential`` (shape ``bins``, kJ/mol; smooth bias only) is the potential the force applied when the state
+    was read, so that a force rebuilt from the state applies the same bias; sums of states have none.
     """
 
     grid_min: np.ndarray
@@ -730,6 +739,7 @@ class EABFState:
     n_samples: int = 0
     meta: Dict[str, str] = field(default_factory=dict)
     zbins: Optional[np.ndarray] = None
+    bias_potential: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.zbins is None:  # states written before the CZAR grid had its own resolution
@@ -773,6 +783,7 @@ class EABFState:
                     last=self.last, n_samples=np.array(self.n_samples), zbins=np.asarray(self.zbins),
                     meta_keys=np.array(list(self.meta.keys()), dtype=str),
                     meta_values=np.array(list(self.meta.values()), dtype=str),
+                    **({} if self.bias_potential is None else {"bias_potential": np.asarray(self.bias_potential)}),
                 )
 
     @classmethod
@@ -788,6 +799,7 @@ class EABFState:
                 kappa=z["kappa"], count=z["count"], grad=z["grad"], zcount=z["zcount"], czar=z["czar"],
                 last=z["last"], n_samples=int(z["n_samples"]), meta=meta,
                 zbins=z["zbins"] if "zbins" in z.files else None,
+                bias_potential=z["bias_potential"] if "bias_potential" in z.files else None,
             )
 
     @classmethod
@@ -1297,7 +1309,7 @@ class ExtendedABF:
             name="aesample eABF",
         )
         self.forceIndex = system.addForce(self.force)
-        self._layout, self._flat_len = readout_layout(d, int(np.prod(nbins)), int(np.prod(zbins)))
+        self._layout, self._flat_len = readout_layout(d, int(np.prod(nbins)), int(np.prod(zbins)), bool(smoothBias))
 
     # ---------------------------------------------------------------- positions
     def extendPositions(self, positions, box=None) -> np.ndarray:
@@ -1405,6 +1417,7 @@ class ExtendedABF:
             count=acc[:nb, 0].reshape(shape), grad=acc[:nb, 1:].reshape(shape + (d,)),
             zcount=acc[nb:, 0].reshape(zshape), czar=acc[nb:, 1:].reshape(zshape + (d,)),
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
+            bias_potential=part("pot").reshape(shape).copy() if self.smoothBias else None,
         )
 
     def step(self, simulation, steps: int) -> None:

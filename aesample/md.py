@@ -88,7 +88,8 @@ class EABFSettings:
     CZAR xi grid (None: ``bins``); czar_min_count : samples a xi bin needs for a CZAR gradient estimate (recorded
     in the state's meta); close_periodic_bias : circulation-free bias around periodic components;
     bias_only_where_reached : no ABF bias in lambda bins the CV has not reached (kept on resume as the run was
-    started: ``run.json``). Defaults: the
+    started: ``run.json``); smooth_bias, smooth_bias_interval : the bias as the gradient of the interpolated
+    integral of the per-bin means, refreshed every that many samples (kept on resume as started). Defaults: the
     ``eabf`` section of :class:`aesample.config.Config`.
     """
 
@@ -108,6 +109,8 @@ class EABFSettings:
     czar_min_count: int = _EABF.czar_min_count
     close_periodic_bias: bool = _EABF.close_periodic_bias
     bias_only_where_reached: bool = _EABF.bias_only_where_reached
+    smooth_bias: bool = _EABF.smooth_bias
+    smooth_bias_interval: int = _EABF.smooth_bias_interval
 
     @classmethod
     def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
@@ -130,7 +133,8 @@ class EABFSettings:
             czar_bins=[e.czar_bins] * d if e.czar_bins is not None else coupled_czar_bins(
                 bins, gmin, gmax, [kappa] * d, config.system.temperature),
             czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs, close_periodic_bias=e.close_periodic_bias,
-            bias_only_where_reached=e.bias_only_where_reached,
+            bias_only_where_reached=e.bias_only_where_reached, smooth_bias=e.smooth_bias,
+            smooth_bias_interval=e.smooth_bias_interval,
         )
 
 
@@ -544,10 +548,12 @@ class _SegmentedRun:
         self.shared_bias = r.shared_bias if biased else None
         shared = None
         self.reach_gate = bool(self.es.bias_only_where_reached) if biased else False
+        self.smooth = bool(self.es.smooth_bias) if biased else False
         if self.ck is not None:
             run_info = self._check_resumable()
-            # a resume applies the bias as the run started (runs older than the setting had no gate)
+            # a resume applies the bias as the run started (runs older than the settings had neither)
             self.reach_gate = bool(run_info.get("bias_only_where_reached", False))
+            self.smooth = bool(run_info.get("smooth_bias", False))
             if biased:
                 initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
             if self.shared_bias is not None and self.ck.get("shared"):  # the sums applied after that checkpoint
@@ -580,6 +586,9 @@ class _SegmentedRun:
         self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
                                                                               if self.biased else 0))
         if self.biased:
+            if self.smooth and es.cuda_graphs == "on":
+                raise ValueError("eabf.cuda_graphs: 'on' cannot be combined with eabf.smooth_bias (its refresh is a "
+                                 "branch a CUDA graph cannot hold); use 'auto' or 'off'")
             graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
             if self.platform.getName() == "CUDA":
                 self.log(why)
@@ -587,9 +596,10 @@ class _SegmentedRun:
                 self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
                 extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
                 minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
-                box=self.box, initialState=initial_state, useCUDAGraphs=graphs, czarBins=es.czar_bins,
-                sharedState=shared, closePeriodicBias=es.close_periodic_bias,
-                biasOnlyWhereReached=self.reach_gate,
+                box=self.box, initialState=initial_state, useCUDAGraphs=graphs and not self.smooth,
+                czarBins=es.czar_bins, sharedState=shared, closePeriodicBias=es.close_periodic_bias,
+                biasOnlyWhereReached=self.reach_gate, smoothBias=self.smooth,
+                smoothBiasInterval=int(es.smooth_bias_interval),
             )
         self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
@@ -663,6 +673,7 @@ class _SegmentedRun:
             "solute": self.solute.tolist(), "report_interval": md.report_interval, "n_steps": self.n_steps,
             "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
             "threads": threads_in_effect(self.context), "bias_only_where_reached": self.reach_gate,
+            "smooth_bias": self.smooth,
         })
         return 0, 0
 

@@ -79,6 +79,9 @@ def add_parser(subparsers) -> None:
                    default=_EABF.bias_only_where_reached,
                    help="along a non-periodic CV, apply the bias of a lambda bin only once the CV itself was sampled "
                    "there, so lambda cannot run off past a bounded CV (default: on)")
+    p.add_argument("--smooth-bias", action=argparse.BooleanOptionalAction, default=_EABF.smooth_bias,
+                   help="apply the bias as the gradient of the interpolated integral of the per-bin mean forces "
+                   "(conservative; for 2D/3D CVs) instead of each bin's mean (default: off)")
     p.add_argument("--threads", type=int, default=_EXEC.threads,
                    help="CPU cores for OpenMM's CPU platform (default: all this process may use); torch uses one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
                       extended_period=args.extended_period, full_samples=full_samples, czar_bins=czar_bins,
                       czar_min_count=args.czar_min_count, cuda_graphs=args.cuda_graphs,
                       close_periodic_bias=args.close_periodic_bias,
-                      bias_only_where_reached=args.bias_only_where_reached)
+                      bias_only_where_reached=args.bias_only_where_reached, smooth_bias=args.smooth_bias)
     md = MDSettings(temperature=temperature, timestep=dt_ps, friction=args.friction, platform=args.platform,
                     report_interval=rep, segment_steps=seg, equilibration_steps=int(round(args.equilibration / dt_ps)),
                     seed=args.seed, progress=not args.no_progress, cpu_threads=plan_threads(args.threads).openmm)
