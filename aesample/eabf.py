@@ -514,17 +514,28 @@ class _EABFCore(torch.nn.Module):
 
     def _smooth_gradient(self, lam: torch.Tensor) -> torch.Tensor:
         """Gradient (d,) at ``lam`` of the multilinear interpolant of ``pot`` between the bin centres around it
-        (kJ/mol per CV unit); beyond the outer centres of a non-periodic axis the end cells' interpolant continues."""
+        (kJ/mol per CV unit), times the smallest ramp of those bins; beyond the outer centres of a non-periodic
+        axis the end cells' interpolant continues.
+
+        A bin below ``minSamples`` takes part in no link of the integral, so its potential is only the solver's
+        zero: a cell with such a corner would push lambda back from the edge of the sampled region with a force of
+        the potential's height over a bin width. The smallest ramp of the cell's corners (0 there, 1 in the
+        interior) turns the bias off in those cells and on again continuously as they fill, as the binned bias does
+        per bin; only there is the bias not a gradient."""
         u = torch.addcmul(self.cell_origin, lam, self.cell_inv_width)
         u = u - self.cell_wrap * torch.floor(u * self.cell_inv_bins)  # periodic axes into [0, bins)
         low = torch.clamp(torch.floor(u), self.bin_zero, self.cell_last)
         frac = u - low
         cells = low.unsqueeze(0) + self.corner  # (2^d, d)
         cells = cells - self.cell_wrap * torch.floor(cells * self.cell_inv_bins)
-        p = self.pot.index_select(0, (cells * self.cell_strides).sum(1).to(torch.long))
+        rows = (cells * self.cell_strides).sum(1).to(torch.long)
+        p = self.pot.index_select(0, rows)
+        n = self.acc.index_select(0, rows).select(1, 0)
+        if self.has_shared:
+            n = n + self.shared.index_select(0, rows).select(1, 0)
         weight = torch.where(self.corner > 0.5, frac, 1.0 - frac)  # (2^d, d)
         others = torch.where(self.other_axes, weight.unsqueeze(0), torch.ones_like(weight).unsqueeze(0)).prod(2)
-        return (others * self.corner_sign * p.unsqueeze(0)).sum(1) * self.cell_inv_width
+        return (others * self.corner_sign * p.unsqueeze(0)).sum(1) * self.cell_inv_width * self._ramp(n).min()
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero

@@ -215,3 +215,16 @@ def test_a_run_with_the_smooth_bias_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(res.positions, cont.positions)
     assert json.loads((tmp_path / "split" / "run.json").read_text())["smooth_bias"] is True
     assert np.abs(cont.state.bias_potential).max() > 0  # the bias was on and refreshed
+
+
+def test_smooth_bias_is_off_in_cells_with_an_unsampled_corner():
+    """At the edge of the sampled region: no push back from the bins the integral does not reach (their potential is
+    the solver's zero), the full gradient one cell inside."""
+    state = _state()
+    state.count[5:, :] = 0.0  # bins with x > 0.25 never sampled
+    state.grad[5:, :] = 0.0
+    e, ctx = _context(True, state)
+    np.testing.assert_array_equal(_applied(e, ctx, [0.3, 0.1]), [0.0, 0.0])  # the cell between x centres 0.19, 0.31
+    inner = _applied(e, ctx, [-0.3, 0.1])
+    want = _field(-0.3, 0.1)
+    np.testing.assert_allclose(inner, want, atol=0.1 * np.abs(want).max())
