@@ -18,7 +18,9 @@ extended system is at equilibrium and CZAR is exact, so a wrong result here is t
 * ``fineN``: the integral interpolated bilinearly to N bins per axis and its gradient there (N = 120: 0.025 wide,
   the coupling width sqrt(kT/kappa) is 0.029);
 * ``interpN``: the source's raw mean forces interpolated bilinearly to N bins (what a core interpolating its running
-  estimate would apply).
+  estimate would apply);
+* ``storedN``: a smooth-bias run's own final potential (``--source`` one run made with ``eabf.smooth_bias``),
+  interpolated to N bins and differentiated there.
 
 ``analyse``: per run, Delta F(C7eq - C5) inside the phi < 0 basin with the run's CZAR A(xi) and the unbiased run's
 make-up per CZAR bin (``within_basin_check``'s ``A_unbiased_makeup``; the unbiased value is the truth), the scale
@@ -77,6 +79,15 @@ def bias_field(src, mode: str):
             both = np.isfinite(fwd) & np.isfinite(bwd)
             g[..., k] = np.where(both, 0.5 * (fwd + bwd), np.nan_to_num(np.where(np.isfinite(fwd), fwd, bwd)))
         return np.where(ok[..., None], g, 0.0), ok
+    if mode.startswith("stored"):  # the potential a smooth-bias run applied at its end, differentiated on N bins
+        if src.bias_potential is None:
+            raise SystemExit("mode stored needs --source runs made with the smooth bias (their state's potential)")
+        phi, n = np.asarray(src.bias_potential), int(mode[6:] or 120)
+        pts, h = _fine_grid(src, n)
+        inside = RegularGridInterpolator(src.centers(), visited.astype(float), method="nearest", bounds_error=False,
+                                         fill_value=0.0)(pts).reshape(n, n) > 0.5
+        phi_f = RegularGridInterpolator(src.centers(), phi, bounds_error=False, fill_value=None)(pts).reshape(n, n)
+        return np.stack(np.gradient(phi_f, h[0], h[1]), -1) * inside[..., None], inside
     for prefix in ("fine", "interp"):
         if mode.startswith(prefix):
             n = int(mode[len(prefix):] or 120)
@@ -108,7 +119,8 @@ def run(args) -> None:
     from aesample.md import EABFSettings, MDSettings, run_eabf
     from aesample.systems import build_system
 
-    src = EABFState.pooled([md.load_result(d).state for d in args.source])
+    states = [md.load_result(d).state for d in args.source]
+    src = states[0] if len(states) == 1 else EABFState.pooled(states)  # one run keeps its smooth-bias potential
     g, keep = bias_field(src, args.mode)
     bins = np.array(keep.shape)
     count = np.where(keep, BIG, 0.0)
