@@ -217,7 +217,6 @@ class _EABFCore(torch.nn.Module):
         gate_unreached: bool = False,
         smooth: bool = False,
         smooth_interval: int = 500,
-        smooth_iterations: Optional[int] = None,
     ):
         super().__init__()
         d = len(ext_index)
@@ -326,7 +325,7 @@ class _EABFCore(torch.nn.Module):
         # (benchmarks/static_bias_check.py). Compiled out when off.
         self.smooth = bool(smooth)
         self.smooth_interval: float = float(smooth_interval)
-        self.smooth_iterations: int = int(8 * max(bins) if smooth_iterations is None else smooth_iterations)
+        self.smooth_iterations: int = 8 * max(bins)  # conjugate gradients: a few times the longest grid line
         corners = [[float((c >> (d - 1 - k)) & 1) for k in range(d)] for c in range(2 ** d)]
         self.register_buffer("corner", t(corners))  # (2^d, d): which end of the cell along each axis
         self.register_buffer("corner_sign", 2.0 * t(corners).t() - 1.0)  # (d, 2^d)
@@ -341,25 +340,17 @@ class _EABFCore(torch.nn.Module):
         # lowest corner: periodic 0..bins-1 (the upper corner wraps), else 0..bins-2 (outer half bins extrapolate)
         self.register_buffer("cell_last", t([float(b - 1) if p else float(max(b - 2, 0)) for b, p in zip(bins, periodic)]))
         self.register_buffer("cell_strides", t([float(st) for st in row_stride]))
-        li, lj, lk, lh = [], [], [], []
-        for k in range(d):
-            if bins[k] < 2:
-                continue
-            for cell in np.ndindex(*bins):
-                nxt = list(cell)
-                nxt[k] += 1
-                if nxt[k] == bins[k]:
-                    if not (periodic[k] and bins[k] > 2):
-                        continue
-                    nxt[k] = 0
-                li.append(int(np.ravel_multi_index(cell, bins)))
-                lj.append(int(np.ravel_multi_index(tuple(nxt), bins)))
-                lk.append(k)
-                lh.append(span[k] / bins[k])
-        self.register_buffer("link_i", torch.tensor(li if smooth else [0], dtype=torch.long))
-        self.register_buffer("link_j", torch.tensor(lj if smooth else [0], dtype=torch.long))
-        self.register_buffer("link_axis", torch.tensor(lk if smooth else [0], dtype=torch.long).unsqueeze(1))
-        self.register_buffer("link_h", t(lh if smooth else [0.0]))
+        # links between neighbouring lambda bins (the estimators' own, seam included); placeholders when off
+        if smooth:
+            from .estimators import grid_links
+
+            li, lj, lk = grid_links(bins, periodic)
+        else:
+            li, lj, lk = np.zeros(1, dtype=int), np.zeros(1, dtype=int), np.zeros(1, dtype=int)
+        self.register_buffer("link_i", torch.as_tensor(li, dtype=torch.long))
+        self.register_buffer("link_j", torch.as_tensor(lj, dtype=torch.long))
+        self.register_buffer("link_axis", torch.as_tensor(lk, dtype=torch.long).unsqueeze(1))
+        self.register_buffer("link_h", t([span[k] / bins[k] for k in lk.tolist()]))
         self.register_buffer("pot", torch.zeros(nb if smooth else 1, dtype=f64))
         if self.smooth:
             with torch.no_grad():
@@ -1107,9 +1098,9 @@ class ExtendedABF:
         (``benchmarks/static_bias_check.py``). The accumulators and estimators are the same either way. Not with
         ``useCUDAGraphs`` (the refresh is a branch). Default False.
     smoothBiasInterval : int
-        Samples between refreshes of the smooth bias's potential (> 0). A force rebuilt from a saved state
-        recomputes the potential from its accumulators, so a resume is exact when states are saved at multiples of
-        this interval.
+        Samples between refreshes of the smooth bias's potential (> 0). The potential is part of the state
+        (:attr:`EABFState.bias_potential`): a force rebuilt from a state read from this one applies the same bias;
+        from a state without it (a sum of states) the potential is integrated afresh.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool

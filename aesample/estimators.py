@@ -170,54 +170,55 @@ def czar_free_energy(
     return _solve_links(ri, rj, b, w, n_ok.shape)
 
 
+def grid_links(shape: Sequence[int], periodic: Sequence[bool]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of neighbouring bins of a regular grid: flat (C order) indices ``i``, ``j`` and the ``axis`` each pair
+    lies along, axis by axis. Along a periodic axis of more than two bins the last bin links to the first (the
+    seam); two bins are already neighbours once."""
+    shape = tuple(int(n) for n in shape)
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    out_i, out_j, out_k = [], [], []
+    for k in range(len(shape)):
+        if shape[k] < 2:
+            continue
+        if periodic[k] and shape[k] > 2:
+            ii, jj = idx, np.roll(idx, -1, axis=k)
+        else:
+            ii = idx[tuple(slice(0, shape[k] - 1) if a == k else slice(None) for a in range(len(shape)))]
+            jj = idx[tuple(slice(1, shape[k]) if a == k else slice(None) for a in range(len(shape)))]
+        out_i.append(ii.ravel())
+        out_j.append(jj.ravel())
+        out_k.append(np.full(ii.size, k))
+    if not out_i:
+        empty = np.zeros(0, dtype=int)
+        return empty, empty, empty
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_k)
+
+
 def _link_equations(g: np.ndarray, width: Sequence[float], periodic: Sequence[bool], counts: Optional[np.ndarray],
                     mask: Optional[np.ndarray]):
     """Finite-difference equations ``A_j - A_i = h_k (g_ik + g_jk) / 2`` between neighbouring bins along each axis.
 
-    Returns (i, j, rhs, weight) arrays over the links whose both ends have a finite k-th gradient component (and
-    ``mask``); periodic axes wrap (the seam link included). ``weight`` is ``n_i n_j / (n_i + n_j)``, the inverse
-    variance of the mean of two bin means whose variances go as ``1/n``; 1 without ``counts``.
+    Returns (i, j, rhs, weight) arrays over the links (:func:`grid_links`) whose both ends have a finite k-th
+    gradient component (and ``mask``); periodic axes wrap (the seam link included). ``weight`` is
+    ``n_i n_j / (n_i + n_j)``, the inverse variance of the mean of two bin means whose variances go as ``1/n``; 1
+    without ``counts``.
     """
     shape = g.shape[:-1]
     d = len(shape)
-    ok_k = np.isfinite(g)
+    ok = np.isfinite(g)
     if mask is not None:
-        ok_k &= np.asarray(mask, dtype=bool).reshape(shape)[..., None]
-    n = None if counts is None else np.asarray(counts, dtype=np.float64).reshape(shape)
-    idx = np.arange(int(np.prod(shape))).reshape(shape)
-    out_i, out_j, out_b, out_w = [], [], [], []
-    for k in range(d):
-        if shape[k] < 2:
-            continue
-        if periodic[k] and shape[k] > 2:  # two bins are already neighbours once; a second link would double it
-            def nxt(a):
-                return np.roll(a, -1, axis=k)
-
-            ii, jj = idx, nxt(idx)
-            gi, gj = g[..., k], nxt(g[..., k])
-            oi, oj = ok_k[..., k], nxt(ok_k[..., k])
-            ni, nj = (None, None) if n is None else (n, nxt(n))
-        else:
-            lo = tuple(slice(0, shape[k] - 1) if a == k else slice(None) for a in range(d))
-            hi = tuple(slice(1, shape[k]) if a == k else slice(None) for a in range(d))
-            ii, jj = idx[lo], idx[hi]
-            gi, gj = g[..., k][lo], g[..., k][hi]
-            oi, oj = ok_k[..., k][lo], ok_k[..., k][hi]
-            ni, nj = (None, None) if n is None else (n[lo], n[hi])
-        use = oi & oj
-        out_i.append(ii[use])
-        out_j.append(jj[use])
-        out_b.append(0.5 * (gi[use] + gj[use]) * float(width[k]))
-        if n is None:
-            out_w.append(np.ones(int(use.sum())))
-        else:
-            a, b = ni[use], nj[use]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out_w.append(np.where(a + b > 0, a * b / (a + b), 0.0))
-    if not out_i:
-        empty = np.zeros(0)
-        return empty.astype(int), empty.astype(int), empty, empty
-    return (np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_b), np.concatenate(out_w))
+        ok &= np.asarray(mask, dtype=bool).reshape(shape)[..., None]
+    ii, jj, kk = grid_links(shape, periodic)
+    flat_g, flat_ok = g.reshape(-1, d), ok.reshape(-1, d)
+    use = flat_ok[ii, kk] & flat_ok[jj, kk]
+    ii, jj, kk = ii[use], jj[use], kk[use]
+    rhs = 0.5 * (flat_g[ii, kk] + flat_g[jj, kk]) * np.asarray(width, dtype=np.float64)[kk]
+    if counts is None:
+        return ii, jj, rhs, np.ones(len(ii))
+    n = np.asarray(counts, dtype=np.float64).reshape(-1)
+    a, b = n[ii], n[jj]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ii, jj, rhs, np.where(a + b > 0, a * b / (a + b), 0.0)
 
 
 def integrate_gradient(
