@@ -290,8 +290,8 @@ class EABFConfig(_Section):
     smooth_bias_interval: int = Field(
         500, ge=1,
         description="Samples between refreshes of the smooth bias's potential, samples. Each refresh solves a "
-        "small linear system (a few ms on a CPU for a 30 x 30 grid); a few hundred keeps its cost near 1 % while "
-        "the bias still follows the estimate within a picosecond.",
+        "linear system over the ABF grid inside the force: fewer refreshes cost less, more let the bias follow the "
+        "estimate more closely. A resumed run keeps the interval it started with.",
     )
     wall_kappa: float = Field(
         30000.0, gt=0,

@@ -549,11 +549,13 @@ class _SegmentedRun:
         shared = None
         self.reach_gate = bool(self.es.bias_only_where_reached) if biased else False
         self.smooth = bool(self.es.smooth_bias) if biased else False
+        self.smooth_interval = int(self.es.smooth_bias_interval) if biased else 0
         if self.ck is not None:
             run_info = self._check_resumable()
             # a resume applies the bias as the run started (runs older than the settings had neither)
             self.reach_gate = bool(run_info.get("bias_only_where_reached", False))
             self.smooth = bool(run_info.get("smooth_bias", False))
+            self.smooth_interval = int(run_info.get("smooth_bias_interval", self.smooth_interval))
             if biased:
                 initial_state = EABFState.load(out / "checkpoint" / self.ck["eabf"])
             if self.shared_bias is not None and self.ck.get("shared"):  # the sums applied after that checkpoint
@@ -599,7 +601,7 @@ class _SegmentedRun:
                 box=self.box, initialState=initial_state, useCUDAGraphs=graphs and not self.smooth,
                 czarBins=es.czar_bins, sharedState=shared, closePeriodicBias=es.close_periodic_bias,
                 biasOnlyWhereReached=self.reach_gate, smoothBias=self.smooth,
-                smoothBiasInterval=int(es.smooth_bias_interval),
+                smoothBiasInterval=self.smooth_interval,
             )
         self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
@@ -673,7 +675,7 @@ class _SegmentedRun:
             "solute": self.solute.tolist(), "report_interval": md.report_interval, "n_steps": self.n_steps,
             "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
             "threads": threads_in_effect(self.context), "bias_only_where_reached": self.reach_gate,
-            "smooth_bias": self.smooth,
+            "smooth_bias": self.smooth, "smooth_bias_interval": self.smooth_interval,
         })
         return 0, 0
 

@@ -192,7 +192,7 @@ def test_2d_czar_with_the_smooth_bias_matches_exact():
 def test_a_run_with_the_smooth_bias_resumes_exactly(tmp_path):
     """md.run_eabf with eabf.smooth_bias: a run interrupted at its checkpoints and resumed ends bit-identical to an
     uninterrupted one (the potential travels in the checkpoint; its refreshes, every 7 samples, do not line up
-    with the 100-step segments), and it records the setting it started with."""
+    with the 100-step segments), and it records the settings it started with."""
     import dataclasses
     import json
 
@@ -206,14 +206,15 @@ def test_a_run_with_the_smooth_bias_resumes_exactly(tmp_path):
     es = dataclasses.replace(es, smooth_bias=True, smooth_bias_interval=7)
     cont = run_eabf(ms, cv, es, md, tmp_path / "cont", 300, log=None)
     run_eabf(ms, cv, es, md, tmp_path / "split", 100, log=None)
-    # a resume keeps the bias the run started with, whatever the settings say now
-    plain = dataclasses.replace(es, smooth_bias=False)
+    # a resume keeps the bias (and its refresh interval) the run started with, whatever the settings say now
+    plain = dataclasses.replace(es, smooth_bias=False, smooth_bias_interval=500)
     run_eabf(ms, cv, plain, md, tmp_path / "split", 200, resume=True, log=None)
     res = run_eabf(ms, cv, plain, md, tmp_path / "split", 300, resume=True, log=None)
     for name in ("count", "grad", "zcount", "czar", "last", "bias_potential"):
         np.testing.assert_array_equal(getattr(res.state, name), getattr(cont.state, name), err_msg=name)
     np.testing.assert_array_equal(res.positions, cont.positions)
-    assert json.loads((tmp_path / "split" / "run.json").read_text())["smooth_bias"] is True
+    run_info = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert run_info["smooth_bias"] is True and run_info["smooth_bias_interval"] == 7
     assert np.abs(cont.state.bias_potential).max() > 0  # the bias was on and refreshed
 
 
