@@ -143,11 +143,12 @@ def readout_layout(d: int, n_bins: int, n_zbins: int, smooth: bool = False) -> T
 
     Parts: ``info`` = [xi, lambda, applied bias] (3d); ``acc`` = the accumulator array (n_bins + n_zbins, 1 + d)
     row-major (lambda-grid rows [count, sum kappa (lambda - xi)], then CZAR xi-grid rows [zcount, czar sum]);
-    ``last`` (2d); ``n_samples`` (1); with the smooth bias ``pot``, its potential on the lambda-bin centres (n_bins).
+    ``last`` (2d); ``n_samples`` (1); with the smooth bias ``pot``, its potential on the lambda-bin centres (n_bins),
+    and ``pot_cover``, each bin's cover when that potential was integrated (n_bins; ``_EABFCore._integrate``).
     """
     layout, offset = {}, 0
     parts = [("info", 3 * d), ("acc", (n_bins + n_zbins) * (1 + d)), ("last", 2 * d), ("n_samples", 1)]
-    for key, length in parts + ([("pot", n_bins)] if smooth else []):
+    for key, length in parts + ([("pot", n_bins), ("pot_cover", n_bins)] if smooth else []):
         layout[key] = (offset, length)
         offset += length
     return layout, offset
@@ -352,13 +353,18 @@ class _EABFCore(torch.nn.Module):
         self.register_buffer("link_axis", torch.as_tensor(lk, dtype=torch.long).unsqueeze(1))
         self.register_buffer("link_h", t([span[k] / bins[k] for k in lk.tolist()]))
         self.register_buffer("pot", torch.zeros(nb if smooth else 1, dtype=f64))
+        # each bin's cover when `pot` was integrated: where a cell's corners all had cover 1 then, the force is the
+        # potential's gradient; beyond the edge of the sampled region it blends into the binned bias (see _fbias)
+        self.register_buffer("pot_cover", torch.zeros(nb if smooth else 1, dtype=f64))
         if self.smooth:
             with torch.no_grad():
                 stored = None if state is None else state.bias_potential
-                if stored is not None:  # a resume applies the potential the run had (refreshed at its own times)
+                stored_cover = None if state is None else state.bias_potential_cover
+                if stored is not None and stored_cover is not None:  # a resume applies the potential the run had
                     self.pot.copy_(torch.as_tensor(np.asarray(stored).reshape(nb), dtype=f64))
+                    self.pot_cover.copy_(torch.as_tensor(np.asarray(stored_cover).reshape(nb), dtype=f64))
                 else:
-                    self.pot.copy_(self._integrate())
+                    self._refresh()
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -446,16 +452,17 @@ class _EABFCore(torch.nn.Module):
     def _fbias(self, got: torch.Tensor, inside: torch.Tensor, lam_row: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """ABF bias force on lambda (d,) from the rows of :meth:`_bias_rows`: lambda bin ``lam_row`` (1,)'s
         [n, sum kappa (lambda - xi)], and with the gate the xi count where lambda is; ``inside``: lambda on the grid.
-        With the smooth bias, the gradient of the interpolated potential at ``lam`` (d,) instead of the bin's mean."""
+        With the smooth bias, the gradient of the interpolated potential at ``lam`` (d,) where the cell around
+        ``lam`` lies inside the integrated region, the bin's mean at its edge (:meth:`_smooth_gradient`)."""
+        row = got[1]
+        n = row[0:1]
+        grad = row[1:] / torch.clamp(n, min=1.0)
+        if self.close_rings:
+            grad = grad - self._ring_mean(lam_row)
+        grad = grad * self._ramp(n)
         if self.smooth:
-            grad = self._smooth_gradient(lam)
-        else:
-            row = got[1]
-            n = row[0:1]
-            grad = row[1:] / torch.clamp(n, min=1.0)
-            if self.close_rings:
-                grad = grad - self._ring_mean(lam_row)
-            grad = grad * self._ramp(n)
+            smooth, share = self._smooth_gradient(lam)
+            grad = torch.lerp(grad, smooth, share)
         if self.gate_unreached:  # rows 2..: xi counts of the CZAR bins overlapping lambda's bin
             reached = got.narrow(0, 2, got.shape[0] - 2).select(1, 0).sum(0, True) > 0.0
             return grad * (inside & reached)
@@ -466,15 +473,25 @@ class _EABFCore(torch.nn.Module):
         dw = w * (x.index_select(0, self.link_j) - x.index_select(0, self.link_i))
         return torch.zeros_like(x).index_add_(0, self.link_j, dw).index_add_(0, self.link_i, -dw) + 1e-6 * x
 
-    def _integrate(self) -> torch.Tensor:
-        """Potential on the lambda-bin centres whose differences best match the applied per-bin means.
+    def _refresh(self) -> None:
+        """Integrate the smooth bias's potential from the accumulators now, and keep each bin's share in it."""
+        pot, cover = self._integrate()
+        self.pot.copy_(pot)
+        self.pot_cover.copy_(cover)
 
-        Each link between neighbouring bins i, j along axis k asks ``pot_j - pot_i = h_k (g_ik + g_jk) / 2`` with
-        ``g`` the ramped mean forces; its weight is the product of both bins' ramps (0 until a bin has
-        ``minSamples``: a free, Neumann boundary at the edge of the sampled region). Solved by Jacobi-preconditioned
-        conjugate gradients from zero with a fixed number of iterations, so the result is a deterministic function
-        of the accumulators (a force rebuilt from a saved state applies the same potential). The tiny diagonal
-        shift fixes the free constant of each connected set of bins.
+    def _integrate(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Potential on the lambda-bin centres whose differences best match the applied per-bin means, and each
+        bin's cover: the largest weight of its links (1 where the bin or a neighbour has the full bias).
+
+        Each link between neighbouring bins i, j along axis k asks ``pot_j - pot_i = h_k g_k`` with ``g`` the
+        ramp-weighted mean of both bins' ramped mean forces, and has the larger of their ramps as its weight. So
+        the potential extends one bin beyond the sampled region with the slope of the last sampled bin (a bin with
+        no samples has no mean force of its own), as the binned bias pushes up to the edge of its bin: the walker
+        advances as fast, and the bias is a gradient there too. Links between two bins below ``minSamples`` have
+        weight 0 (a free, Neumann boundary). Solved by Jacobi-preconditioned conjugate gradients from zero with a
+        fixed number of iterations, so the result is a deterministic function of the accumulators (a force rebuilt
+        from a saved state applies the same potential). The tiny diagonal shift fixes the free constant of each
+        connected set of bins.
         """
         rows = self.acc.narrow(0, 0, self.n_bins)
         if self.has_shared:
@@ -482,10 +499,11 @@ class _EABFCore(torch.nn.Module):
         n = rows.select(1, 0)
         ramp = self._ramp(n)
         g = rows.narrow(1, 1, self.d) * (ramp / torch.clamp(n, min=1.0)).unsqueeze(1)
-        w = ramp.index_select(0, self.link_i) * ramp.index_select(0, self.link_j)
+        ri, rj = ramp.index_select(0, self.link_i), ramp.index_select(0, self.link_j)
+        w = torch.maximum(ri, rj)
         gi = g.index_select(0, self.link_i).gather(1, self.link_axis).squeeze(1)
         gj = g.index_select(0, self.link_j).gather(1, self.link_axis).squeeze(1)
-        wb = w * 0.5 * (gi + gj) * self.link_h
+        wb = w * (ri * gi + rj * gj) / torch.clamp(ri + rj, min=1e-12) * self.link_h
         r = torch.zeros_like(n).index_add_(0, self.link_j, wb).index_add_(0, self.link_i, -wb)
         diag = torch.zeros_like(n).index_add_(0, self.link_i, w).index_add_(0, self.link_j, w) + 1e-6
         x = torch.zeros_like(n)
@@ -501,19 +519,22 @@ class _EABFCore(torch.nn.Module):
             rz_next = torch.dot(r, z)
             p = z + (rz_next / torch.clamp(rz, min=1e-300)) * p
             rz = rz_next
-        return x
+        cover = torch.zeros_like(n).scatter_reduce(0, self.link_i, w, reduce="amax")
+        return x, cover.scatter_reduce(0, self.link_j, w, reduce="amax")
 
-    def _smooth_gradient(self, lam: torch.Tensor) -> torch.Tensor:
+    def _smooth_gradient(self, lam: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Gradient (d,) at ``lam`` of the multilinear interpolant of ``pot`` between the bin centres around it
-        (kJ/mol per CV unit), times the smallest ramp of those bins; beyond the outer centres of a non-periodic
+        (kJ/mol per CV unit), and the share (1,) of it in the applied bias: the smallest cover (see
+        :meth:`_integrate`) of those bins when ``pot`` was integrated. Beyond the outer centres of a non-periodic
         axis the end cells' interpolant continues.
 
-        A bin below ``minSamples`` takes part in no link of the integral, so its potential is only the solver's
-        zero: a cell with such a corner would push lambda back from the edge of the sampled region with a force of
-        the potential's height over a bin width. The smallest ramp of the cell's corners (0 there, 1 in the
-        interior) turns the bias off in those cells and on again continuously as they fill, as the binned bias does
-        per bin; only there is the bias not a gradient."""
-        u = torch.addcmul(self.cell_origin, lam, self.cell_inv_width)
+        A bin with cover 0 at the last refresh (it and its neighbours below ``minSamples``) took part in no link of
+        the integral, so its potential is only the solver's zero: a cell with such a corner would push lambda back
+        from the edge of the sampled region with a force of the potential's height over a bin width. There
+        (share 0) the binned bias applies, which is zero in bins without samples; share 1 in the sampled region and
+        one bin around it, where the bias is exactly a gradient."""
+        # a NaN lambda (a blown-up state; _bin reads it as outside, so the bias is 0) must not become a row index
+        u = torch.nan_to_num(torch.addcmul(self.cell_origin, lam, self.cell_inv_width), nan=0.0)
         u = u - self.cell_wrap * torch.floor(u * self.cell_inv_bins)  # periodic axes into [0, bins)
         low = torch.clamp(torch.floor(u), self.bin_zero, self.cell_last)
         frac = u - low
@@ -521,12 +542,10 @@ class _EABFCore(torch.nn.Module):
         cells = cells - self.cell_wrap * torch.floor(cells * self.cell_inv_bins)
         rows = (cells * self.cell_strides).sum(1).to(torch.long)
         p = self.pot.index_select(0, rows)
-        n = self.acc.index_select(0, rows).select(1, 0)
-        if self.has_shared:
-            n = n + self.shared.index_select(0, rows).select(1, 0)
+        share = self.pot_cover.index_select(0, rows).min().unsqueeze(0)
         weight = torch.where(self.corner > 0.5, frac, 1.0 - frac)  # (2^d, d)
         others = torch.where(self.other_axes, weight.unsqueeze(0), torch.ones_like(weight).unsqueeze(0)).prod(2)
-        return (others * self.corner_sign * p.unsqueeze(0)).sum(1) * self.cell_inv_width * self._ramp(n).min()
+        return (others * self.corner_sign * p.unsqueeze(0)).sum(1) * self.cell_inv_width, share
 
     def _ring_mean(self, lam_row: torch.Tensor) -> torch.Tensor:
         """Per component, the ramp-weighted mean ABF gradient over the ring through lambda bin ``lam_row``; zero
@@ -574,7 +593,7 @@ class _EABFCore(torch.nn.Module):
         self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
         if self.smooth:  # refresh every smooth_interval samples (a host synchronisation; not for graph-safe cores)
             if bool((take & (torch.remainder(self.n_samples, self.smooth_interval) == 0.0).all()).item()):
-                self.pot.copy_(self._integrate())
+                self._refresh()
         # ---- ABF bias on lambda (estimate including this sample)
         fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1), lam)
         # ---- walls (x, non-periodic components) and y/z pins
@@ -593,7 +612,8 @@ class _EABFCore(torch.nn.Module):
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
         """The read-out vector, in the order of :func:`readout_layout` (the accumulator array row-major)."""
         if self.smooth:
-            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot])
+            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot,
+                              self.pot_cover])
         return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples])
 
     def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
@@ -725,7 +745,9 @@ class EABFState:
     the samples; ``czar`` the per-xi-bin sums of ``kappa (lambda - xi)``, ``zcount`` the xi histogram. Units:
     kJ/mol/(CV unit). ``meta`` carries strings such as ``temperature`` (K) and ``czar_min_count``.
     ``bias_potential`` (shape ``bins``, kJ/mol; smooth bias only) is the potential the force applied when the state
-    was read, so that a force rebuilt from the state applies the same bias; sums of states have none.
+    was read, and ``bias_potential_cover`` (shape ``bins``) each bin's cover then (1 where the bin or a neighbour
+    had the full bias; the share of the potential in the applied bias around it), so that a force rebuilt from the
+    state applies the same bias; sums of states have neither.
     """
 
     grid_min: np.ndarray
@@ -742,6 +764,7 @@ class EABFState:
     meta: Dict[str, str] = field(default_factory=dict)
     zbins: Optional[np.ndarray] = None
     bias_potential: Optional[np.ndarray] = None
+    bias_potential_cover: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.zbins is None:  # states written before the CZAR grid had its own resolution
@@ -786,6 +809,8 @@ class EABFState:
                     meta_keys=np.array(list(self.meta.keys()), dtype=str),
                     meta_values=np.array(list(self.meta.values()), dtype=str),
                     **({} if self.bias_potential is None else {"bias_potential": np.asarray(self.bias_potential)}),
+                    **({} if self.bias_potential_cover is None
+                       else {"bias_potential_cover": np.asarray(self.bias_potential_cover)}),
                 )
 
     @classmethod
@@ -802,6 +827,7 @@ class EABFState:
                 last=z["last"], n_samples=int(z["n_samples"]), meta=meta,
                 zbins=z["zbins"] if "zbins" in z.files else None,
                 bias_potential=z["bias_potential"] if "bias_potential" in z.files else None,
+                bias_potential_cover=z["bias_potential_cover"] if "bias_potential_cover" in z.files else None,
             )
 
     @classmethod
@@ -1093,14 +1119,17 @@ class ExtendedABF:
         Apply the ABF bias as the gradient of a potential instead of the bin's mean force: the potential on the
         lambda-bin centres is the least-squares integral of the (ramped) per-bin means, refreshed every
         ``smoothBiasInterval`` samples inside the force, and the force on lambda is the gradient of its multilinear
-        interpolant, so the bias is exactly conservative and continuous in lambda. In 2D and 3D a bias constant over
-        each bin is not a gradient, and along learned CVs CZAR's free energy then comes out distorted
-        (``benchmarks/static_bias_check.py``). The accumulators and estimators are the same either way. Not with
-        ``useCUDAGraphs`` (the refresh is a branch). Default False.
+        interpolant, so the bias is exactly conservative and continuous in lambda. The potential continues one bin
+        beyond the sampled region with the slope of the last sampled bin (the binned bias also pushes up to the edge
+        of its bin); in cells reaching further out the binned bias applies (zero where nothing was sampled), until
+        the next refresh takes their bins in. In 2D and 3D a bias constant over each bin is not a gradient, and along
+        learned CVs CZAR's free energy then comes out distorted (``benchmarks/static_bias_check.py``). The
+        accumulators and estimators are the same either way. Not with ``useCUDAGraphs`` (the refresh is a branch). Default (None): the configuration's
+        ``eabf.smooth_bias``, True, unless ``useCUDAGraphs`` is set.
     smoothBiasInterval : int
         Samples between refreshes of the smooth bias's potential (> 0). The potential is part of the state
-        (:attr:`EABFState.bias_potential`): a force rebuilt from a state read from this one applies the same bias;
-        from a state without it (a sum of states) the potential is integrated afresh.
+        (:attr:`EABFState.bias_potential`, with its cover): a force rebuilt from a state read from this one applies
+        the same bias; from a state without it (a sum of states) the potential is integrated afresh.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -1148,8 +1177,8 @@ class ExtendedABF:
         sharedState: Optional[Union[EABFState, str, Path]] = None,
         closePeriodicBias: bool = _DEFAULTS.close_periodic_bias,
         biasOnlyWhereReached: bool = _DEFAULTS.bias_only_where_reached,
-        smoothBias: bool = False,
-        smoothBiasInterval: int = 500,
+        smoothBias: Optional[bool] = None,
+        smoothBiasInterval: int = _DEFAULTS.smooth_bias_interval,
     ):
         import openmm
 
@@ -1214,6 +1243,8 @@ class ExtendedABF:
         if not 0 <= minSamples <= fullSamples:
             raise EABFError(f"minSamples must be in 0..fullSamples={fullSamples}, got {minSamples}")
         wk = [10.0 * k for k in kap] if wallKappa is None else _per_dim(wallKappa, d, "wallKappa")
+        if smoothBias is None:  # the configuration's default, which a CUDA-graph request overrides
+            smoothBias = bool(_DEFAULTS.smooth_bias) and not useCUDAGraphs
         if smoothBias:
             if useCUDAGraphs:
                 raise EABFError("smoothBias cannot be captured in a CUDA graph (its refresh is a branch); "
@@ -1420,6 +1451,7 @@ class ExtendedABF:
             zcount=acc[nb:, 0].reshape(zshape), czar=acc[nb:, 1:].reshape(zshape + (d,)),
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
             bias_potential=part("pot").reshape(shape).copy() if self.smoothBias else None,
+            bias_potential_cover=part("pot_cover").reshape(shape).copy() if self.smoothBias else None,
         )
 
     def step(self, simulation, steps: int) -> None:

@@ -143,6 +143,7 @@ def test_smooth_bias_refreshes_and_a_saved_state_rebuilds_the_same_force(tmp_pat
         saved.save(tmp_path / "s.npz")
         back = EABFState.load(tmp_path / "s.npz")
         np.testing.assert_array_equal(back.bias_potential, saved.bias_potential)
+        np.testing.assert_array_equal(back.bias_potential_cover, saved.bias_potential_cover)
         e2, ctx2 = _context(True, back, interval=interval, expr=expr)
         np.testing.assert_array_equal(np.array([_applied(e2, ctx2, lam) for lam in probes]), running)
         if not refreshed:  # without its potential (a sum of states) a force integrates the accumulators afresh
@@ -210,7 +211,7 @@ def test_a_run_with_the_smooth_bias_resumes_exactly(tmp_path):
     plain = dataclasses.replace(es, smooth_bias=False, smooth_bias_interval=500)
     run_eabf(ms, cv, plain, md, tmp_path / "split", 200, resume=True, log=None)
     res = run_eabf(ms, cv, plain, md, tmp_path / "split", 300, resume=True, log=None)
-    for name in ("count", "grad", "zcount", "czar", "last", "bias_potential"):
+    for name in ("count", "grad", "zcount", "czar", "last", "bias_potential", "bias_potential_cover"):
         np.testing.assert_array_equal(getattr(res.state, name), getattr(cont.state, name), err_msg=name)
     np.testing.assert_array_equal(res.positions, cont.positions)
     run_info = json.loads((tmp_path / "split" / "run.json").read_text())
@@ -218,14 +219,46 @@ def test_a_run_with_the_smooth_bias_resumes_exactly(tmp_path):
     assert np.abs(cont.state.bias_potential).max() > 0  # the bias was on and refreshed
 
 
-def test_smooth_bias_is_off_in_cells_with_an_unsampled_corner():
-    """At the edge of the sampled region: no push back from the bins the integral does not reach (their potential is
-    the solver's zero), the full gradient one cell inside."""
+def test_smooth_bias_extends_one_bin_beyond_the_sampled_region_as_a_gradient():
+    """At the edge of the sampled region the potential continues one bin with the last sampled bin's slope (no push
+    back from the bins the integral does not reach, and no curl); beyond that, where a cell has a corner that
+    neither was sampled nor neighbours a sampled bin, the binned bias applies (zero without samples)."""
     state = _state()
     state.count[5:, :] = 0.0  # bins with x > 0.25 never sampled
     state.grad[5:, :] = 0.0
     e, ctx = _context(True, state)
-    np.testing.assert_array_equal(_applied(e, ctx, [0.3, 0.1]), [0.0, 0.0])  # the cell between x centres 0.19, 0.31
+    c = LO + H * (np.arange(NB) + 0.5)
+    for y in (0.1, -0.6):  # cells between the x centres 0.125 (sampled) and 0.375 (not)
+        t = (y - c[c <= y].max()) / H
+        rows = _field(np.full(2, c[4]), np.array([c[c <= y].max(), c[c > y].min()]))[:, 0]
+        for x in (0.2, 0.3, 0.37):
+            np.testing.assert_allclose(_applied(e, ctx, [x, y])[0], (1 - t) * rows[0] + t * rows[1], rtol=1e-5, atol=1e-5)
+    assert abs(_circulation(e, ctx, 0.2, 0.35, -0.1, 0.1)) < 1e-3  # crosses the row edge y = 0 in that strip
+    np.testing.assert_array_equal(_applied(e, ctx, [0.5, 0.1]), [0.0, 0.0])  # cells between x centres 0.375, 0.625
     inner = _applied(e, ctx, [-0.3, 0.1])
     want = _field(-0.3, 0.1)
     np.testing.assert_allclose(inner, want, atol=0.1 * np.abs(want).max())
+
+
+def test_a_bin_that_fills_between_refreshes_joins_the_smooth_bias_at_the_next_refresh():
+    """Bins outside the integral at a refresh stay outside until the next one, however many samples they get
+    meanwhile: the cells around them keep the binned bias (no jump to the solver's zero potential)."""
+    state = _state()
+    state.count[5:, :] = 0.0
+    state.grad[5:, :] = 0.0
+    e, ctx = _context(True, state, interval=10 ** 9, expr="0.5*k*((x-0.62)^2+(y-0.1)^2+z^2)", params={"k": 2e4})
+    e.setSampling(ctx, True)
+    ctx.setPositions(e.extendPositions(np.array([[0.62, 0.1, 0.0]])))
+    ctx.getIntegrator().step(300)  # lambda stays near (0.62, 0.1): bin (6, 4), two beyond the sampled ones, fills
+    s = e.getState(ctx)
+    assert s.count[6, 4] > 100 and s.bias_potential_cover[6, 4] == 0.0
+    e_b, ctx_b = _context(False, s)
+    e_s, ctx_s = _context(True, s, interval=10 ** 9)  # rebuilt from the state: the same stale potential and cover
+    for lam in ([0.6, 0.1], [0.55, 0.2]):  # in bin (6, 4), cells with corners in columns 5 and 6
+        binned = _applied(e_b, ctx_b, lam)
+        assert np.abs(binned).max() > 0.1
+        np.testing.assert_array_equal(_applied(e, ctx, lam), binned)
+        np.testing.assert_array_equal(_applied(e_s, ctx_s, lam), binned)
+    s.bias_potential = s.bias_potential_cover = None  # integrated afresh: the filled bin is inside now
+    e_f, ctx_f = _context(True, s)
+    assert np.abs(_applied(e_f, ctx_f, [0.6, 0.1]) - _applied(e_b, ctx_b, [0.6, 0.1])).max() > 1e-3
