@@ -103,13 +103,15 @@ def capped_kappa(ms, cv, outer_ps: float) -> float:
     return min(KAPPA, kappa_max)
 
 
-def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA):
+def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA, smooth=None):
+    """ExtendedABF with the loop's settings; ``smooth`` None: the package's default bias (the smooth one, which a
+    CUDA graph excludes)."""
     d = int(cv.cv_dim) if hasattr(cv, "cv_dim") else len(cv.periodic)
     box = None if ms.box is None else np.asarray(ms.box)
     system = copy_system(ms.system) if system is None else system
     if not any(getattr(cv, "periodic", [False])):  # the loop's learned CV (torsion CVs carry cv_dim too)
         e = ExtendedABF(system, cv, [GRID[0]] * d, [GRID[1]] * d, [BINS] * d, [kappa] * d, positions=ms.positions,
-                        box=box, periodic=[False] * d, useCUDAGraphs=graphs)
+                        box=box, periodic=[False] * d, useCUDAGraphs=graphs, smoothBias=smooth)
     else:  # (phi, psi)
         e = ExtendedABF(system, cv, [-np.pi] * d, [np.pi] * d, [36] * d, [300.0] * d, positions=ms.positions,
                         box=box)
@@ -232,12 +234,13 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
                 continue
             runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
                 _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
-        if graphs:  # power-rotation CV (graph-capturable), graph-safe module without and with CUDA graphs
+        if graphs:  # power-rotation CV (graph-capturable), graph-safe module without and with CUDA graphs; both with
+            # the binned bias (the smooth bias's refresh is a branch no graph can capture)
             pcv, _ = load_cv(loop_cv(ms, workdir / f"{name}_power.pt", rotation_solver="power"))
             for g in (False, True):
-                sys1, e = _eabf(ms, pcv, graphs=g, kappa=capped_kappa(ms, pcv, dt))
+                sys1, e = _eabf(ms, pcv, graphs=g, kappa=capped_kappa(ms, pcv, dt), smooth=False)
                 integ = make_integrator(sys1, e, T, 1.0, dt)
-                runs[f"eABF learned CV, power rotation, graphs {'on' if g else 'off'}"] = (
+                runs[f"eABF learned CV, power rotation, binned bias, graphs {'on' if g else 'off'}"] = (
                     _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
         if breakdown and ms.box is None:  # where the step's time goes (non-periodic systems: no box argument)
             sys3, e3 = _eabf(ms, cv)

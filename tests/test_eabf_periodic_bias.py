@@ -45,7 +45,7 @@ def _applied(theta, cv, state, close, integrator=None):
     system, pos = _rotor(theta)
     d = state.d
     e = ExtendedABF(system, cv, [-np.pi] * d, [np.pi] * d, list(state.bins), KAPPA, fullSamples=FULL, minSamples=MIN,
-                    positions=pos, initialState=state, closePeriodicBias=close)
+                    positions=pos, initialState=state, closePeriodicBias=close, smoothBias=False)
     ctx = openmm.Context(system, integrator or openmm.VerletIntegrator(0.001), REF)
     ctx.setPositions(e.extendPositions(pos))
     ctx.setParameter(e.sampleParameter, 0.0)
