@@ -79,34 +79,30 @@ def bias_field(src, mode: str):
             both = np.isfinite(fwd) & np.isfinite(bwd)
             g[..., k] = np.where(both, 0.5 * (fwd + bwd), np.nan_to_num(np.where(np.isfinite(fwd), fwd, bwd)))
         return np.where(ok[..., None], g, 0.0), ok
-    if mode.startswith("stored"):  # the potential a smooth-bias run applied at its end, differentiated on N bins
-        if src.bias_potential is None:
-            raise SystemExit("mode stored needs --source runs made with the smooth bias (their state's potential)")
-        phi, n = np.asarray(src.bias_potential), int(mode[6:] or 120)
-        pts, h = _fine_grid(src, n)
-        inside = RegularGridInterpolator(src.centers(), visited.astype(float), method="nearest", bounds_error=False,
-                                         fill_value=0.0)(pts).reshape(n, n) > 0.5
-        phi_f = RegularGridInterpolator(src.centers(), phi, bounds_error=False, fill_value=None)(pts).reshape(n, n)
-        return np.stack(np.gradient(phi_f, h[0], h[1]), -1) * inside[..., None], inside
-    for prefix in ("fine", "interp"):
+    for prefix in ("fine", "interp", "stored"):
         if mode.startswith(prefix):
             n = int(mode[len(prefix):] or 120)
             break
     else:
-        raise SystemExit(f"unknown mode {mode!r} (staircase, projected, fineN, interpN)")
+        raise SystemExit(f"unknown mode {mode!r} (staircase, projected, fineN, interpN, storedN)")
     centres = src.centers()
     pts, h = _fine_grid(src, n)
     inside = RegularGridInterpolator(centres, visited.astype(float), method="nearest", bounds_error=False,
                                      fill_value=0.0)(pts).reshape(n, n) > 0.5
-    if prefix == "fine":
-        phi = _integral(src)
-        phi_f = RegularGridInterpolator(centres, np.where(np.isfinite(phi), phi, 0.0), bounds_error=False,
-                                        fill_value=None)(pts).reshape(n, n)
-        g = np.stack(np.gradient(phi_f, h[0], h[1]), -1)
-    else:
+    if prefix == "interp":
         mean = np.where(visited[..., None], src.grad / np.maximum(src.count, 1)[..., None], 0.0)
         g = np.stack([RegularGridInterpolator(centres, mean[..., k], bounds_error=False, fill_value=None)(pts)
                       for k in range(2)], -1).reshape(n, n, 2)
+    else:  # a potential on the source's bins, interpolated to n bins and differentiated there
+        if prefix == "fine":
+            phi = _integral(src)
+            phi = np.where(np.isfinite(phi), phi, 0.0)
+        elif src.bias_potential is None:
+            raise SystemExit("mode stored needs --source runs made with the smooth bias (their state's potential)")
+        else:  # the potential a smooth-bias run applied at its end
+            phi = np.asarray(src.bias_potential)
+        phi_f = RegularGridInterpolator(centres, phi, bounds_error=False, fill_value=None)(pts).reshape(n, n)
+        g = np.stack(np.gradient(phi_f, h[0], h[1]), -1)
     return g * inside[..., None], inside
 
 
