@@ -15,8 +15,8 @@ openmm-torch calls once per step), aten ops per call (all / top level), timed as
 to other load on the machine) and as wall time, repeats interleaved, medians. The (phi, psi) eABF module is
 timed beside it for alanine dipeptide.
 Part 2, MD: ns/day unbiased and with eABF every step and with ``md.cv_interval`` K (MTS) where the stability
-rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput. ``--breakdown``
-adds, for systems without a box, the eABF system without its force (the extended particles' cost in the other
+rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput. eABF applies the
+package's default (smooth) bias; one more row, every step, the binned bias (``eabf.smooth_bias`` false). ``--breakdown`` adds, for systems without a box, the eABF system without its force (the extended particles' cost in the other
 forces), a TorchForce returning zero (openmm-torch's fixed cost per step) and one that evaluates only the CV's
 value and Jacobian: the differences between the rows split the eABF step's cost.
 Part 3, contention: ``aesample eabf --cv-model`` as a user runs it (the package's own thread defaults, no
@@ -234,6 +234,12 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
                 continue
             runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
                 _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
+        # the default (smooth) bias against the binned one, every step: what the smooth bias costs
+        kappa = capped_kappa(ms, cv, dt)
+        sys2, e = _eabf(ms, cv, kappa=kappa, smooth=False)
+        integ = make_integrator(sys2, e, T, 1.0, dt)
+        runs[f"eABF learned CV, binned bias (kappa {kappa:.0f})"] = (
+            _context(sys2, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
         if graphs:  # power-rotation CV (graph-capturable), graph-safe module without and with CUDA graphs; both with
             # the binned bias (the smooth bias's refresh is a branch no graph can capture)
             pcv, _ = load_cv(loop_cv(ms, workdir / f"{name}_power.pt", rotation_solver="power"))
