@@ -360,7 +360,12 @@ class _EABFCore(torch.nn.Module):
             with torch.no_grad():
                 stored = None if state is None else state.bias_potential
                 stored_cover = None if state is None else state.bias_potential_cover
-                if stored is not None and stored_cover is not None:  # a resume applies the potential the run had
+                # integrated with the same other walkers' sums as this force applies (states from before the
+                # field come from runs without them)
+                stored_shared = 0.0 if state is None else float(state.bias_potential_shared_samples or 0.0)
+                same_shared = stored_shared == (0.0 if shared is None else float(np.sum(shared.count)))
+                if stored is not None and stored_cover is not None and same_shared:
+                    # a resume applies the potential the run had
                     self.pot.copy_(torch.as_tensor(np.asarray(stored).reshape(nb), dtype=f64))
                     self.pot_cover.copy_(torch.as_tensor(np.asarray(stored_cover).reshape(nb), dtype=f64))
                 else:
@@ -747,7 +752,9 @@ class EABFState:
     ``bias_potential`` (shape ``bins``, kJ/mol; smooth bias only) is the potential the force applied when the state
     was read, and ``bias_potential_cover`` (shape ``bins``) each bin's cover then (1 where the bin or a neighbour
     had the full bias; the share of the potential in the applied bias around it), so that a force rebuilt from the
-    state applies the same bias; sums of states have neither.
+    state applies the same bias; sums of states have neither. ``bias_potential_shared_samples`` counts the samples
+    of the other walkers' sums (``ExtendedABF`` ``sharedState``) the potential was integrated with, 0 without: a
+    force rebuilt with other sums integrates its potential afresh instead of applying a stale one.
     """
 
     grid_min: np.ndarray
@@ -765,6 +772,7 @@ class EABFState:
     zbins: Optional[np.ndarray] = None
     bias_potential: Optional[np.ndarray] = None
     bias_potential_cover: Optional[np.ndarray] = None
+    bias_potential_shared_samples: Optional[float] = None
 
     def __post_init__(self):
         if self.zbins is None:  # states written before the CZAR grid had its own resolution
@@ -811,6 +819,8 @@ class EABFState:
                     **({} if self.bias_potential is None else {"bias_potential": np.asarray(self.bias_potential)}),
                     **({} if self.bias_potential_cover is None
                        else {"bias_potential_cover": np.asarray(self.bias_potential_cover)}),
+                    **({} if self.bias_potential_shared_samples is None
+                       else {"bias_potential_shared_samples": np.array(float(self.bias_potential_shared_samples))}),
                 )
 
     @classmethod
@@ -828,6 +838,8 @@ class EABFState:
                 zbins=z["zbins"] if "zbins" in z.files else None,
                 bias_potential=z["bias_potential"] if "bias_potential" in z.files else None,
                 bias_potential_cover=z["bias_potential_cover"] if "bias_potential_cover" in z.files else None,
+                bias_potential_shared_samples=(float(z["bias_potential_shared_samples"])
+                                               if "bias_potential_shared_samples" in z.files else None),
             )
 
     @classmethod
@@ -1129,7 +1141,8 @@ class ExtendedABF:
     smoothBiasInterval : int
         Samples between refreshes of the smooth bias's potential (> 0). The potential is part of the state
         (:attr:`EABFState.bias_potential`, with its cover): a force rebuilt from a state read from this one applies
-        the same bias; from a state without it (a sum of states) the potential is integrated afresh.
+        the same bias; from a state without it (a sum of states), or with other ``sharedState`` sums than the
+        force that wrote it applied (a shared-bias walker at an exchange), the potential is integrated afresh.
     parameterPrefix : str
         Prefix of the Context global parameters (``sample``, ``readout``, ``chunk``).
     useCUDAGraphs : bool
@@ -1305,6 +1318,7 @@ class ExtendedABF:
         self.biasOnlyWhereReached = bool(biasOnlyWhereReached)
         self.smoothBias = bool(smoothBias)
         self.smoothBiasInterval = int(smoothBiasInterval)
+        self._sharedSamples = 0.0 if shared is None else float(np.sum(shared.count))
         self.temperature = None if temperature is None else float(_strip(temperature, "K"))
         self._lastState: Optional[EABFState] = None
         self._lastTemperature: Optional[float] = None
@@ -1452,6 +1466,7 @@ class ExtendedABF:
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
             bias_potential=part("pot").reshape(shape).copy() if self.smoothBias else None,
             bias_potential_cover=part("pot_cover").reshape(shape).copy() if self.smoothBias else None,
+            bias_potential_shared_samples=self._sharedSamples if self.smoothBias else None,
         )
 
     def step(self, simulation, steps: int) -> None:

@@ -369,6 +369,60 @@ def test_shared_sums_enter_the_bias_only():
                     sharedState=shared)
 
 
+def test_smooth_walker_rebuilt_with_other_shared_sums_integrates_afresh(tmp_path):
+    """At an exchange a shared walker is rebuilt from its own state with newer sums of the others: its potential,
+    integrated with the older sums at its last refresh, must not stay applied until the next refresh."""
+    import openmm
+
+    from aesample import cvs
+    from aesample.eabf import EABFState, ExtendedABF
+
+    def sums(scale, slope):
+        st = EABFState(grid_min=np.array([-0.9]), grid_max=np.array([0.9]), bins=np.array([36]),
+                       periodic=np.array([False]), kappa=np.array([1000.0]), count=np.zeros(36),
+                       grad=np.zeros((36, 1)), zcount=np.zeros(36), czar=np.zeros((36, 1)), last=np.zeros(2))
+        st.count[:] = scale
+        st.grad[:, 0] = scale * slope * np.linspace(-1, 1, 36)
+        st.zcount[:] = scale
+        return st
+
+    old, new = sums(300.0, 40.0), sums(900.0, -25.0)
+
+    def build(**kw):
+        p = _Particle(5 * KT)
+        e = ExtendedABF(p.system, cvs.PositionX(0), -0.9, 0.9, 36, 1000.0, fullSamples=200,
+                        positions=np.zeros((1, 3)), smoothBias=True, **kw)
+        ctx = openmm.Context(p.system, openmm.LangevinMiddleIntegrator(T, 10.0, 0.005),
+                             openmm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions(e.extendPositions(np.array([[-0.5, 0.0, 0.0]])))
+        return e, ctx
+
+    e, ctx = build(sharedState=old)
+    ctx.getIntegrator().step(300)  # fewer own samples than smoothBiasInterval (500): no refresh since the start
+    own = e.getState(ctx)
+    assert own.n_samples > 100 and own.bias_potential_shared_samples == 300.0 * 36
+    own.save(tmp_path / "own.npz")
+    own = EABFState.load(tmp_path / "own.npz")
+    assert own.bias_potential_shared_samples == 300.0 * 36
+    stripped = dataclasses.replace(own, bias_potential=None, bias_potential_cover=None)
+    pot = {}
+    for name, kw in {"same sums": dict(initialState=own, sharedState=old),
+                     "same sums, afresh": dict(initialState=stripped, sharedState=old),
+                     "newer sums": dict(initialState=own, sharedState=new),
+                     "newer sums, afresh": dict(initialState=stripped, sharedState=new),
+                     "no sums": dict(initialState=own),
+                     "no sums, afresh": dict(initialState=stripped)}.items():
+        e, ctx = build(**kw)
+        pot[name] = e.getState(ctx).bias_potential
+    # with the sums it was integrated with, the stored potential applies as it was (the exact resume) ...
+    np.testing.assert_array_equal(pot["same sums"], own.bias_potential)
+    assert np.abs(pot["same sums, afresh"] - own.bias_potential).max() > 1e-3  # (own samples since the refresh)
+    # ... with other sums, or none, it is integrated afresh from this walker's samples and those sums
+    for other in ("newer sums", "no sums"):
+        np.testing.assert_array_equal(pot[other], pot[other + ", afresh"])
+        assert np.abs(pot[other] - own.bias_potential).max() > 1.0
+
+
 def test_shared_walker_resumes_with_the_sums_of_its_checkpoint(tmp_path):
     from aesample.md import load_result
     from aesample.sharedbias import shared_bias_file
