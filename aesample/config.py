@@ -260,8 +260,7 @@ class EABFConfig(_Section):
     cuda_graphs: Literal["auto", "on", "off"] = Field(
         "auto", description="Capture the eABF force in a CUDA graph (openmm-torch's useCUDAGraphs; CUDA platform "
         "only; it removes per-op launch costs). auto: on CUDA when the CV has no op that waits for the host "
-        "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one) and "
-        "eabf.smooth_bias is off; on: "
+        "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
         "always ask (the run fails if the capture fails); off: never.",
     )
     close_periodic_bias: bool = Field(
@@ -288,8 +287,8 @@ class EABFConfig(_Section):
         "bin's slope (further out, the binned bias until the next refresh). In 2D and 3D a bias constant over each "
         "bin is not a gradient and can distort the CZAR free energy along a learned CV; this one is exactly "
         "conservative. Changes the applied "
-        "bias only, not the estimators; no CUDA-graph capture with it (eabf.cuda_graphs 'auto' then stays off). "
-        "false reproduces plain eABF (binned bias).",
+        "bias only, not the estimators. Captured in a CUDA graph (eabf.cuda_graphs), the refresh cannot branch: the "
+        "samples between two refreshes solve for the next potential, which then lags one interval. false reproduces plain eABF (binned bias).",
     )
     smooth_bias_interval: int = Field(
         500, ge=1,

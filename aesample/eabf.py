@@ -138,17 +138,22 @@ def coupled_czar_bins(bins: Sequence[int], grid_min: Sequence[float], grid_max: 
 # ----------------------------------------------------------------------------------------------------------
 # readout encoding
 # ----------------------------------------------------------------------------------------------------------
-def readout_layout(d: int, n_bins: int, n_zbins: int, smooth: bool = False) -> Tuple[Dict[str, Tuple[int, int]], int]:
+def readout_layout(d: int, n_bins: int, n_zbins: int, smooth: bool = False,
+                   solver: int = 0) -> Tuple[Dict[str, Tuple[int, int]], int]:
     """(offset, length) of each part of the read-out vector (``_EABFCore.flat_state``), and its total length.
 
     Parts: ``info`` = [xi, lambda, applied bias] (3d); ``acc`` = the accumulator array (n_bins + n_zbins, 1 + d)
     row-major (lambda-grid rows [count, sum kappa (lambda - xi)], then CZAR xi-grid rows [zcount, czar sum]);
     ``last`` (2d); ``n_samples`` (1); with the smooth bias ``pot``, its potential on the lambda-bin centres (n_bins),
-    and ``pot_cover``, each bin's cover when that potential was integrated (n_bins; ``_EABFCore._integrate``).
+    and ``pot_cover``, each bin's cover when that potential was integrated (n_bins; ``_EABFCore._integrate``);
+    with a graph-safe smooth bias also ``solver``, the state of the solve for the next potential (``solver``
+    values, ``_EABFCore._solve_step``).
     """
     layout, offset = {}, 0
     parts = [("info", 3 * d), ("acc", (n_bins + n_zbins) * (1 + d)), ("last", 2 * d), ("n_samples", 1)]
-    for key, length in parts + ([("pot", n_bins), ("pot_cover", n_bins)] if smooth else []):
+    if smooth:
+        parts += [("pot", n_bins), ("pot_cover", n_bins)] + ([("solver", solver)] if solver else [])
+    for key, length in parts:
         layout[key] = (offset, length)
         offset += length
     return layout, offset
@@ -356,6 +361,17 @@ class _EABFCore(torch.nn.Module):
         # each bin's cover when `pot` was integrated: where a cell's corners all had cover 1 then, the force is the
         # potential's gradient; beyond the edge of the sampled region it blends into the binned bias (see _fbias)
         self.register_buffer("pot_cover", torch.zeros(nb if smooth else 1, dtype=f64))
+        # graph-safe cores solve for the next potential across the samples between two refreshes (_solve_step):
+        # the conjugate-gradient state, saved with the eABF state (EABFState.bias_solver) so a resume is exact
+        solving = self.smooth and self.graph_safe
+        ns, nl = (nb, len(li)) if solving else (1, 1)
+        self.solver_len: int = 5 * nb + len(li) + 2 if solving else 0
+        self.solve_steps: int = -(-self.smooth_iterations // max(int(smooth_interval), 1)) if solving else 0
+        for name in ("cg_x", "cg_r", "cg_p", "cg_diag", "cg_cover"):
+            self.register_buffer(name, torch.zeros(ns, dtype=f64))
+        self.register_buffer("cg_w", torch.zeros(nl, dtype=f64))
+        self.register_buffer("cg_rz", torch.zeros(1, dtype=f64))
+        self.register_buffer("cg_it", torch.zeros(1, dtype=f64))
         if self.smooth:
             with torch.no_grad():
                 stored = None if state is None else state.bias_potential
@@ -364,12 +380,21 @@ class _EABFCore(torch.nn.Module):
                 # field come from runs without them)
                 stored_shared = 0.0 if state is None else float(state.bias_potential_shared_samples or 0.0)
                 same_shared = stored_shared == (0.0 if shared is None else float(np.sum(shared.count)))
-                if stored is not None and stored_cover is not None and same_shared:
-                    # a resume applies the potential the run had
+                resumed = stored is not None and stored_cover is not None and same_shared
+                if resumed:  # a resume applies the potential the run had
                     self.pot.copy_(torch.as_tensor(np.asarray(stored).reshape(nb), dtype=f64))
                     self.pot_cover.copy_(torch.as_tensor(np.asarray(stored_cover).reshape(nb), dtype=f64))
                 else:
                     self._refresh()
+                solver = None if state is None else state.bias_solver
+                if self.graph_safe:
+                    if resumed and solver is not None and np.size(solver) == self.solver_len:
+                        self._set_solver(torch.as_tensor(np.asarray(solver, dtype=float).reshape(-1), dtype=f64))
+                    else:  # a solve already done, from the accumulators now: committed at the next refresh
+                        x, cover = self._integrate()
+                        self.cg_x.copy_(x)
+                        self.cg_cover.copy_(cover)
+                        self.cg_it.fill_(float(self.smooth_iterations))
 
     def compute(
         self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor, readout: torch.Tensor,
@@ -498,6 +523,18 @@ class _EABFCore(torch.nn.Module):
         from a saved state applies the same potential). The tiny diagonal shift fixes the free constant of each
         connected set of bins.
         """
+        r, w, diag, cover = self._poisson()
+        x = torch.zeros_like(r)
+        z = r / diag
+        p = z
+        rz = torch.dot(r, z)
+        for _ in range(self.smooth_iterations):
+            x, r, p, rz = self._cg_iteration(x, r, p, rz, w, diag)
+        return x, cover
+
+    def _poisson(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The least-squares problem of :meth:`_integrate` from the accumulators now: its right-hand side (bins),
+        link weights (links), Jacobi diagonal (bins) and each bin's cover (bins)."""
         rows = self.acc.narrow(0, 0, self.n_bins)
         if self.has_shared:
             rows = rows + self.shared.narrow(0, 0, self.n_bins)
@@ -511,21 +548,53 @@ class _EABFCore(torch.nn.Module):
         wb = w * (ri * gi + rj * gj) / torch.clamp(ri + rj, min=1e-12) * self.link_h
         r = torch.zeros_like(n).index_add_(0, self.link_j, wb).index_add_(0, self.link_i, -wb)
         diag = torch.zeros_like(n).index_add_(0, self.link_i, w).index_add_(0, self.link_j, w) + 1e-6
-        x = torch.zeros_like(n)
-        z = r / diag
-        p = z
-        rz = torch.dot(r, z)
-        for _ in range(self.smooth_iterations):
-            ap = self._laplacian(p, w)
-            alpha = rz / torch.clamp(torch.dot(p, ap), min=1e-300)
-            x = x + alpha * p
-            r = r - alpha * ap
-            z = r / diag
-            rz_next = torch.dot(r, z)
-            p = z + (rz_next / torch.clamp(rz, min=1e-300)) * p
-            rz = rz_next
         cover = torch.zeros_like(n).scatter_reduce(0, self.link_i, w, reduce="amax")
-        return x, cover.scatter_reduce(0, self.link_j, w, reduce="amax")
+        return r, w, diag, cover.scatter_reduce(0, self.link_j, w, reduce="amax")
+
+    def _cg_iteration(self, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, rz: torch.Tensor, w: torch.Tensor,
+                      diag: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One Jacobi-preconditioned conjugate-gradient iteration on (D^T W D) x = r0: (x, r, p, r.z) after it."""
+        ap = self._laplacian(p, w)
+        alpha = rz / torch.clamp(torch.dot(p, ap), min=1e-300)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = r / diag
+        rz_next = torch.dot(r, z)
+        p = z + (rz_next / torch.clamp(rz, min=1e-300)) * p
+        return x, r, p, rz_next
+
+    def _solve_step(self, refresh: torch.Tensor, take: torch.Tensor) -> None:
+        """The graph-safe refresh (no branch, no host synchronisation): at a refresh sample the solution the
+        previous interval's samples worked out becomes the potential and a new solve starts from the accumulators
+        now; every sample taken advances it by ``solve_steps`` conjugate-gradient iterations, the ordinary path's
+        ``smooth_iterations`` in all. The potential is the ordinary path's, one ``smooth_interval`` later."""
+        self.pot.copy_(torch.where(refresh, self.cg_x, self.pot))
+        self.pot_cover.copy_(torch.where(refresh, self.cg_cover, self.pot_cover))
+        r0, w0, diag0, cover0 = self._poisson()
+        z0 = r0 / diag0
+        x = torch.where(refresh, torch.zeros_like(r0), self.cg_x)
+        r = torch.where(refresh, r0, self.cg_r)
+        p = torch.where(refresh, z0, self.cg_p)
+        rz = torch.where(refresh, torch.dot(r0, z0).unsqueeze(0), self.cg_rz)
+        w = torch.where(refresh, w0, self.cg_w)
+        diag = torch.where(refresh, diag0, self.cg_diag)
+        it = torch.where(refresh, torch.zeros_like(self.cg_it), self.cg_it)
+        self.cg_cover.copy_(torch.where(refresh, cover0, self.cg_cover))
+        for _ in range(self.solve_steps):
+            go = take & (it < self.smooth_iterations)
+            xn, rn, pn, rzn = self._cg_iteration(x, r, p, rz, w, diag)
+            x = torch.where(go, xn, x)
+            r = torch.where(go, rn, r)
+            p = torch.where(go, pn, p)
+            rz = torch.where(go, rzn.unsqueeze(0), rz)
+            it = it + go.to(torch.float64)
+        self.cg_x.copy_(x)
+        self.cg_r.copy_(r)
+        self.cg_p.copy_(p)
+        self.cg_rz.copy_(rz)
+        self.cg_w.copy_(w)
+        self.cg_diag.copy_(diag)
+        self.cg_it.copy_(it)
 
     def _smooth_gradient(self, lam: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Gradient (d,) at ``lam`` of the multilinear interpolant of ``pot`` between the bin centres around it
@@ -596,8 +665,11 @@ class _EABFCore(torch.nn.Module):
         self.n_samples.add_(take)
         rows, inside = self._bin(v)
         self.acc.index_add_(0, rows, torch.outer((inside & take).to(torch.float64), torch.cat([self.one, f_lam])))
-        if self.smooth:  # refresh every smooth_interval samples (a host synchronisation; not for graph-safe cores)
-            if bool((take & (torch.remainder(self.n_samples, self.smooth_interval) == 0.0).all()).item()):
+        if self.smooth:  # refresh every smooth_interval samples
+            refresh = take & (torch.remainder(self.n_samples, self.smooth_interval) == 0.0).all()
+            if self.graph_safe:
+                self._solve_step(refresh, take)
+            elif bool(refresh.item()):  # a host synchronisation
                 self._refresh()
         # ---- ABF bias on lambda (estimate including this sample)
         fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1), lam)
@@ -614,8 +686,25 @@ class _EABFCore(torch.nn.Module):
         fbias = self._fbias(self._bias_rows(rows), inside[1], rows.narrow(0, 1, 1), lam)
         return torch.cat([xi, lam, fbias])
 
+    def _solver(self) -> torch.Tensor:
+        """The graph-safe solve's state as one vector (the ``solver`` part of :func:`readout_layout`)."""
+        return torch.cat([self.cg_x, self.cg_r, self.cg_p, self.cg_diag, self.cg_cover, self.cg_w, self.cg_rz,
+                          self.cg_it])
+
+    @torch.jit.unused
+    def _set_solver(self, v: torch.Tensor) -> None:
+        nb = self.n_bins
+        for k, name in enumerate(("cg_x", "cg_r", "cg_p", "cg_diag", "cg_cover")):
+            getattr(self, name).copy_(v[k * nb:(k + 1) * nb])
+        self.cg_w.copy_(v[5 * nb:-2])
+        self.cg_rz.copy_(v[-2:-1])
+        self.cg_it.copy_(v[-1:])
+
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
         """The read-out vector, in the order of :func:`readout_layout` (the accumulator array row-major)."""
+        if self.smooth and self.graph_safe:
+            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot,
+                              self.pot_cover, self._solver()])
         if self.smooth:
             return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot,
                               self.pot_cover])
@@ -755,6 +844,7 @@ class EABFState:
     state applies the same bias; sums of states have neither. ``bias_potential_shared_samples`` counts the samples
     of the other walkers' sums (``ExtendedABF`` ``sharedState``) the potential was integrated with, 0 without: a
     force rebuilt with other sums integrates its potential afresh instead of applying a stale one.
+    ``bias_solver`` (graph-safe forces only) is the state of the solve for the next potential (``_EABFCore``).
     """
 
     grid_min: np.ndarray
@@ -773,6 +863,7 @@ class EABFState:
     bias_potential: Optional[np.ndarray] = None
     bias_potential_cover: Optional[np.ndarray] = None
     bias_potential_shared_samples: Optional[float] = None
+    bias_solver: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if self.zbins is None:  # states written before the CZAR grid had its own resolution
@@ -821,6 +912,7 @@ class EABFState:
                        else {"bias_potential_cover": np.asarray(self.bias_potential_cover)}),
                     **({} if self.bias_potential_shared_samples is None
                        else {"bias_potential_shared_samples": np.array(float(self.bias_potential_shared_samples))}),
+                    **({} if self.bias_solver is None else {"bias_solver": np.asarray(self.bias_solver)}),
                 )
 
     @classmethod
@@ -840,6 +932,7 @@ class EABFState:
                 bias_potential_cover=z["bias_potential_cover"] if "bias_potential_cover" in z.files else None,
                 bias_potential_shared_samples=(float(z["bias_potential_shared_samples"])
                                                if "bias_potential_shared_samples" in z.files else None),
+                bias_solver=z["bias_solver"] if "bias_solver" in z.files else None,
             )
 
     @classmethod
@@ -1136,8 +1229,10 @@ class ExtendedABF:
         of its bin); in cells reaching further out the binned bias applies (zero where nothing was sampled), until
         the next refresh takes their bins in. In 2D and 3D a bias constant over each bin is not a gradient, and along
         learned CVs CZAR's free energy then comes out distorted (``benchmarks/static_bias_check.py``). The
-        accumulators and estimators are the same either way. Not with ``useCUDAGraphs`` (the refresh is a branch). Default (None): the configuration's
-        ``eabf.smooth_bias``, True, unless ``useCUDAGraphs`` is set.
+        accumulators and estimators are the same either way. With ``useCUDAGraphs`` the refresh cannot be a branch:
+        the samples between two refreshes solve for the next potential a few iterations at a time, so the
+        potential is the one the ordinary force would apply, one ``smoothBiasInterval`` later (and each step costs
+        a few dozen more operations). Default (None): the configuration's ``eabf.smooth_bias``, True.
     smoothBiasInterval : int
         Samples between refreshes of the smooth bias's potential (> 0). The potential is part of the state
         (:attr:`EABFState.bias_potential`, with its cover): a force rebuilt from a state read from this one applies
@@ -1256,12 +1351,9 @@ class ExtendedABF:
         if not 0 <= minSamples <= fullSamples:
             raise EABFError(f"minSamples must be in 0..fullSamples={fullSamples}, got {minSamples}")
         wk = [10.0 * k for k in kap] if wallKappa is None else _per_dim(wallKappa, d, "wallKappa")
-        if smoothBias is None:  # the configuration's default, which a CUDA-graph request overrides
-            smoothBias = bool(_DEFAULTS.smooth_bias) and not useCUDAGraphs
+        if smoothBias is None:
+            smoothBias = bool(_DEFAULTS.smooth_bias)
         if smoothBias:
-            if useCUDAGraphs:
-                raise EABFError("smoothBias cannot be captured in a CUDA graph (its refresh is a branch); "
-                                "use useCUDAGraphs=False")
             if int(smoothBiasInterval) != smoothBiasInterval or int(smoothBiasInterval) < 1:
                 raise EABFError(f"smoothBiasInterval must be a positive integer (samples), got {smoothBiasInterval}")
         if forceGroup is None:
@@ -1356,7 +1448,8 @@ class ExtendedABF:
             name="aesample eABF",
         )
         self.forceIndex = system.addForce(self.force)
-        self._layout, self._flat_len = readout_layout(d, int(np.prod(nbins)), int(np.prod(zbins)), bool(smoothBias))
+        self._layout, self._flat_len = readout_layout(d, int(np.prod(nbins)), int(np.prod(zbins)), bool(smoothBias),
+                                                      self._core.solver_len)
 
     # ---------------------------------------------------------------- positions
     def extendPositions(self, positions, box=None) -> np.ndarray:
@@ -1467,6 +1560,7 @@ class ExtendedABF:
             bias_potential=part("pot").reshape(shape).copy() if self.smoothBias else None,
             bias_potential_cover=part("pot_cover").reshape(shape).copy() if self.smoothBias else None,
             bias_potential_shared_samples=self._sharedSamples if self.smoothBias else None,
+            bias_solver=part("solver").copy() if "solver" in L else None,
         )
 
     def step(self, simulation, steps: int) -> None:

@@ -588,9 +588,6 @@ class _SegmentedRun:
         self.platform, props = _platform(md, self.system.getNumParticles() + (len(np.atleast_1d(es.grid_min))
                                                                               if self.biased else 0))
         if self.biased:
-            if self.smooth and es.cuda_graphs == "on":
-                raise ValueError("eabf.cuda_graphs: 'on' cannot be combined with eabf.smooth_bias (its refresh is a "
-                                 "branch a CUDA graph cannot hold); use 'auto' or 'off'")
             graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
             if self.platform.getName() == "CUDA":
                 self.log(why)
@@ -598,7 +595,7 @@ class _SegmentedRun:
                 self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
                 extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
                 minSamples=es.min_samples, wallKappa=es.wall_kappa, forceGroup=es.force_group, positions=self.pos0,
-                box=self.box, initialState=initial_state, useCUDAGraphs=graphs and not self.smooth,
+                box=self.box, initialState=initial_state, useCUDAGraphs=graphs,
                 czarBins=es.czar_bins, sharedState=shared, closePeriodicBias=es.close_periodic_bias,
                 biasOnlyWhereReached=self.reach_gate, smoothBias=self.smooth,
                 smoothBiasInterval=self.smooth_interval,

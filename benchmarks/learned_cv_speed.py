@@ -240,14 +240,16 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
         integ = make_integrator(sys2, e, T, 1.0, dt)
         runs[f"eABF learned CV, binned bias (kappa {kappa:.0f})"] = (
             _context(sys2, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
-        if graphs:  # power-rotation CV (graph-capturable), graph-safe module without and with CUDA graphs; both with
-            # the binned bias (the smooth bias's refresh is a branch no graph can capture)
+        if graphs:  # power-rotation CV (graph-capturable), without and with CUDA graphs, the default (smooth) bias
+            # and the binned one (captured, the smooth bias solves for its next potential a few iterations per step)
             pcv, _ = load_cv(loop_cv(ms, workdir / f"{name}_power.pt", rotation_solver="power"))
-            for g in (False, True):
-                sys1, e = _eabf(ms, pcv, graphs=g, kappa=capped_kappa(ms, pcv, dt), smooth=False)
-                integ = make_integrator(sys1, e, T, 1.0, dt)
-                runs[f"eABF learned CV, power rotation, binned bias, graphs {'on' if g else 'off'}"] = (
-                    _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
+            for smooth in (True, False):
+                for g in (False, True):
+                    sys1, e = _eabf(ms, pcv, graphs=g, kappa=capped_kappa(ms, pcv, dt), smooth=smooth)
+                    integ = make_integrator(sys1, e, T, 1.0, dt)
+                    runs[f"eABF learned CV, power rotation, {'smooth' if smooth else 'binned'} bias, graphs "
+                         f"{'on' if g else 'off'}"] = (
+                        _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, 1)
         if breakdown and ms.box is None:  # where the step's time goes (non-periodic systems: no box argument)
             sys3, e3 = _eabf(ms, cv)
             sys3.removeForce(e3.forceIndex)  # the extended particles stay, inert: their cost in the other forces

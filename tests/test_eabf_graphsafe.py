@@ -42,22 +42,23 @@ def learned_cv(adp, tmp_path_factory):
     return load_cv(path)[0]
 
 
-def _build(adp, cv, graph_safe):
+def _build(adp, cv, graph_safe, smooth=False):
     from aesample.md import copy_system
 
     system = copy_system(adp.system)
     if hasattr(cv, "cv_dim"):
         e = ExtendedABF(system, cv, [-1.5] * 2, [1.5] * 2, 6, 3000.0, periodic=[False] * 2, positions=adp.positions,
-                        fullSamples=20, czarBins=12, useCUDAGraphs=graph_safe)
+                        fullSamples=20, czarBins=12, useCUDAGraphs=graph_safe, smoothBias=smooth)
     else:
         e = ExtendedABF(system, cv, [-math.pi] * 2, [math.pi] * 2, 12, 200.0, positions=adp.positions,
-                        fullSamples=20, useCUDAGraphs=graph_safe)
+                        fullSamples=20, useCUDAGraphs=graph_safe, smoothBias=smooth)
     return system, e
 
 
-def test_graph_safe_module_has_no_host_synchronisation(adp, learned_cv):
-    _, plain = _build(adp, learned_cv, False)
-    _, safe = _build(adp, learned_cv, True)
+@pytest.mark.parametrize("smooth", [True, False])
+def test_graph_safe_module_has_no_host_synchronisation(adp, learned_cv, smooth):
+    _, plain = _build(adp, learned_cv, False, smooth)
+    _, safe = _build(adp, learned_cv, True, smooth)
     # the test can fail: the ordinary module switches to the read-out on the host
     assert _HOST_SYNC.search(str(plain.module.inlined_graph))
     found = sorted(set(_HOST_SYNC.findall(str(safe.module.inlined_graph))))
@@ -66,6 +67,7 @@ def test_graph_safe_module_has_no_host_synchronisation(adp, learned_cv):
 
 @pytest.mark.parametrize("which", ["learned", "phi,psi"])
 def test_graph_safe_module_runs_the_same_dynamics_and_reads_out_the_same_state(adp, learned_cv, which):
+    """The binned bias (the graph-safe smooth bias lags one refresh interval: test_eabf_smooth)."""
     cv = learned_cv if which == "learned" else cvs.parse_cv_spec("phi,psi", adp.mdtraj_topology)
     runs = []
     for graph_safe in (False, True):
@@ -114,8 +116,10 @@ def test_cuda_graphs_auto_asks_for_graphs_only_where_capture_can_work(adp, learn
 
 
 @pytest.mark.gpu
-def test_cuda_graph_captured_eabf_matches_reference(adp):
-    """On CUDA, the graph-captured force (power-rotation learned CV) gives Reference's forces and samples."""
+@pytest.mark.parametrize("smooth", [False, True])
+def test_cuda_graph_captured_eabf_matches_reference(adp, smooth):
+    """On CUDA, the graph-captured force (power-rotation learned CV) gives the graph-safe module's forces on
+    Reference, samples, and (smooth bias) solves for its potential inside the graph."""
     if not _gpu_usable("CUDA"):
         pytest.skip("no CUDA device")
     idx = np.asarray(adp.mdtraj_topology.select(adp.selection))
@@ -126,8 +130,8 @@ def test_cuda_graph_captured_eabf_matches_reference(adp):
 
     cv = torch.jit.script(build_cv_module(feat, model))
     forces = {}
-    for name, graphs in (("Reference", False), ("CUDA", True)):
-        system, e = _build(adp, cv, graphs)
+    for name in ("Reference", "CUDA"):
+        system, e = _build(adp, cv, True, smooth)
         props = {"Precision": "double"} if name == "CUDA" else {}
         integ = openmm.VerletIntegrator(0.001)
         ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName(name), props)
@@ -139,5 +143,8 @@ def test_cuda_graph_captured_eabf_matches_reference(adp):
         if name == "CUDA":
             e.setSampling(ctx, True)
             integ.step(50)
-            assert e.getState(ctx).n_samples >= 50
+            st = e.getState(ctx)
+            assert st.n_samples >= 50
+            if smooth:
+                assert np.all(np.isfinite(st.bias_potential)) and st.bias_solver[-1] > 0  # the solve advanced
     np.testing.assert_allclose(forces["CUDA"], forces["Reference"], rtol=1e-6, atol=1e-6)

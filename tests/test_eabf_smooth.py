@@ -34,10 +34,10 @@ def _state(count=1000.0):
                      last=np.full(4, 1e300), n_samples=0, zbins=np.array([NB, NB]))
 
 
-def _context(smooth, state, interval=500, expr="0.5*k*(x^2+y^2+z^2)", params=None):
+def _context(smooth, state, interval=500, expr="0.5*k*(x^2+y^2+z^2)", params=None, graphs=False):
     system = _particle_system(expr, params or {"k": 10.0})
     e = ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, fullSamples=100, positions=np.zeros((1, 3)),
-                    initialState=state, smoothBias=smooth, smoothBiasInterval=interval)
+                    initialState=state, smoothBias=smooth, smoothBiasInterval=interval, useCUDAGraphs=graphs)
     integ = openmm.LangevinMiddleIntegrator(T, 10.0, 0.002)
     integ.setRandomNumberSeed(5)
     ctx = openmm.Context(system, integ, REF)
@@ -153,11 +153,8 @@ def test_smooth_bias_refreshes_and_a_saved_state_rebuilds_the_same_force(tmp_pat
     assert EABFState.pooled([saved, saved]).bias_potential is None
 
 
-def test_smooth_bias_refuses_cuda_graphs_and_bad_intervals():
+def test_smooth_bias_refuses_bad_intervals():
     system = _particle_system("0.5*k*(x^2+y^2+z^2)", {"k": 10.0})
-    with pytest.raises(EABFError, match="CUDA graph"):
-        ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, positions=np.zeros((1, 3)), smoothBias=True,
-                    useCUDAGraphs=True)
     with pytest.raises(EABFError, match="smoothBiasInterval"):
         ExtendedABF(system, cvs.PositionXY(0), LO, HI, NB, 500.0, positions=np.zeros((1, 3)), smoothBias=True,
                     smoothBiasInterval=0)
@@ -262,3 +259,69 @@ def test_a_bin_that_fills_between_refreshes_joins_the_smooth_bias_at_the_next_re
     s.bias_potential = s.bias_potential_cover = None  # integrated afresh: the filled bin is inside now
     e_f, ctx_f = _context(True, s)
     assert np.abs(_applied(e_f, ctx_f, [0.6, 0.1]) - _applied(e_b, ctx_b, [0.6, 0.1])).max() > 1e-3
+
+
+def _drive(e, ctx, points, every=1):
+    """Sample the (xi, lambda) pairs ``points`` (k, 2, 2) one force evaluation each; the potential (and, on a
+    graph-safe force, the solver state) after every ``every``-th sample."""
+    e.setSampling(ctx, True)
+    pots = []
+    for k, (xi, lam) in enumerate(points):
+        pos = e.extendPositions(np.array([[xi[0], xi[1], 0.0]]))
+        pos[1:, 0] = lam
+        ctx.setPositions(pos)
+        ctx.getState(getForces=True)
+        if (k + 1) % every == 0:
+            st = e.getState(ctx)
+            pots.append((st.bias_potential.copy(), None if st.bias_solver is None else st.bias_solver.copy()))
+    return pots
+
+
+def _points(n, seed):
+    rng = np.random.default_rng(seed)
+    xi = rng.uniform(-0.9, 0.9, (n, 2))
+    return np.stack([xi, np.clip(xi + rng.normal(scale=0.05, size=(n, 2)), -0.99, 0.99)], axis=1)
+
+
+def test_graph_safe_smooth_bias_applies_the_ordinary_potential_one_interval_later():
+    """Captured in a CUDA graph the refresh cannot branch: the samples between two refreshes solve for the next
+    potential. With the same samples, the graph-safe force's potential after each refresh is, bit for bit, the
+    one the ordinary force integrated at the refresh before (the same conjugate-gradient iterations)."""
+    interval = 20
+    points = _points(4 * interval, 1)
+    runs = {}
+    for graphs in (False, True):
+        e, ctx = _context(True, _state(count=60.0), interval=interval, graphs=graphs)
+        assert e.smoothBias and (e._core.solve_steps == -(-8 * NB // interval) if graphs else True)
+        runs[graphs] = [p for p, _ in _drive(e, ctx, points, every=interval)]
+    plain, graph = runs[False], runs[True]
+    for j in range(1, len(plain)):
+        assert np.abs(plain[j] - plain[j - 1]).max() > 1e-3  # each refresh changed the potential
+        np.testing.assert_array_equal(graph[j], plain[j - 1])
+    e0, ctx0 = _context(True, _state(count=60.0), interval=interval)
+    np.testing.assert_array_equal(graph[0], e0.getState(ctx0).bias_potential)  # the first: the initial integral
+
+
+def test_graph_safe_smooth_bias_resumes_exactly_mid_solve(tmp_path):
+    """A graph-safe force rebuilt from a state read between two refreshes (the solve half done) goes on exactly
+    as the running one: the solver's state travels with the eABF state."""
+    interval = 20
+    points = _points(3 * interval, 2)
+    e, ctx = _context(True, _state(count=60.0), interval=interval, graphs=True)
+    straight = _drive(e, ctx, points, every=10)  # read after samples 10, 20, ..., 60 (a read-out samples nothing)
+    e1, ctx1 = _context(True, _state(count=60.0), interval=interval, graphs=True)
+    _drive(e1, ctx1, points[:30], every=30)
+    saved = e1.getState(ctx1)
+    assert 0 < saved.bias_solver[-1] < 8 * NB  # iterations done in the current solve
+    saved.save(tmp_path / "s.npz")
+    e2, ctx2 = _context(True, EABFState.load(tmp_path / "s.npz"), interval=interval, graphs=True)
+    resumed = _drive(e2, ctx2, points[30:], every=10)  # after samples 40, 50, 60
+    assert len(resumed) == 3
+    for (p0, s0), (p1, s1) in zip(straight[3:], resumed):
+        np.testing.assert_array_equal(p0, p1)
+        np.testing.assert_array_equal(s0, s1)
+    # without the solver's state, the potential committed at sample 40 comes from the accumulators at sample 30
+    lost = EABFState.load(tmp_path / "s.npz")
+    lost.bias_solver = None
+    e3, ctx3 = _context(True, lost, interval=interval, graphs=True)
+    assert np.abs(_drive(e3, ctx3, points[30:], every=10)[0][0] - straight[3][0]).max() > 1e-3
