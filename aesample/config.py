@@ -432,6 +432,13 @@ class LoopConfig(_Section):
         "a share of the iteration's frames (where a CV squeezes a barrier, the mixed bins carry little weight but "
         "decide the free energy across it). A fraction; null: not checked.",
     )
+    min_split_crossings: Optional[float] = Field(
+        4.0, ge=0, description="Fewest crossings per walker, on average, between the two sets of CV bins that the "
+        "slowest process of the walkers' moves between bins separates (aesample.slowsplit), for convergence, when "
+        "each set holds at least 5 % of the frames. Fewer crossings mean a barrier between neighbouring bins that "
+        "the bias along the CV does not lower (or too little sampling): the free energy between the two sets "
+        "rests on those few passages. Crossings per walker; null: not checked.",
+    )
     min_ess: Optional[float] = Field(
         30.0, ge=0, description="Smallest Kish effective sample size of an iteration's reweighted frames for "
         "convergence, frames (the autoencoder learns from about that many frames; with fewer, an R^2 near 1 says "

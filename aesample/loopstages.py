@@ -25,6 +25,7 @@ from .estimators import kT, reweighted_free_energy
 from .export import compute_cv, cv_stiffness, export_cv, load_cv
 from .features import AlignedPositions, spanning_tree_parents
 from .hiddenbarrier import hidden_barrier
+from .slowsplit import slow_split
 from .io import atomic_path, atomic_write_json
 from .md import EABFSettings, MDSettings
 from .models import ModelSpec
@@ -596,9 +597,11 @@ def _hidden_barrier_metrics(run: RunLayout, traj, pooled, weights: np.ndarray,
     grid = (st.grid_min, st.bin_width, st.bins, st.periodic)
     weighted = hidden_barrier(features, xi, weights, runs, *grid)
     sampled = hidden_barrier(features, xi, np.ones(traj.n_frames), runs, *grid)
+    # a barrier between neighbouring bins (each holding one set) is not in any bin: the walkers' crossings show it
+    split = slow_split(xi, runs, *grid)
     return {"hidden_barrier_fraction": float(weighted.weight_fraction), "hidden_barrier": weighted.as_dict(5),
             "hidden_barrier_sample_fraction": float(sampled.weight_fraction),
-            "hidden_barrier_samples": sampled.as_dict(5)}
+            "hidden_barrier_samples": sampled.as_dict(5), "slow_split": split.as_dict()}
 
 
 def _walker_spread(results, phi: np.ndarray, estimator: str, kT: float) -> dict[str, Any]:
@@ -673,8 +676,9 @@ def is_converged(metrics: dict[str, Any], loop) -> bool:
     ``loop.convergence_threshold``, the free energy's drift, walkers' standard error and own error (block
     bootstrap and basin visits) and the named basins' Delta F error bar (with walkers, at least their standard
     error) within ``loop.free_energy_tolerance``, that Delta F sampled, no hidden barrier above
-    ``loop.hidden_barrier_tolerance``, an effective sample size of at least ``loop.min_ess`` and sampling that
-    stopped growing (``loop.max_support_growth``)."""
+    ``loop.hidden_barrier_tolerance``, walkers that crossed the slowest split of the CV bins at least
+    ``loop.min_split_crossings`` times each, an effective sample size of at least ``loop.min_ess`` and sampling
+    that stopped growing (``loop.max_support_growth``)."""
     return not convergence_blockers({k: v for k, v in metrics.items() if k != "convergence_blockers"}, loop)
 
 
@@ -707,6 +711,10 @@ def format_metrics(m: dict[str, Any]) -> str:
         sampled = m.get("hidden_barrier_sample_fraction")
         parts.append(f"hidden barrier={100 * m['hidden_barrier_fraction']:.1f} % of the weight"
                      + (f", {100 * sampled:.1f} % of the frames" if sampled is not None else ""))
+    split = m.get("slow_split") or {}
+    if split.get("shares"):
+        parts.append(f"slowest split {100 * min(split['shares']):.0f}/{100 * max(split['shares']):.0f} % crossed "
+                     f"{split['crossings_per_run']:.1f} times per walker")
     if m.get("rmsd_ca_mean") is not None:
         parts.append(f"<RMSD_CA>={m['rmsd_ca_mean']:.3f} nm folded={m['folded_fraction']:.2f}")
     if m.get("effective_sample_size") is not None:

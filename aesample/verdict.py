@@ -32,7 +32,8 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
     ``loop.min_iterations``, ``loop.convergence_threshold``, ``loop.free_energy_tolerance`` (drift, block-bootstrap
     error and, with walkers, the walkers' standard error of the free energy; the named basins' Delta F error bar,
     with walkers at least their standard error),
-    ``loop.hidden_barrier_tolerance``, ``loop.min_ess`` and ``loop.max_support_growth``; where the system names
+    ``loop.hidden_barrier_tolerance``, ``loop.min_split_crossings`` (:mod:`aesample.slowsplit`), ``loop.min_ess``
+    and ``loop.max_support_growth``; where the system names
     basins, their Delta F must also be sampled (``basin_delta_f`` status "ok"). The driver's criterion is "this
     list is empty" (:func:`aesample.loopstages.is_converged`).
     """
@@ -112,6 +113,17 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
                        f"exchanging sets (> loop.hidden_barrier_tolerance {hb_tol}): the CV does not resolve a "
                        "slow coordinate there, so the free energy across it rests on a few crossings; run more "
                        "iterations so the CV learns it (it sees those frames only with training.sampling_weight > 0)")
+    min_cross = getattr(loop, "min_split_crossings", None)
+    split = metrics.get("slow_split") or {}
+    per_run = split.get("crossings_per_run")
+    if (min_cross is not None and k > 0 and _finite(per_run) and per_run < min_cross
+            and min(split.get("shares") or [0.0]) >= split.get("min_share", 0.05)):
+        shares = sorted(split["shares"])
+        out.append(f"slow split: the walkers crossed {per_run:.1f} times each on average (< "
+                   f"loop.min_split_crossings {min_cross}) between two sets of CV bins holding {100 * shares[0]:.0f} "
+                   f"% and {100 * shares[1]:.0f} % of the frames: a barrier between neighbouring bins that the bias "
+                   "along the CV does not lower, or too little sampling; the free energy between them rests on those "
+                   "passages. Lengthen loop.eabf_per_iteration or run more iterations so the CV learns it")
     return out
 
 

@@ -13,7 +13,8 @@
     python benchmarks/hidden_barrier_adp.py --cv runs/loop0/iter_000/cv.pt --walkers runs/walker_* \\
         --control runs/phipsi [--json out.json]
 
-Per run: the detector's flagged fraction (features = the CV's own input features, aligned heavy-atom
+Per run (and the walkers pooled): the slow split (aesample.slowsplit) with its crossings against the phi
+transitions; the detector's flagged fraction (features = the CV's own input features, aligned heavy-atom
 coordinates; the run's eABF grid) against the truth from phi: the share in bins holding >= 10 % of each side
 (C7ax: 0 < phi < 2.3 rad, vs the rest), both weighted two ways as the loop does: by the run's CZAR reweighting
 weights and by frames; and Delta F(C7ax - rest) from the weights. The control runs the detector with the same aligned heavy-atom coordinates (the built
@@ -83,6 +84,7 @@ def analyse(name, feats, xi, w, phi, grid, kT, runs=None, **kw):
     """Detector and truth on one run (or pooled runs), weighted two ways as the loop weighs them: by the CZAR
     reweighting weights (Boltzmann) and by frames (every frame alike: where the biased run spends its time)."""
     from aesample.hiddenbarrier import _coarse_index, bin_indices, hidden_barrier
+    from aesample.slowsplit import slow_split
 
     gmin, width, shape, periodic = grid
     frames = np.full(len(w), 1.0 / len(w))
@@ -112,6 +114,16 @@ def analyse(name, feats, xi, w, phi, grid, kT, runs=None, **kw):
                   f"truth C7ax share {q:.2f}")
     row["bins"] = hb.as_dict(max_bins=10)["bins"]
     row["bins_frames"] = hbs.as_dict(max_bins=10)["bins"]
+    # a barrier between neighbouring bins: the walkers' crossings between the slowest split's two sets of bins,
+    # against the truth (phi transitions between C7ax and the rest, per run)
+    split = slow_split(xi, runs, gmin, width, shape, periodic)
+    run_ids = np.zeros(len(phi), int) if runs is None else np.asarray(runs)
+    true_cross = [int(np.count_nonzero(np.diff(ax[run_ids == r].astype(int)))) for r in dict.fromkeys(run_ids)]
+    row["slow_split"] = split.as_dict()
+    row["phi_transitions"] = true_cross
+    print(f"      slow split: {100 * min(split.shares or [0]):.0f}/{100 * max(split.shares or [0]):.0f} % of the "
+          f"frames, crossings {split.crossings} ({'FLAG' if split.flagged else 'ok'}); truth: C7ax <-> rest "
+          f"transitions {true_cross}")
     return row
 
 
