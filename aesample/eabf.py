@@ -318,6 +318,8 @@ class _EABFCore(torch.nn.Module):
         # other walkers' accumulators in the layout of `acc` (nb + nz, 1 + d): added to this walker's rows where the
         # bias and its gate are read, never written (shared-bias multiple walkers; see ExtendedABF sharedState)
         self.has_shared = shared is not None
+        # samples in the other walkers' sums: a stored smooth potential integrated with other sums is stale
+        self.shared_samples: float = 0.0 if shared is None else float(np.sum(shared.count))
         self.register_buffer("shared", torch.zeros(nb + nz, 1 + d, dtype=f64))
         if shared is not None:
             self.shared[:nb, 0].copy_(torch.as_tensor(shared.count.reshape(nb), dtype=f64))
@@ -379,7 +381,7 @@ class _EABFCore(torch.nn.Module):
                 # integrated with the same other walkers' sums as this force applies (states from before the
                 # field come from runs without them)
                 stored_shared = 0.0 if state is None else float(state.bias_potential_shared_samples or 0.0)
-                same_shared = stored_shared == (0.0 if shared is None else float(np.sum(shared.count)))
+                same_shared = stored_shared == self.shared_samples
                 resumed = stored is not None and stored_cover is not None and same_shared
                 if resumed:  # a resume applies the potential the run had
                     self.pot.copy_(torch.as_tensor(np.asarray(stored).reshape(nb), dtype=f64))
@@ -391,7 +393,8 @@ class _EABFCore(torch.nn.Module):
                     if resumed and solver is not None and np.size(solver) == self.solver_len:
                         self._set_solver(torch.as_tensor(np.asarray(solver, dtype=float).reshape(-1), dtype=f64))
                     else:  # a solve already done, from the accumulators now: committed at the next refresh
-                        x, cover = self._integrate()
+                        # (not resumed: the potential just integrated is that solve)
+                        x, cover = self._integrate() if resumed else (self.pot, self.pot_cover)
                         self.cg_x.copy_(x)
                         self.cg_cover.copy_(cover)
                         self.cg_it.fill_(float(self.smooth_iterations))
@@ -702,13 +705,12 @@ class _EABFCore(torch.nn.Module):
 
     def flat_state(self, info: torch.Tensor) -> torch.Tensor:
         """The read-out vector, in the order of :func:`readout_layout` (the accumulator array row-major)."""
-        if self.smooth and self.graph_safe:
-            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot,
-                              self.pot_cover, self._solver()])
+        parts = [info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples]
         if self.smooth:
-            return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples, self.pot,
-                              self.pot_cover])
-        return torch.cat([info, self.acc.reshape(-1), self.last.reshape(-1), self.n_samples])
+            parts += [self.pot, self.pot_cover]
+            if self.graph_safe:
+                parts.append(self._solver())
+        return torch.cat(parts)
 
     def read_chunk(self, positions: torch.Tensor, info: torch.Tensor, chunk: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor]:
@@ -1410,7 +1412,6 @@ class ExtendedABF:
         self.biasOnlyWhereReached = bool(biasOnlyWhereReached)
         self.smoothBias = bool(smoothBias)
         self.smoothBiasInterval = int(smoothBiasInterval)
-        self._sharedSamples = 0.0 if shared is None else float(np.sum(shared.count))
         self.temperature = None if temperature is None else float(_strip(temperature, "K"))
         self._lastState: Optional[EABFState] = None
         self._lastTemperature: Optional[float] = None
@@ -1559,7 +1560,7 @@ class ExtendedABF:
             last=part("last").copy(), n_samples=int(round(part("n_samples")[0])), zbins=self.czarBins.copy(),
             bias_potential=part("pot").reshape(shape).copy() if self.smoothBias else None,
             bias_potential_cover=part("pot_cover").reshape(shape).copy() if self.smoothBias else None,
-            bias_potential_shared_samples=self._sharedSamples if self.smoothBias else None,
+            bias_potential_shared_samples=self._core.shared_samples if self.smoothBias else None,
             bias_solver=part("solver").copy() if "solver" in L else None,
         )
 

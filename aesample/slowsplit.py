@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .hiddenbarrier import bin_indices
 
-__all__ = ["SlowSplit", "slow_split"]
+__all__ = ["SlowSplit", "slow_split", "split_flagged"]
 
 
 @dataclass
@@ -67,6 +67,12 @@ class SlowSplit:
         out = {k: v for k, v in asdict(self).items() if k != "set_of_bin"}
         out["timescale"] = float(self.timescale) if np.isfinite(self.timescale) else None
         return out
+
+
+def split_flagged(shares: Sequence[float], crossings_per_run: float, min_share: float, min_crossings: float) -> bool:
+    """The flag of a slow split: both sets hold at least ``min_share`` of the frames and the runs crossed between
+    them fewer than ``min_crossings`` times per run."""
+    return bool(len(shares) > 0 and min(shares) >= min_share and crossings_per_run < min_crossings)
 
 
 def _crossings(values: np.ndarray, low: float, high: float) -> int:
@@ -149,7 +155,7 @@ def slow_split(
     crossings = [_crossings(fv[runs == r], low, high) for r in run_ids]
     per_run = float(np.mean(crossings))
     timescale = -lag / np.log(lam2) if 0.0 < lam2 < 1.0 else float("inf")
-    flagged = bool(min(shares) >= min_share and per_run < min_crossings)
+    flagged = split_flagged(shares, per_run, min_share, min_crossings)
     sets = {int(occupied[i]): int(value[i] > 0) for i in np.nonzero(keep)[0]}
     return SlowSplit(shares, crossings, per_run, float(timescale), int(keep.sum()), flagged, min_share,
                      min_crossings, sets)
