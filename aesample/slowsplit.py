@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from scipy.sparse.csgraph import connected_components
 
 from .hiddenbarrier import bin_indices
 
@@ -132,6 +131,9 @@ def slow_split(
         ok = (a >= 0) & (b >= 0)
         np.add.at(counts, (a[ok], b[ok]), 1.0)
     sym = counts + counts.T
+    # scipy here, not at the top: the convergence check (aesample status) imports this module for split_flagged
+    from scipy.sparse.csgraph import connected_components
+
     _, label = connected_components(sym > 0, directed=False)
     keep = label == np.bincount(label).argmax()
     if keep.sum() < 2:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from .slowsplit import split_flagged
+
 __all__ = ["convergence_blockers", "sampling_warnings", "run_verdict", "ESS_MIN", "ESS_MIN_FRACTION"]
 
 #: An iteration whose Kish effective sample size is below this many frames, or below this fraction of its frames,
@@ -116,17 +118,14 @@ def convergence_blockers(metrics: dict[str, Any], loop) -> list[str]:
     min_cross = getattr(loop, "min_split_crossings", None)
     split = metrics.get("slow_split") or {}
     per_run = split.get("crossings_per_run")
-    if min_cross is not None and k > 0 and _finite(per_run):
-        from .slowsplit import split_flagged  # here, not at the top: numpy and scipy would slow `aesample status`
-
-        if split_flagged(split.get("shares") or [], per_run, split.get("min_share", 0.05), min_cross):
-            shares = sorted(split["shares"])
-            out.append(f"slow split: the walkers crossed {per_run:.1f} times each on average (< "
-                       f"loop.min_split_crossings {min_cross}) between two sets of CV bins holding "
-                       f"{100 * shares[0]:.0f} % and {100 * shares[1]:.0f} % of the frames: a barrier between "
-                       "neighbouring bins that the bias along the CV does not lower, or too little sampling; the free "
-                       "energy between them rests on those passages. Lengthen loop.eabf_per_iteration or run more "
-                       "iterations so the CV learns it")
+    if (min_cross is not None and k > 0 and _finite(per_run)
+            and split_flagged(split.get("shares") or [], per_run, split.get("min_share", 0.05), min_cross)):
+        shares = sorted(split["shares"])
+        out.append(f"slow split: the walkers crossed {per_run:.1f} times each on average (< "
+                   f"loop.min_split_crossings {min_cross}) between two sets of CV bins holding {100 * shares[0]:.0f} "
+                   f"% and {100 * shares[1]:.0f} % of the frames: a barrier between neighbouring bins that the bias "
+                   "along the CV does not lower, or too little sampling; the free energy between them rests on those "
+                   "passages. Lengthen loop.eabf_per_iteration or run more iterations so the CV learns it")
     return out
 
 
