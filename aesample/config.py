@@ -263,6 +263,13 @@ class EABFConfig(_Section):
         "(aesample.torchbinding.host_synchronisations; the default eigh rotation of learned CVs has one); on: "
         "always ask (the run fails if the capture fails); off: never.",
     )
+    cpu_kernel: Literal["auto", "on", "off"] = Field(
+        "auto", description="Compute each eABF step on the CPU and Reference platforms with one compiled op "
+        "(aesample.cpukernel, built with the machine's C++ compiler on first use) instead of the TorchScript "
+        "step, whose few hundred tiny ops cost far more than their arithmetic. Same results (equal to ~1e-12). "
+        "auto: where the CV allows it (the loop's learned CVs without a periodic box) and it builds, else the "
+        "TorchScript step; on: required (the run fails where it cannot be used); off: never.",
+    )
     close_periodic_bias: bool = Field(
         True,
         description="Along a periodic CV component (a torsion), apply the ABF gradient minus its mean around the "

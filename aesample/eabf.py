@@ -777,6 +777,44 @@ class _EABFCoreJacobian(_EABFCore):
         return xi.to(torch.float64)
 
 
+class _EABFCoreCPUKernel(_EABFCoreJacobian):
+    """The Jacobian route's step as one compiled op, ``torch.ops.aesample.eabf_step`` (:mod:`aesample.cpukernel`):
+    the same arithmetic as :meth:`_EABFCoreJacobian._step` without TorchScript's per-op cost. Only for what
+    :func:`aesample.cpukernel.supports` allows; the read-out and the smooth bias's refresh are the parent's."""
+
+    def __init__(self, cv: torch.nn.Module, *args, **kwargs):
+        super().__init__(cv, *args, **kwargs)
+        f = cv.features
+        for name, value in (("k_atoms", cv.atom_indices), ("k_horn", f.horn_from_x_t), ("k_rot", f.rot_map),
+                            ("k_reference", f.reference), ("k_ref_cross", f.ref_cross),
+                            ("k_cross_map", f.cross_map_t), ("k_w1_centred", cv.w1_centred)):
+            self.register_buffer(name, value.detach().clone().contiguous())
+        self.k_weights: List[torch.Tensor] = [w.detach().clone().contiguous() for w in cv.weights]
+        self.k_biases: List[torch.Tensor] = [b.detach().clone().contiguous() for b in cv.biases]
+
+    def _kernel(self, positions: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        return torch.ops.aesample.eabf_step(
+            positions, sample, self.k_atoms, self.k_horn, self.k_rot, self.k_reference, self.k_ref_cross,
+            self.k_cross_map, self.k_w1_centred, self.k_weights, self.k_biases, self.ext_index, self.force_index,
+            self.neg_kappa, self.bin_origin, self.inv_width, self.bin_last, self.strides, self.row_offset, self.acc,
+            self.last, self.n_samples, self.shared, self.zrows_of_bin, self.ramp_scale, self.ramp_shift,
+            self.full_samples, self.step_ramp, self.pot, self.pot_cover, self.cell_origin, self.cell_inv_width,
+            self.cell_last, self.cell_strides, self.corner, self.restr_lo, self.restr_hi, self.neg_restr_k,
+            self.has_shared, self.gate_unreached, self.smooth, self.smooth_interval)
+
+    def _step(self, positions: torch.Tensor, box: torch.Tensor, sample: torch.Tensor) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(energy, forces, xi, lambda, applied bias)."""
+        with torch.no_grad():
+            e, f, xi, lam, fbias, refresh = self._kernel(positions, sample)
+            if self.smooth and refresh:
+                # the potential from the sums including this sample, then the bias from it (no second sample)
+                self._refresh()
+                e, f, xi, lam, fbias, refresh = self._kernel(positions, torch.zeros_like(sample))
+        return e, f, xi, lam, fbias
+
+
 class _EABFCoreAutograd(_EABFCore):
     """CV route through one autograd vector-Jacobian product (CVs without ``value_and_jacobian``)."""
 
@@ -1259,6 +1297,12 @@ class ExtendedABF:
         it agrees with autograd at the validation configuration, else one autograd vector-Jacobian product.
         True: require the closed form (error if unavailable); False: always autograd. The physics is the same;
         the closed form saves the autograd backward pass (see ``benchmarks/EABF_RESULTS.md``).
+    cpuKernel : bool or None
+        Compute each step with the compiled CPU op of :mod:`aesample.cpukernel` instead of the TorchScript step
+        (same results to ~1e-12; a fraction of the cost on a CPU). For the CPU and Reference platforms only, and
+        what :func:`aesample.cpukernel.supports` allows (the loop's learned CVs without a periodic box). True:
+        required (error otherwise); None: where it can be used; False (default): never. Runs choose with
+        ``eabf.cpu_kernel``. ``cpuKernel`` then says whether it is used, ``cpuKernelNote`` why.
     """
 
     def __init__(
@@ -1289,6 +1333,7 @@ class ExtendedABF:
         biasOnlyWhereReached: bool = _DEFAULTS.bias_only_where_reached,
         smoothBias: Optional[bool] = None,
         smoothBiasInterval: int = _DEFAULTS.smooth_bias_interval,
+        cpuKernel: Optional[bool] = False,
     ):
         import openmm
 
@@ -1431,6 +1476,21 @@ class ExtendedABF:
         self._pin_centres = np.array([[0.0, 0.5 * i] for i in range(d)])
         pin = list(kap)  # same period as the lambda oscillator (masses equal): stable with the same timestep
         core_cls = _EABFCoreJacobian if use_jac else _EABFCoreAutograd
+        self.cpuKernel, self.cpuKernelNote = False, "TorchScript eABF step (cpuKernel=False)"
+        if cpuKernel is None or cpuKernel:
+            from . import cpukernel
+
+            boxed = box is not None or system.usesPeriodicBoundaryConditions()
+            ok, why = cpukernel.supports(cv, per, True if boxed else None, bool(useCUDAGraphs), use_jac)
+            if ok:
+                ok, why = cpukernel.load()
+                why = why and f"it did not build: {why}"
+            if cpuKernel and not ok:
+                raise EABFError(f"cpuKernel=True, but the compiled CPU step cannot be used: {why}")
+            self.cpuKernel = ok
+            self.cpuKernelNote = "compiled CPU eABF step" if ok else f"TorchScript eABF step ({why})"
+        if self.cpuKernel:
+            core_cls = _EABFCoreCPUKernel
         self._core = core_cls(
             cv, n_total, self.extendedIndices, kap, pin, self._pin_centres.tolist(), gmin, gmax, nbins, per, fullSamples, minSamples, wk,
             self.slotIndices, state, zbins, graph_safe=bool(useCUDAGraphs), shared=shared,

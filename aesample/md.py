@@ -89,7 +89,8 @@ class EABFSettings:
     in the state's meta); close_periodic_bias : circulation-free bias around periodic components;
     bias_only_where_reached : no ABF bias in lambda bins the CV has not reached (kept on resume as the run was
     started: ``run.json``); smooth_bias, smooth_bias_interval : the bias as the gradient of the interpolated
-    integral of the per-bin means, refreshed every that many samples (kept on resume as started). Defaults: the
+    integral of the per-bin means, refreshed every that many samples (kept on resume as started); cpu_kernel :
+    "auto" | "on" | "off", the compiled CPU step (:mod:`aesample.cpukernel`). Defaults: the
     ``eabf`` section of :class:`aesample.config.Config`.
     """
 
@@ -111,6 +112,7 @@ class EABFSettings:
     bias_only_where_reached: bool = _EABF.bias_only_where_reached
     smooth_bias: bool = _EABF.smooth_bias
     smooth_bias_interval: int = _EABF.smooth_bias_interval
+    cpu_kernel: str = _EABF.cpu_kernel
 
     @classmethod
     def from_config(cls, config: Config, d: int, kappa: Optional[float] = None) -> "EABFSettings":
@@ -134,7 +136,7 @@ class EABFSettings:
                 bins, gmin, gmax, [kappa] * d, config.system.temperature),
             czar_min_count=e.czar_min_count, cuda_graphs=e.cuda_graphs, close_periodic_bias=e.close_periodic_bias,
             bias_only_where_reached=e.bias_only_where_reached, smooth_bias=e.smooth_bias,
-            smooth_bias_interval=e.smooth_bias_interval,
+            smooth_bias_interval=e.smooth_bias_interval, cpu_kernel=e.cpu_kernel,
         )
 
 
@@ -591,6 +593,12 @@ class _SegmentedRun:
             graphs, why = resolve_cuda_graphs(es.cuda_graphs, self.platform.getName(), r.cv_module)
             if self.platform.getName() == "CUDA":
                 self.log(why)
+            # the compiled CPU step: None lets the force use it where it can ("auto" on a CPU platform)
+            on_cpu = self.platform.getName() in ("CPU", "Reference")
+            kernel = {"on": True, "off": False}.get(es.cpu_kernel, None if on_cpu else False)
+            if kernel and not on_cpu:
+                raise ValueError(f"eabf.cpu_kernel: on, but the platform is {self.platform.getName()} (the "
+                                 "compiled step runs on the CPU and Reference platforms)")
             self.eabf = ExtendedABF(
                 self.system, r.cv_module, es.grid_min, es.grid_max, es.bins, es.kappa, periodic=es.periodic,
                 extendedMass=es.extended_mass, extendedPeriod=es.extended_period, fullSamples=es.full_samples,
@@ -598,8 +606,10 @@ class _SegmentedRun:
                 box=self.box, initialState=initial_state, useCUDAGraphs=graphs,
                 czarBins=es.czar_bins, sharedState=shared, closePeriodicBias=es.close_periodic_bias,
                 biasOnlyWhereReached=self.reach_gate, smoothBias=self.smooth,
-                smoothBiasInterval=self.smooth_interval,
+                smoothBiasInterval=self.smooth_interval, cpuKernel=kernel,
             )
+            if on_cpu:
+                self.log(self.eabf.cpuKernelNote)
         self.shares = shared is not None  # the force applies other walkers' sums
         self.integrator = make_integrator(self.system, self.eabf, self.temperature, md.friction, md.timestep,
                                           self.cv_interval)
@@ -673,6 +683,7 @@ class _SegmentedRun:
             "trajectory_format": self.fmt, "n_molecule": self.n_mol, "cv_interval": self.cv_interval,
             "threads": threads_in_effect(self.context), "bias_only_where_reached": self.reach_gate,
             "smooth_bias": self.smooth, "smooth_bias_interval": self.smooth_interval,
+            "cpu_kernel": bool(self.eabf is not None and self.eabf.cpuKernel),
         })
         return 0, 0
 
