@@ -13,10 +13,13 @@ caps it for the CV's stiffness and the outer time step, CZAR grid auto).
 Part 1, module: microseconds per call of the CV's ``value_and_jacobian`` and of the whole eABF force module (what
 openmm-torch calls once per step), aten ops per call (all / top level), timed as this thread's CPU time (robust
 to other load on the machine) and as wall time, repeats interleaved, medians. The (phi, psi) eABF module is
-timed beside it for alanine dipeptide.
+timed beside it for alanine dipeptide, and for systems without a box the module with the compiled CPU step
+(``eabf.cpu_kernel``).
 Part 2, MD: ns/day unbiased and with eABF every step and with ``md.cv_interval`` K (MTS) where the stability
 rule allows it at kappa 3000, interleaved chunks, medians; ratio = eABF / unbiased throughput. eABF applies the
-package's default (smooth) bias; one more row, every step, the binned bias (``eabf.smooth_bias`` false). ``--breakdown`` adds, for systems without a box, the eABF system without its force (the extended particles' cost in the other
+package's default (smooth) bias with the TorchScript step; one more row, every step, the binned bias
+(``eabf.smooth_bias`` false). Systems without a box on the CPU and Reference platforms add the compiled CPU step
+(``eabf.cpu_kernel``, what runs there by default), every step and with MTS. ``--breakdown`` adds, for systems without a box, the eABF system without its force (the extended particles' cost in the other
 forces), a TorchForce returning zero (openmm-torch's fixed cost per step) and one that evaluates only the CV's
 value and Jacobian: the differences between the rows split the eABF step's cost.
 Part 3, contention: ``aesample eabf --cv-model`` as a user runs it (the package's own thread defaults, no
@@ -43,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aesample import cvs  # noqa: E402
+from aesample import cpukernel, cvs  # noqa: E402
 from aesample.config import Config  # noqa: E402
 from aesample.eabf import ExtendedABF  # noqa: E402
 from aesample.export import cv_stiffness, export_cv, load_cv  # noqa: E402
@@ -103,15 +106,15 @@ def capped_kappa(ms, cv, outer_ps: float) -> float:
     return min(KAPPA, kappa_max)
 
 
-def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA, smooth=None):
+def _eabf(ms, cv, system=None, graphs: bool = False, kappa: float = KAPPA, smooth=None, kernel: bool = False):
     """ExtendedABF with the loop's settings; ``smooth`` None: the package's default bias (the smooth one, which a
-    CUDA graph excludes)."""
+    CUDA graph excludes); ``kernel``: the compiled CPU step (``eabf.cpu_kernel``) instead of the TorchScript one."""
     d = int(cv.cv_dim) if hasattr(cv, "cv_dim") else len(cv.periodic)
     box = None if ms.box is None else np.asarray(ms.box)
     system = copy_system(ms.system) if system is None else system
     if not any(getattr(cv, "periodic", [False])):  # the loop's learned CV (torsion CVs carry cv_dim too)
         e = ExtendedABF(system, cv, [GRID[0]] * d, [GRID[1]] * d, [BINS] * d, [kappa] * d, positions=ms.positions,
-                        box=box, periodic=[False] * d, useCUDAGraphs=graphs, smoothBias=smooth)
+                        box=box, periodic=[False] * d, useCUDAGraphs=graphs, smoothBias=smooth, cpuKernel=kernel)
     else:  # (phi, psi)
         e = ExtendedABF(system, cv, [-np.pi] * d, [np.pi] * d, [36] * d, [300.0] * d, positions=ms.positions,
                         box=box)
@@ -123,8 +126,8 @@ def _count_ops(fn):
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    ev = [e for e in prof.events() if e.name.startswith("aten::")]
-    top = [e for e in ev if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    ev = [e for e in prof.events() if e.name.startswith(("aten::", "aesample::"))]  # aesample: the compiled step
+    top = [e for e in ev if e.cpu_parent is None or not e.cpu_parent.name.startswith(("aten::", "aesample::"))]
     return len(ev), len(top)
 
 
@@ -176,6 +179,9 @@ def module_part(systems, workdir: Path, repeats: int, calls: int) -> list[dict]:
         built.append(("learned CV value_and_jacobian", lambda j=jac, x=x, b=box: j(x, b)))
         args = (x, box, one, zero, zero) if e.usesPeriodic else (x, one, zero, zero)
         built.append(("eABF module, learned CV", lambda m=e.module, a=args: m(*a)))
+        if ms.box is None and cpukernel.available():
+            _, ek = _eabf(ms, cv, kernel=True)
+            built.append(("eABF module, learned CV, compiled CPU step", lambda m=ek.module, a=args: m(*a)))
         if name.startswith("alanine-dipeptide"):
             _, e2 = _eabf(ms, cvs.parse_cv_spec("phi,psi", ms.mdtraj_topology))
             x2 = torch.tensor(e2.extendPositions(ms.positions, None if ms.box is None else np.asarray(ms.box)),
@@ -234,6 +240,18 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
                 continue
             runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
                 _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
+        if ms.box is None and platform.getName() in ("CPU", "Reference") and cpukernel.available():
+            # the compiled CPU step (eabf.cpu_kernel: auto uses it on these platforms), every step and with MTS
+            for k in [1] + list(mts):
+                kappa = capped_kappa(ms, cv, dt * k)
+                sys1, e = _eabf(ms, cv, kappa=kappa, kernel=True)
+                try:
+                    integ = make_integrator(sys1, e, T, 1.0, dt, k)
+                except ValueError:
+                    continue
+                runs["eABF learned CV, compiled CPU step" + ("" if k == 1 else f", cv_interval {k}")
+                     + f" (kappa {kappa:.0f})"] = (
+                    _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
         # the default (smooth) bias against the binned one, every step: what the smooth bias costs
         kappa = capped_kappa(ms, cv, dt)
         sys2, e = _eabf(ms, cv, kappa=kappa, smooth=False)
