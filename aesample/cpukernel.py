@@ -10,6 +10,7 @@ the smooth bias's refresh stay in TorchScript. Where it cannot be built, the Tor
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -51,7 +52,10 @@ def _build() -> Tuple[bool, str]:
                 os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
             except ImportError:
                 pass
-        cpp_extension.load(name="aesample_eabf_step_cpu", sources=[str(_SOURCE)], is_python_module=False,
+        # one build per torch version: the extension cache keys on the source and flags only, and a build against
+        # another torch's headers would not load (or worse)
+        tag = re.sub(r"\W", "_", torch.__version__)
+        cpp_extension.load(name=f"aesample_eabf_step_cpu_{tag}", sources=[str(_SOURCE)], is_python_module=False,
                            extra_cflags=["-O3"], verbose=False)
         return True, ""
     except Exception as exc:  # no compiler, no ninja, headers missing: the TorchScript step is used
