@@ -22,3 +22,4 @@ def adp():
     from aesample.systems import build_system
 
     return build_system("alanine-dipeptide")
+

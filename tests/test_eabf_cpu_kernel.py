@@ -6,11 +6,9 @@ import torch
 
 from aesample import cpukernel, cvs
 from aesample.eabf import EABFError, ExtendedABF
-from aesample.export import export_cv, load_cv
-from aesample.features import AlignedPositions
 from aesample.md import copy_system
-from aesample.models import AutoEncoder, ModelSpec
-from aesample.training import fit_cv_scaling
+
+from .learnedcv import make_learned_cv
 
 REF = openmm.Platform.getPlatformByName("Reference")
 ONE, ZERO = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
@@ -24,17 +22,7 @@ def kernel():
 
 
 def _learned_cv(adp, path, rotation_solver="eigh"):
-    """A CV of the loop's architecture on the loop's featurizer (random weights)."""
-    idx = np.asarray(adp.mdtraj_topology.select(adp.selection))
-    feat = AlignedPositions(idx, adp.positions[idx], periodic=False, rotation_solver=rotation_solver)
-    torch.manual_seed(1)
-    model = AutoEncoder(ModelSpec(n_features=3 * len(idx), hidden=(40,), n_cv=2)).double()
-    rng = np.random.default_rng(0)
-    frames = torch.as_tensor(adp.positions[None] + rng.normal(scale=0.05, size=(64,) + adp.positions.shape))
-    with torch.no_grad():
-        code = model.encode(feat(frames, torch.zeros(64, 3, 3, dtype=torch.float64)))
-    export_cv(feat, model, fit_cv_scaling(code), path)
-    return load_cv(path)[0]
+    return make_learned_cv(adp, path, rotation_solver=rotation_solver, scale=0.05, n_frames=64)
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +41,18 @@ def _other_walker(adp, cv, smooth):
     """Another walker's sums: a short eABF run (TorchScript step) of its own."""
     system = copy_system(adp.system)
     e = _force(adp, cv, False, system=system, smoothBias=smooth)
+    return e.getState(_run(adp, system, e, 300, seed=7))
+
+
+def _run(adp, system, e, steps, seed):
+    """A Reference Context of ``system`` (with the force ``e``) after ``steps`` Langevin steps."""
     integ = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002)
-    integ.setRandomNumberSeed(7)
+    integ.setRandomNumberSeed(seed)
     ctx = openmm.Context(system, integ, REF)
     ctx.setPositions(e.extendPositions(adp.positions))
-    ctx.setVelocitiesToTemperature(300.0, 7)
-    integ.step(300)
-    return e.getState(ctx)
+    ctx.setVelocitiesToTemperature(300.0, seed)
+    integ.step(steps)
+    return ctx
 
 
 @pytest.mark.parametrize("smooth,gate,shared", [(True, True, False), (False, True, False), (True, False, False),
@@ -101,12 +94,7 @@ def test_compiled_step_runs_the_same_dynamics_and_reads_out_the_same_state(adp, 
     for kernel in (False, True):
         system = copy_system(adp.system)
         e = _force(adp, learned_cv, kernel, system=system, smoothBiasInterval=50)
-        integ = openmm.LangevinMiddleIntegrator(300.0, 5.0, 0.002)
-        integ.setRandomNumberSeed(3)
-        ctx = openmm.Context(system, integ, REF)
-        ctx.setPositions(e.extendPositions(adp.positions))
-        ctx.setVelocitiesToTemperature(300.0, 3)
-        integ.step(200)
+        ctx = _run(adp, system, e, 200, seed=3)
         pos = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
         runs.append((np.asarray(pos), e.getState(ctx), np.concatenate(e.getInstantaneous(ctx))))
     (p0, s0, i0), (p1, s1, i1) = runs

@@ -9,12 +9,12 @@ import torch
 
 from aesample import cvs
 from aesample.eabf import ExtendedABF
-from aesample.export import export_cv, load_cv
 from aesample.features import AlignedPositions
 from aesample.models import AutoEncoder, ModelSpec
 from aesample.platforms import _gpu_usable
 from aesample.systems import build_system
-from aesample.training import fit_cv_scaling
+
+from .learnedcv import make_learned_cv
 
 REF = openmm.Platform.getPlatformByName("Reference")
 # tensor -> host scalar conversions: each one is a device synchronisation that a CUDA graph cannot capture
@@ -29,17 +29,7 @@ def adp():
 @pytest.fixture(scope="module")
 def learned_cv(adp, tmp_path_factory):
     """A CV of the loop's architecture on the loop's featurizer (random weights: the ops are what matter)."""
-    idx = np.asarray(adp.mdtraj_topology.select(adp.selection))
-    feat = AlignedPositions(idx, adp.positions[idx], periodic=False)
-    torch.manual_seed(1)
-    model = AutoEncoder(ModelSpec(n_features=3 * len(idx), hidden=(40,), n_cv=2)).double()
-    rng = np.random.default_rng(0)
-    frames = torch.as_tensor(adp.positions[None] + rng.normal(scale=0.02, size=(32,) + adp.positions.shape))
-    with torch.no_grad():
-        code = model.encode(feat(frames, torch.zeros(32, 3, 3, dtype=torch.float64)))
-    path = tmp_path_factory.mktemp("cv") / "cv.pt"
-    export_cv(feat, model, fit_cv_scaling(code), path)
-    return load_cv(path)[0]
+    return make_learned_cv(adp, tmp_path_factory.mktemp("cv") / "cv.pt")
 
 
 def _build(adp, cv, graph_safe, smooth=False):
