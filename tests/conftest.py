@@ -22,4 +22,3 @@ def adp():
     from aesample.systems import build_system
 
     return build_system("alanine-dipeptide")
-
