@@ -14,7 +14,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 

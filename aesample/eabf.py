@@ -782,21 +782,12 @@ class _EABFCoreCPUKernel(_EABFCoreJacobian):
     the same arithmetic as :meth:`_EABFCoreJacobian._step` without TorchScript's per-op cost. Only for what
     :func:`aesample.cpukernel.supports` allows; the read-out and the smooth bias's refresh are the parent's."""
 
-    def __init__(self, cv: torch.nn.Module, *args, **kwargs):
-        super().__init__(cv, *args, **kwargs)
-        f = cv.features
-        for name, value in (("k_atoms", cv.atom_indices), ("k_horn", f.horn_from_x_t), ("k_rot", f.rot_map),
-                            ("k_reference", f.reference), ("k_ref_cross", f.ref_cross),
-                            ("k_cross_map", f.cross_map_t), ("k_w1_centred", cv.w1_centred)):
-            self.register_buffer(name, value.detach().clone().contiguous())
-        self.k_weights: List[torch.Tensor] = [w.detach().clone().contiguous() for w in cv.weights]
-        self.k_biases: List[torch.Tensor] = [b.detach().clone().contiguous() for b in cv.biases]
-
     def _kernel(self, positions: torch.Tensor, sample: torch.Tensor) -> Tuple[
             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        f = self.cv.features  # the CV's own constants (cpukernel.supports checked their kind)
         return torch.ops.aesample.eabf_step(
-            positions, sample, self.k_atoms, self.k_horn, self.k_rot, self.k_reference, self.k_ref_cross,
-            self.k_cross_map, self.k_w1_centred, self.k_weights, self.k_biases, self.ext_index, self.force_index,
+            positions, sample, self.cv.atom_indices, f.horn_from_x_t, f.rot_map, f.reference, f.ref_cross,
+            f.cross_map_t, self.cv.w1_centred, self.cv.weights, self.cv.biases, self.ext_index, self.force_index,
             self.neg_kappa, self.bin_origin, self.inv_width, self.bin_last, self.strides, self.row_offset, self.acc,
             self.last, self.n_samples, self.shared, self.zrows_of_bin, self.ramp_scale, self.ramp_shift,
             self.full_samples, self.step_ramp, self.pot, self.pot_cover, self.cell_origin, self.cell_inv_width,

@@ -24,11 +24,8 @@ const double* f64(const Tensor& t, const char* name) {
   return t.data_ptr<double>();
 }
 
-double* f64_mut(Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kDouble && t.is_contiguous() && t.device().is_cpu(), "eabf_step: ", name,
-              " must be a contiguous float64 CPU tensor");
-  return t.data_ptr<double>();
-}
+// the state the op updates in place (acc, last, n_samples): the same checks
+double* f64_mut(Tensor& t, const char* name) { return const_cast<double*>(f64(t, name)); }
 
 const int64_t* i64(const Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous() && t.device().is_cpu(), "eabf_step: ", name,
