@@ -230,27 +230,21 @@ def md_part(systems, workdir: Path, platform_name: str, steps: int, repeats: int
         integ = make_integrator(sys0, None, T, 1.0, dt)
         runs["unbiased"] = (_context(sys0, ms.positions, box, platform, props, integ, T), integ, 1)
         skipped = []
-        for k in [1] + list(mts):
-            kappa = capped_kappa(ms, cv, dt * k)
-            sys1, e = _eabf(ms, cv, kappa=kappa)
-            try:
-                integ = make_integrator(sys1, e, T, 1.0, dt, k)
-            except ValueError as exc:
-                skipped.append(f"cv_interval {k}: {exc}")
-                continue
-            runs["eABF learned CV" + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
-                _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
-        if ms.box is None and platform.getName() in ("CPU", "Reference") and cpukernel.available():
-            # the compiled CPU step (eabf.cpu_kernel: auto uses it on these platforms), every step and with MTS
+        # the TorchScript step, then the compiled CPU step where eabf.cpu_kernel: auto would use it; every step
+        # and with MTS
+        compiled = ms.box is None and platform.getName() in ("CPU", "Reference") and cpukernel.available()
+        for kernel in (False, True) if compiled else (False,):
             for k in [1] + list(mts):
                 kappa = capped_kappa(ms, cv, dt * k)
-                sys1, e = _eabf(ms, cv, kappa=kappa, kernel=True)
+                sys1, e = _eabf(ms, cv, kappa=kappa, kernel=kernel)
                 try:
                     integ = make_integrator(sys1, e, T, 1.0, dt, k)
-                except ValueError:
+                except ValueError as exc:
+                    if not kernel:  # the same rule refuses both steps: say it once
+                        skipped.append(f"cv_interval {k}: {exc}")
                     continue
-                runs["eABF learned CV, compiled CPU step" + ("" if k == 1 else f", cv_interval {k}")
-                     + f" (kappa {kappa:.0f})"] = (
+                runs["eABF learned CV" + (", compiled CPU step" if kernel else "")
+                     + ("" if k == 1 else f", cv_interval {k}") + f" (kappa {kappa:.0f})"] = (
                     _context(sys1, e.extendPositions(ms.positions, box), box, platform, props, integ, T), integ, k)
         # the default (smooth) bias against the binned one, every step: what the smooth bias costs
         kappa = capped_kappa(ms, cv, dt)
